@@ -1,0 +1,134 @@
+//! Store throughput, plain numbers (`cargo bench --bench store`), bounded to a few seconds.
+//!
+//! - durable creates/s through `Store::create_credential` (metadata + name index + sealed
+//!   version + audit record, one durable transaction each) against raw redb single-row
+//!   durable commits/s with a value as large as everything one create writes; both in the
+//!   same directory, interleaved, and their ratio (target >= 0.7);
+//! - metadata reads/s (`get_credential`) and first-page listings/s (`list_credentials`, 50).
+
+use std::time::{Duration, Instant};
+
+use credhost::crypto::MasterKey;
+use credhost::store::{AuditQuery, ListQuery, NewCredential, Role, Store};
+use redb::{Durability, TableDefinition};
+use secrecy::SecretString;
+
+const PHASE: Duration = Duration::from_millis(700);
+const ROUNDS: usize = 3;
+const RAW: TableDefinition<u64, &[u8]> = TableDefinition::new("raw");
+
+fn new_cred(i: u64) -> NewCredential {
+    let mut c = NewCredential::new(&format!("credential-{i:08}"), "alpaca");
+    c.description = "benchmark credential".into();
+    c.tags = vec!["bench".into(), "paper".into()];
+    c.environment = Some("paper".into());
+    c.fields
+        .insert("base_url".into(), "https://paper-api.alpaca.markets".into());
+    c.fields.insert("account".into(), format!("PA{i:010}"));
+    c.secrets
+        .insert("key_id".into(), SecretString::from(format!("PK{i:018}")));
+    c.secrets
+        .insert("secret_key".into(), SecretString::from(format!("{i:040}")));
+    c
+}
+
+pub fn main() {
+    // Benches get a scratch dir inside target/: a real disk, not tmpfs.
+    let base = option_env!("CARGO_TARGET_TMPDIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    std::fs::create_dir_all(&base).unwrap();
+    let dir = tempfile::tempdir_in(&base).unwrap();
+
+    let store = Store::open(
+        dir.path().join("store.redb"),
+        MasterKey::generate().unwrap(),
+    )
+    .unwrap();
+    let user = store.add_user("bench", "bench", Role::User).unwrap();
+    let ns = user.namespace;
+
+    // Bytes one create writes: metadata JSON, sealed blob, audit record JSON.
+    let first = store.create_credential("bench", ns, new_cred(0)).unwrap();
+    let audit = store
+        .list_audit(&AuditQuery {
+            limit: 1,
+            ..Default::default()
+        })
+        .unwrap();
+    let sealed = 1 + 24 + 16 + 4 + 2 * 8 + "key_id".len() + 20 + "secret_key".len() + 40;
+    let value_len = serde_json::to_vec(&first).unwrap().len()
+        + sealed
+        + serde_json::to_vec(&audit[0]).unwrap().len();
+    let value = vec![0xA5u8; value_len];
+
+    let raw = redb::Database::create(dir.path().join("raw.redb")).unwrap();
+    let mut next = 1u64;
+    let (mut raw_ops, mut raw_time) = (0u64, Duration::ZERO);
+    let (mut store_ops, mut store_time) = (0u64, Duration::ZERO);
+    let mut ids = vec![first.id];
+    for _ in 0..ROUNDS {
+        let t = Instant::now();
+        while t.elapsed() < PHASE {
+            let mut txn = raw.begin_write().unwrap();
+            txn.set_durability(Durability::Immediate).unwrap();
+            txn.open_table(RAW)
+                .unwrap()
+                .insert(raw_ops, value.as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+            raw_ops += 1;
+        }
+        raw_time += t.elapsed();
+
+        let t = Instant::now();
+        while t.elapsed() < PHASE {
+            ids.push(
+                store
+                    .create_credential("bench", ns, new_cred(next))
+                    .unwrap()
+                    .id,
+            );
+            next += 1;
+            store_ops += 1;
+        }
+        store_time += t.elapsed();
+    }
+    let raw_rate = raw_ops as f64 / raw_time.as_secs_f64();
+    let store_rate = store_ops as f64 / store_time.as_secs_f64();
+
+    let mut gets = 0u64;
+    let t = Instant::now();
+    while t.elapsed() < PHASE {
+        for _ in 0..64 {
+            let id = ids[(gets as usize * 7919) % ids.len()];
+            std::hint::black_box(store.get_credential(ns, id).unwrap());
+            gets += 1;
+        }
+    }
+    let get_rate = gets as f64 / t.elapsed().as_secs_f64();
+
+    let mut lists = 0u64;
+    let query = ListQuery {
+        limit: 50,
+        ..Default::default()
+    };
+    let t = Instant::now();
+    while t.elapsed() < PHASE {
+        let page = store.list_credentials(ns, &query).unwrap();
+        assert_eq!(page.items.len(), 50.min(ids.len()));
+        std::hint::black_box(page);
+        lists += 1;
+    }
+    let list_rate = lists as f64 / t.elapsed().as_secs_f64();
+
+    println!("value_bytes_per_commit {value_len}");
+    println!("raw_redb_durable_commits_per_s {raw_rate:.1}");
+    println!("store_durable_creates_per_s {store_rate:.1}");
+    println!("create_vs_raw_ratio {:.2}", store_rate / raw_rate);
+    println!("get_credential_per_s {get_rate:.0}");
+    println!(
+        "list_credentials_50_per_s {list_rate:.0} (namespace holds {} credentials)",
+        ids.len()
+    );
+}

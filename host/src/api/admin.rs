@@ -1,0 +1,102 @@
+//! `/api/admin/*`: users and tokens. Every route needs the admin role.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{delete, post};
+use axum::{Json, Router};
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
+
+use super::auth::Auth;
+use super::extract::ApiJson;
+use super::{ApiError, AppState};
+use crate::service::IssuedToken;
+use crate::store::Role;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/admin/users", post(add_user))
+        .route("/admin/users/{name}/tokens", post(add_token))
+        .route("/admin/tokens/{id}", delete(revoke_token))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewUser {
+    pub name: String,
+    #[serde(default)]
+    pub admin: bool,
+}
+
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewToken {
+    #[serde(default)]
+    pub label: String,
+    /// Lifetime in seconds; absent means no expiry.
+    pub expires_in_secs: Option<u64>,
+}
+
+/// A freshly issued token. `token` is shown here once and stored only as a hash.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TokenIssued {
+    pub user: String,
+    pub token_id: String,
+    pub token: String,
+    pub expires_at: Option<String>,
+}
+
+impl From<IssuedToken> for TokenIssued {
+    fn from(t: IssuedToken) -> Self {
+        TokenIssued {
+            user: t.info.user.clone(),
+            token_id: t.info.id.clone(),
+            token: t.token.expose_secret().to_string(),
+            expires_at: t.info.expires_at.map(crate::service::rfc3339),
+        }
+    }
+}
+
+/// Create a user (namespace + data key) and a first token.
+#[utoipa::path(post, path = "/api/admin/users", tag = "admin", request_body = NewUser, security(("bearer" = [])),
+    responses((status = 201, body = TokenIssued), (status = 403, body = super::error::ErrorBody),
+              (status = 409, body = super::error::ErrorBody)))]
+async fn add_user(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    ApiJson(req): ApiJson<NewUser>,
+) -> Result<(StatusCode, Json<TokenIssued>), ApiError> {
+    let role = if req.admin { Role::Admin } else { Role::User };
+    let (_, token) = s.run(move |svc| svc.admin_add_user(&p, &req.name, role)).await?;
+    Ok((StatusCode::CREATED, Json(token.into())))
+}
+
+/// Issue another token for a user.
+#[utoipa::path(post, path = "/api/admin/users/{name}/tokens", tag = "admin", request_body = NewToken,
+    security(("bearer" = [])),
+    responses((status = 201, body = TokenIssued), (status = 403, body = super::error::ErrorBody),
+              (status = 404, body = super::error::ErrorBody)))]
+async fn add_token(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<TokenIssued>), ApiError> {
+    // The body is optional: no body means no label and no expiry.
+    let req: NewToken = if body.iter().all(u8::is_ascii_whitespace) {
+        NewToken::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?
+    };
+    let expires_at = req.expires_in_secs.map(|s| crate::store::now_ms().saturating_add(s.saturating_mul(1000)));
+    let token = s.run(move |svc| svc.admin_issue_token(&p, &name, expires_at, &req.label)).await?;
+    Ok((StatusCode::CREATED, Json(token.into())))
+}
+
+/// Revoke a token by id.
+#[utoipa::path(delete, path = "/api/admin/tokens/{id}", tag = "admin", security(("bearer" = [])),
+    responses((status = 204), (status = 403, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody)))]
+async fn revoke_token(State(s): State<AppState>, Auth(p): Auth, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    s.run(move |svc| svc.admin_revoke_token(&p, &id)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

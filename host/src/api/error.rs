@@ -1,0 +1,79 @@
+//! The one error shape of the HTTP API: `{"error": {"code", "message", "fields"?}}`.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+
+use crate::plugins::FieldError;
+use crate::service::ServiceError;
+
+/// An API error; each variant documents its status.
+#[derive(Debug)]
+pub enum ApiError {
+    /// 400: malformed JSON or query.
+    BadRequest(String),
+    /// 413: body over the configured cap.
+    TooLarge(String),
+    /// Everything the service layer can refuse.
+    Service(ServiceError),
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        ApiError::Service(e)
+    }
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code, e.g. `not_found`, `invalid_fields`.
+    pub code: &'static str,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fields: Option<Vec<FieldError>>,
+}
+
+impl ApiError {
+    fn parts(self) -> (StatusCode, &'static str, String, Option<Vec<FieldError>>) {
+        use ServiceError as S;
+        match self {
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", m, None),
+            ApiError::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large", m, None),
+            ApiError::Service(e) => {
+                let message = e.to_string();
+                match e {
+                    S::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", message, None),
+                    S::Forbidden => (StatusCode::FORBIDDEN, "forbidden", message, None),
+                    S::NotFound => (StatusCode::NOT_FOUND, "not_found", message, None),
+                    S::Conflict(_) => (StatusCode::CONFLICT, "conflict", message, None),
+                    S::InvalidFields(fields) => {
+                        (StatusCode::UNPROCESSABLE_ENTITY, "invalid_fields", message, Some(fields))
+                    }
+                    S::BadInput(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid", message, None),
+                    S::UnknownType(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unknown_type", message, None),
+                    S::NotImplemented(_) => (StatusCode::NOT_IMPLEMENTED, "not_implemented", message, None),
+                    S::Busy => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", message, None),
+                    S::Plugin(_) => (StatusCode::BAD_GATEWAY, "plugin_error", message, None),
+                    S::Internal(detail) => {
+                        // Details go to the log only; the client gets a generic message.
+                        tracing::error!(%detail, "internal error");
+                        (StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error".into(), None)
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, message, fields) = self.parts();
+        (status, Json(ErrorBody { error: ErrorDetail { code, message, fields } })).into_response()
+    }
+}

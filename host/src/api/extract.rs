@@ -1,0 +1,61 @@
+//! Extractors whose rejections use the API's error shape.
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use serde::de::DeserializeOwned;
+
+use super::ApiError;
+
+/// `Json<T>` with 400/413 errors in the one JSON shape.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(ApiJson(v)),
+            Err(JsonRejection::BytesRejection(r)) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::TooLarge("request body is larger than the server accepts".into()))
+            }
+            Err(r) => Err(ApiError::BadRequest(body_text(r))),
+        }
+    }
+}
+
+/// `Query<T>` with 400 errors in the one JSON shape.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| ApiQuery(q.0))
+            .map_err(|r: QueryRejection| ApiError::BadRequest(r.body_text()))
+    }
+}
+
+/// serde's message says which member is wrong and where, but "invalid type" errors quote
+/// the offending string, which may be a secret: quoted text is replaced by `"…"`.
+fn body_text(r: JsonRejection) -> String {
+    let text = r.body_text();
+    let mut out = String::with_capacity(text.len());
+    let mut in_quote = false;
+    for c in text.chars() {
+        if c == '"' {
+            if in_quote {
+                out.push_str("…\"");
+            } else {
+                out.push('"');
+            }
+            in_quote = !in_quote;
+        } else if !in_quote {
+            out.push(c);
+        }
+    }
+    out
+}

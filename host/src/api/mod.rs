@@ -1,0 +1,109 @@
+//! The HTTP API: routes per resource, bearer-token auth as an extractor, one
+//! error shape. Handlers are thin: they parse, call [`Service`], shape the reply.
+
+mod admin;
+mod audit;
+mod auth;
+mod credentials;
+pub mod error;
+mod extract;
+mod health;
+pub mod openapi;
+mod types;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderName, HeaderValue};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::Router;
+use tower::limit::ConcurrencyLimitLayer;
+use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::config::ServerConfig;
+use crate::service::{Result as ServiceResult, Service, ServiceError};
+pub use error::ApiError;
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub service: Arc<Service>,
+    pub metrics: Arc<health::Metrics>,
+}
+
+impl AppState {
+    pub fn new(service: Arc<Service>) -> Self {
+        AppState { service, metrics: Arc::new(health::Metrics::default()) }
+    }
+
+    /// Runs a service operation on the blocking pool (durable commits and sandboxed
+    /// plugin calls block).
+    pub(crate) async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Service) -> ServiceResult<T> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let service = self.service.clone();
+        tokio::task::spawn_blocking(move || f(&service))
+            .await
+            .map_err(|e| ApiError::Service(ServiceError::Internal(format!("task failed: {e}"))))?
+            .map_err(ApiError::Service)
+    }
+}
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Request ids: a per-process random prefix and a counter (unique, cheap, not secret).
+#[derive(Clone)]
+struct RequestIds {
+    prefix: Arc<str>,
+    next: Arc<AtomicU64>,
+}
+
+impl MakeRequestId for RequestIds {
+    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        HeaderValue::from_str(&format!("{}-{n:08x}", self.prefix)).ok().map(RequestId::new)
+    }
+}
+
+/// The whole application: API routes plus health, metrics and the OpenAPI document.
+pub fn router(state: AppState, server: &ServerConfig) -> Router {
+    let api = Router::new()
+        .merge(credentials::router())
+        .merge(types::router())
+        .merge(audit::router())
+        .merge(admin::router());
+    let mut prefix = [0u8; 4];
+    let _ = getrandom::fill(&mut prefix);
+    let ids = RequestIds { prefix: crate::plugins::runtime::hex(&prefix).into(), next: Arc::new(AtomicU64::new(1)) };
+    Router::new()
+        .nest("/api", api)
+        .merge(health::router())
+        .merge(openapi::router())
+        .fallback(|| async { ApiError::Service(ServiceError::NotFound) })
+        .layer(DefaultBodyLimit::max(server.max_body_kib * 1024))
+        .layer(middleware::from_fn_with_state(state.clone(), count_responses))
+        .layer(ConcurrencyLimitLayer::new(server.max_concurrency))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
+            // Method and path only: query strings and headers stay out of the log.
+            let id = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
+            tracing::info_span!("request", id, method = %req.method(), path = %req.uri().path())
+        }))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, ids))
+        .with_state(state)
+}
+
+async fn count_responses(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let response = next.run(req).await;
+    state.metrics.record(response.status().as_u16(), started.elapsed());
+    response
+}
+
+/// How long graceful shutdown waits for requests in flight.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);

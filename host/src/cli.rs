@@ -1,0 +1,337 @@
+//! The `credhost` command line. Commands are thin callers of the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::config::Config;
+use crate::crypto::MasterKey;
+use crate::plugins::{Bound, Registry, TypeDescriptor};
+use crate::store::Role;
+
+#[derive(Debug, Parser)]
+#[command(name = "credhost", version, about = "A credential host with sandboxed WebAssembly credential types")]
+pub struct Cli {
+    /// Configuration file (TOML). Without one, dev defaults apply (see README).
+    #[arg(long, short = 'c', global = true, env = "CREDHOST_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP API server.
+    Serve,
+    /// Manage users (each has a namespace and a data key).
+    Users {
+        #[command(subcommand)]
+        cmd: UsersCommand,
+    },
+    /// Manage API tokens.
+    Tokens {
+        #[command(subcommand)]
+        cmd: TokensCommand,
+    },
+    /// Master key operations.
+    Keys {
+        #[command(subcommand)]
+        cmd: KeysCommand,
+    },
+    /// Audit log operations.
+    Audit {
+        #[command(subcommand)]
+        cmd: AuditCommand,
+    },
+    /// List the loaded credential types, or show one type's fields.
+    Types {
+        #[command(subcommand)]
+        show: Option<TypesCommand>,
+        /// Print JSON instead of a table.
+        #[arg(long, global = true)]
+        json: bool,
+    },
+    /// Run a type's offline checks on the given fields (nothing is stored).
+    Validate {
+        /// Credential type id, e.g. `alpaca`.
+        type_id: String,
+        /// A field as NAME=VALUE; NAME=@PATH reads the value from a file.
+        #[arg(long = "field", short = 'f', value_name = "NAME=VALUE")]
+        fields: Vec<String>,
+        /// Environment the credential is bound to (e.g. `paper`, `live`).
+        #[arg(long)]
+        environment: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TypesCommand {
+    /// Print one type's field schema.
+    Show { type_id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// Create a user; prints its first API token alone on the last line.
+    Add {
+        name: String,
+        #[arg(long)]
+        admin: bool,
+    },
+    /// List users.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokensCommand {
+    /// Issue a token for a user; prints it alone on the last line (shown once).
+    Create {
+        user: String,
+        #[arg(long, default_value = "")]
+        label: String,
+        /// Lifetime in seconds (default: no expiry).
+        #[arg(long)]
+        expires_in_secs: Option<u64>,
+    },
+    /// List tokens (never their values).
+    List {
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Revoke a token by id.
+    Revoke { token_id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Re-wrap every data key under a new master key (one transaction; safe to interrupt).
+    /// The new key is generated and written to FILE (mode 0600), which must not exist.
+    Rotate {
+        #[arg(long, value_name = "FILE")]
+        new_key_file: PathBuf,
+    },
+    /// Check that the master key opens every namespace's data key.
+    Verify,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Walk the hash chain; report the first broken link.
+    Verify,
+}
+
+/// Runs a parsed command; returns the process exit code.
+pub fn run(cli: Cli) -> ExitCode {
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<ExitCode, String> {
+    let config = Config::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Serve => {
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
+            rt.block_on(crate::server::serve(config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Users { cmd } => users(&config, cmd),
+        Command::Tokens { cmd } => tokens(&config, cmd),
+        Command::Keys { cmd } => keys(&config, cmd),
+        Command::Audit { cmd: AuditCommand::Verify } => {
+            let store = crate::app::open_store(&config)?;
+            match store.verify_audit() {
+                Ok(n) => {
+                    println!("audit chain intact: {n} records");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    println!("{e}");
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+        Command::Types { show: None, json } => {
+            let registry = registry(&config)?;
+            let descriptors: Vec<TypeDescriptor> = registry.list().iter().map(|p| p.descriptor.clone()).collect();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&descriptors).map_err(|e| e.to_string())?);
+            } else {
+                println!("{:<14} {:<8} {:<28} ENVIRONMENTS", "TYPE", "VERSION", "NAME");
+                for d in descriptors {
+                    println!("{:<14} {:<8} {:<28} {}", d.id, d.version, d.display_name, d.environments.join(","));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Types { show: Some(TypesCommand::Show { type_id }), json } => {
+            let plugin = registry(&config)?.get(&type_id).map_err(|e| e.to_string())?;
+            let d = &plugin.descriptor;
+            if json {
+                println!("{}", serde_json::to_string_pretty(d).map_err(|e| e.to_string())?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!("{} ({}) v{}\n{}\n", d.display_name, d.id, d.version, d.description);
+            if !d.environments.is_empty() {
+                println!("environments: {}\n", d.environments.join(", "));
+            }
+            println!("{:<22} {:<10} {:<7} {:<9} HELP", "FIELD", "KIND", "SECRET", "REQUIRED");
+            for f in &d.fields {
+                let kind = serde_json::to_value(f.kind).ok().and_then(|v| v.as_str().map(str::to_owned));
+                let mut help = f.help.clone();
+                if !f.choices.is_empty() {
+                    help.push_str(&format!(" [{}]", f.choices.join("|")));
+                }
+                if let Some(d) = &f.default {
+                    help.push_str(&format!(" (default {d})"));
+                }
+                println!(
+                    "{:<22} {:<10} {:<7} {:<9} {}",
+                    f.name,
+                    kind.unwrap_or_default(),
+                    if f.secret { "yes" } else { "no" },
+                    if f.required { "yes" } else { "no" },
+                    help
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Validate { type_id, fields, environment } => {
+            let registry = registry(&config)?;
+            let plugin = registry.get(&type_id).map_err(|e| e.to_string())?;
+            let mut bound = Bound { environment, ..Bound::default() };
+            for raw in fields {
+                let (name, value) = parse_field_arg(&raw)?;
+                match plugin.descriptor.field(&name) {
+                    Some(spec) if spec.secret => {
+                        bound.secrets.insert(name, SecretString::from(value));
+                    }
+                    _ => {
+                        bound.fields.insert(name, value);
+                    }
+                }
+            }
+            let call = registry.runtime().validate(&plugin, bound);
+            match call.result.map_err(|e| e.to_string())? {
+                Ok(v) => {
+                    println!("valid: {} fields, {} secret", v.fields.len() + v.secrets.len(), v.secrets.len());
+                    for (k, val) in &v.fields {
+                        println!("  {k} = {val}");
+                    }
+                    for k in v.secrets.keys() {
+                        println!("  {k} = (secret, set)");
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(errors) => {
+                    for e in errors {
+                        println!("{}: {}", e.field, e.message);
+                    }
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+    }
+}
+
+/// `NAME=VALUE`, or `NAME=@PATH` to read the value from a file (keys, long tokens).
+fn parse_field_arg(raw: &str) -> Result<(String, String), String> {
+    let (name, value) =
+        raw.split_once('=').ok_or_else(|| format!("--field {raw:?}: expected NAME=VALUE or NAME=@PATH"))?;
+    let value = match value.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path).map_err(|e| format!("--field {name}: reading {path}: {e}"))?,
+        None => value.to_string(),
+    };
+    Ok((name.to_string(), value))
+}
+
+fn registry(config: &Config) -> Result<Registry, String> {
+    crate::app::registry(config)
+}
+
+const CLI_ACTOR: &str = "cli";
+
+fn users(config: &Config, cmd: UsersCommand) -> Result<ExitCode, String> {
+    let service = crate::app::service(config)?;
+    match cmd {
+        UsersCommand::Add { name, admin } => {
+            let role = if admin { Role::Admin } else { Role::User };
+            let (user, token) = service.add_user(CLI_ACTOR, &name, role).map_err(|e| e.to_string())?;
+            eprintln!("created user {} ({:?}), token id {}", user.name, user.role, token.info.id);
+            println!("{}", token.token.expose_secret());
+        }
+        UsersCommand::List => {
+            for u in service.store().list_users().map_err(|e| e.to_string())? {
+                println!("{:<24} {:<6} {}", u.name, format!("{:?}", u.role).to_lowercase(), u.namespace);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn tokens(config: &Config, cmd: TokensCommand) -> Result<ExitCode, String> {
+    let store = crate::app::open_store(config)?;
+    match cmd {
+        TokensCommand::Create { user, label, expires_in_secs } => {
+            let expires = expires_in_secs.map(|s| crate::store::now_ms() + s * 1000);
+            let (info, token) = store.create_token(CLI_ACTOR, &user, None, expires, &label).map_err(|e| e.to_string())?;
+            eprintln!("created token {} for {}", info.id, info.user);
+            println!("{}", token.expose_secret());
+        }
+        TokensCommand::List { user } => {
+            println!("{:<26} {:<16} {:<6} {:<8} LABEL", "ID", "USER", "ROLE", "STATE");
+            for t in store.list_tokens(user.as_deref()).map_err(|e| e.to_string())? {
+                let state = if t.revoked_at.is_some() {
+                    "revoked"
+                } else if t.expires_at.is_some_and(|e| e <= crate::store::now_ms()) {
+                    "expired"
+                } else {
+                    "active"
+                };
+                println!("{:<26} {:<16} {:<6} {:<8} {}", t.id, t.user, format!("{:?}", t.role).to_lowercase(), state, t.label);
+            }
+        }
+        TokensCommand::Revoke { token_id } => {
+            let t = store.revoke_token(CLI_ACTOR, &token_id).map_err(|e| e.to_string())?;
+            println!("revoked token {} of {}", t.id, t.user);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn keys(config: &Config, cmd: KeysCommand) -> Result<ExitCode, String> {
+    let mut store = crate::app::open_store(config)?;
+    match cmd {
+        KeysCommand::Rotate { new_key_file } => {
+            let new_key = MasterKey::generate().map_err(|e| e.to_string())?;
+            write_new_key_file(&new_key_file, &new_key)?;
+            let old = store.kek_id().to_string();
+            let n = store.rotate_kek(CLI_ACTOR, new_key).map_err(|e| e.to_string())?;
+            println!("re-wrapped {n} data keys: master key {old} retired, now {}", store.kek_id());
+            println!("the new key is in {}; point CREDHOST_MASTER_KEY_FILE or [keys] master_key_file at it", new_key_file.display());
+        }
+        KeysCommand::Verify => {
+            let r = store.verify_keys().map_err(|e| e.to_string())?;
+            println!("master key {} opens all {} namespace data keys", r.kek_id, r.namespaces);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes a new key file with mode 0600, refusing to overwrite one.
+fn write_new_key_file(path: &std::path::Path, key: &MasterKey) -> Result<(), String> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut f = options.open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    f.write_all(key.to_base64().expose_secret().as_bytes()).map_err(|e| format!("{}: {e}", path.display()))?;
+    f.sync_all().map_err(|e| format!("{}: {e}", path.display()))
+}

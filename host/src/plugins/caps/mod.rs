@@ -1,0 +1,10 @@
+//! Host capabilities, one module each. Every entry point passes through
+//! [`CallState::gate`](super::state::CallState::gate) first.
+
+mod http;
+mod log;
+mod net;
+mod secrets;
+mod settings;
+mod sql;
+mod ssh;

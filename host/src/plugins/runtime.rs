@@ -1,0 +1,394 @@
+//! The sandbox: one engine, components compiled once, a fresh store per call.
+//!
+//! Every call runs in its own `Store` with a memory cap, an epoch deadline (wall
+//! time) and WASI without preopens, env, args, stdio or sockets. A trap, a timeout,
+//! a memory overrun or an oversize result ends that call with a [`PluginError`];
+//! the engine and every other plugin go on serving.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+
+use super::bindings::credhost::provider::types as wit;
+use super::bindings::{CredentialType, CredentialTypePre};
+use super::manifest::{is_identifier, AllowedHost, Capability, Manifest};
+use super::state::{Bound, CallState, CapabilityEvent, Phase};
+use super::types::{FieldError, FieldKind, TestReport, TestStatus, TypeDescriptor, Validated};
+use super::PluginError;
+use crate::redact;
+
+/// Epoch tick; deadlines are whole ticks, so a budget is honoured within one tick.
+const TICK: Duration = Duration::from_millis(10);
+/// Concurrent plugin instances the pool holds; a call beyond this fails as busy.
+const POOL_INSTANCES: u32 = 128;
+/// Largest linear memory any plugin may have (manifests cap lower).
+const POOL_MAX_MEMORY: usize = super::manifest::MAX_LIMITS.memory_mib as usize * 1024 * 1024;
+
+/// Host-side services capabilities use (network clients, policies).
+#[derive(Debug, Default)]
+pub struct HostServices {
+    /// Allow outgoing calls to loopback/private addresses (tests, on-prem services).
+    pub allow_private_networks: bool,
+}
+
+/// The engine, the linker and the epoch ticker shared by every plugin.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<CallState>,
+    host: Arc<HostServices>,
+    stop_ticker: Arc<AtomicBool>,
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.stop_ticker.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A loaded plugin: manifest, descriptor and its pre-linked component.
+pub struct Plugin {
+    pub manifest: Arc<Manifest>,
+    pub descriptor: TypeDescriptor,
+    /// Hex SHA-256 of the component bytes.
+    pub sha256: String,
+    /// Where it came from (`builtin:alpaca`, a file path).
+    pub origin: String,
+    pre: CredentialTypePre<CallState>,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin").field("id", &self.manifest.id).field("origin", &self.origin).finish()
+    }
+}
+
+/// What a call produced, plus the capability uses it made (for the audit log).
+#[derive(Debug)]
+pub struct Call<T> {
+    pub result: Result<T, PluginError>,
+    pub events: Vec<CapabilityEvent>,
+}
+
+impl Runtime {
+    pub fn new(host: HostServices) -> Result<Runtime, PluginError> {
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(POOL_INSTANCES)
+            .total_core_instances(POOL_INSTANCES * 4)
+            .total_memories(POOL_INSTANCES * 2)
+            .total_tables(POOL_INSTANCES * 4)
+            .total_stacks(POOL_INSTANCES)
+            .max_memory_size(POOL_MAX_MEMORY);
+        let mut config = Config::new();
+        config
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            // A small reservation keeps 128 pooled memories within modest address space.
+            .memory_reservation(POOL_MAX_MEMORY as u64)
+            .memory_guard_size(64 * 1024);
+        let engine = Engine::new(&config).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+        CredentialType::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+
+        let stop_ticker = Arc::new(AtomicBool::new(false));
+        let (ticker_engine, stop) = (engine.clone(), stop_ticker.clone());
+        std::thread::Builder::new()
+            .name("credhost-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(TICK);
+                    ticker_engine.increment_epoch();
+                }
+            })
+            .map_err(|e| PluginError::Engine(format!("epoch thread: {e}")))?;
+        Ok(Runtime { engine, linker, host: Arc::new(host), stop_ticker })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Compiles a component (slow: tens of ms in release). See [`Runtime::load`].
+    pub fn compile(&self, wasm: &[u8]) -> Result<Component, String> {
+        Component::new(&self.engine, wasm).map_err(|e| format!("not a valid component: {e:#}"))
+    }
+
+    /// Compiles, links and describes a plugin; checks it against its manifest.
+    pub fn load(&self, wasm: &[u8], manifest: Manifest, origin: String) -> Result<Plugin, PluginError> {
+        let sha256 = hex(&Sha256::digest(wasm));
+        let load_err = |message: String| PluginError::Load { origin: origin.clone(), message };
+        if let Some(pin) = &manifest.sha256 {
+            if !pin.eq_ignore_ascii_case(&sha256) {
+                return Err(load_err(format!("sha256 mismatch: manifest pins {pin}, file is {sha256}")));
+            }
+        }
+        let component = self.compile(wasm).map_err(load_err)?;
+        self.link(component, manifest, sha256, origin)
+    }
+
+    /// Links an already compiled component (fresh or from the precompiled cache).
+    pub fn link(
+        &self,
+        component: Component,
+        manifest: Manifest,
+        sha256: String,
+        origin: String,
+    ) -> Result<Plugin, PluginError> {
+        let load_err = |message: String| PluginError::Load { origin: origin.clone(), message };
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| load_err(format!("does not fit the credhost:provider world: {e:#}")))?;
+        let pre = CredentialTypePre::new(instance_pre)
+            .map_err(|e| load_err(format!("does not export the credential-type world: {e:#}")))?;
+        let manifest = Arc::new(manifest);
+        let call = self.run(&pre, &manifest, Phase::Describe, Bound::default(), |ct, store| {
+            ct.call_describe(store)
+        });
+        let raw = call.result.map_err(|e| load_err(format!("describe failed: {e}")))?;
+        let descriptor = TypeDescriptor::from_wit(raw);
+        check_descriptor(&descriptor, &manifest).map_err(load_err)?;
+        Ok(Plugin { manifest, descriptor, sha256, origin, pre })
+    }
+
+    /// Runs the plugin's offline checks on `input` (secret fields included).
+    /// `Ok(Err(errors))` is a field-level verdict; `Err` is a fault of the plugin.
+    pub fn validate(&self, plugin: &Plugin, input: Bound) -> Call<Result<Validated, Vec<FieldError>>> {
+        let mut wire: Vec<wit::FieldValue> = input
+            .fields
+            .iter()
+            .map(|(k, v)| wit::FieldValue { name: k.clone(), value: v.clone() })
+            .chain(input.secrets.iter().map(|(k, v)| wit::FieldValue {
+                name: k.clone(),
+                value: v.expose_secret().to_string(),
+            }))
+            .collect();
+        if let Some(env) = &input.environment {
+            wire.push(wit::FieldValue { name: "environment".into(), value: env.clone() });
+        }
+        let secrets: Vec<SecretString> = input.secrets.values().cloned().collect();
+        let call = self.run(&plugin.pre, &plugin.manifest, Phase::Validate, input, move |ct, store| {
+            let r = ct.call_validate(store, &wire);
+            for fv in &mut wire {
+                zeroize::Zeroize::zeroize(&mut fv.value);
+            }
+            r
+        });
+        let id = &plugin.manifest.id;
+        let result = call.result.and_then(|r| match r {
+            Ok(values) => split_validated(plugin, values, &secrets).map(Ok),
+            Err(errors) => Ok(Err(errors
+                .into_iter()
+                .map(|e| FieldError { field: e.field, message: redact::scrub(&e.message, &secrets) })
+                .collect())),
+        });
+        if let Err(PluginError::Contract { .. }) = &result {
+            tracing::warn!(plugin = %id, "validate output broke the contract");
+        }
+        Call { result, events: call.events }
+    }
+
+    /// Runs the plugin's live test against the credential in `bound`.
+    pub fn test(&self, plugin: &Plugin, bound: Bound) -> Call<TestReport> {
+        let ctx = wit::TestContext {
+            environment: bound.environment.clone(),
+            fields: bound.fields.iter().map(|(k, v)| wit::FieldValue { name: k.clone(), value: v.clone() }).collect(),
+            secret_fields: bound.secrets.keys().cloned().collect(),
+        };
+        let secrets: Vec<SecretString> = bound.secrets.values().cloned().collect();
+        let started = Instant::now();
+        let call = self.run(&plugin.pre, &plugin.manifest, Phase::Test, bound, move |ct, store| {
+            ct.call_test(store, &ctx)
+        });
+        let latency_ms = started.elapsed().as_millis() as u64;
+        let id = plugin.manifest.id.clone();
+        let result = call.result.and_then(|r| match r {
+            Ok(o) => Ok(TestReport {
+                status: TestStatus::from(o.status),
+                summary: redact::scrub(&o.summary, &secrets),
+                facts: o.facts.into_iter().map(|f| (f.key, redact::scrub(&f.value, &secrets))).collect(),
+                latency_ms,
+            }),
+            Err(e) => Err(PluginError::reported(&id, e, &secrets)),
+        });
+        Call { result, events: call.events }
+    }
+
+    /// One sandboxed call: fresh store, limits, deadline, instantiate, call, size check.
+    fn run<T: OutputSize>(
+        &self,
+        pre: &CredentialTypePre<CallState>,
+        manifest: &Arc<Manifest>,
+        phase: Phase,
+        bound: Bound,
+        f: impl FnOnce(&CredentialType, &mut Store<CallState>) -> wasmtime::Result<T>,
+    ) -> Call<T> {
+        let limits = manifest.limits;
+        let budget_ms = if phase == Phase::Test { limits.test_ms } else { limits.validate_ms };
+        let state = CallState::new(manifest.clone(), phase, bound, self.host.clone());
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| s);
+        store.set_epoch_deadline(u64::from(budget_ms).div_ceil(TICK.as_millis() as u64) + 1);
+        store.epoch_deadline_trap();
+
+        let plugin = manifest.id.as_str();
+        let outcome = pre.instantiate(&mut store).and_then(|ct| f(&ct, &mut store));
+        let state = store.data();
+        let result = match outcome {
+            Ok(value) => {
+                let size = value.output_size();
+                let limit = limits.output_kib as usize * 1024;
+                if size > limit {
+                    Err(PluginError::OutputTooLarge { plugin: plugin.into(), size, limit })
+                } else {
+                    Ok(value)
+                }
+            }
+            Err(_) if state.memory_exceeded => {
+                Err(PluginError::MemoryLimit { plugin: plugin.into(), limit_mib: limits.memory_mib })
+            }
+            Err(e) if e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) => {
+                Err(PluginError::Timeout { plugin: plugin.into(), limit_ms: budget_ms })
+            }
+            Err(e) if is_pool_exhausted(&e) => Err(PluginError::Busy),
+            Err(e) => {
+                let message = match e.downcast_ref::<wasmtime::Trap>() {
+                    Some(trap) => trap.to_string(),
+                    None => format!("{e:#}"),
+                };
+                Err(PluginError::Trap { plugin: plugin.into(), message })
+            }
+        };
+        let events = std::mem::take(&mut store.data_mut().events);
+        Call { result, events }
+    }
+}
+
+fn is_pool_exhausted(e: &wasmtime::Error) -> bool {
+    let s = format!("{e:#}");
+    s.contains("maximum concurrent") || s.contains("concurrent instance limit")
+}
+
+/// Splits validate's output into non-secret and secret fields, by the descriptor.
+fn split_validated(
+    plugin: &Plugin,
+    values: Vec<wit::FieldValue>,
+    input_secrets: &[SecretString],
+) -> Result<Validated, PluginError> {
+    let contract = |message: String| PluginError::Contract { plugin: plugin.manifest.id.clone(), message };
+    let mut out = Validated::default();
+    for fv in values {
+        if fv.name == "environment" && !plugin.descriptor.environments.is_empty() {
+            if !plugin.descriptor.environments.contains(&fv.value) {
+                return Err(contract(format!("validate returned unknown environment {:?}", fv.value)));
+            }
+            out.environment = Some(fv.value);
+            continue;
+        }
+        let Some(spec) = plugin.descriptor.field(&fv.name) else {
+            return Err(contract(format!("validate returned undeclared field `{}`", fv.name)));
+        };
+        if spec.secret {
+            out.secrets.insert(fv.name, SecretString::from(fv.value));
+        } else {
+            // A plugin must not move a secret into a field that is stored and shown in clear.
+            if redact::scrub(&fv.value, input_secrets) != fv.value {
+                return Err(contract(format!("validate put a secret value into non-secret field `{}`", fv.name)));
+            }
+            out.fields.insert(fv.name, fv.value);
+        }
+    }
+    Ok(out)
+}
+
+/// Load-time checks of `describe` against the manifest: ids, field names, grants.
+fn check_descriptor(d: &TypeDescriptor, m: &Manifest) -> Result<(), String> {
+    if d.id != m.id {
+        return Err(format!("describe() says type id `{}` but the manifest says `{}`", d.id, m.id));
+    }
+    let mut seen = BTreeSet::new();
+    for f in &d.fields {
+        if !is_identifier(&f.name) || f.name == "environment" {
+            return Err(format!("field name `{}` must match [a-z][a-z0-9_]* and not be `environment`", f.name));
+        }
+        if !seen.insert(f.name.as_str()) {
+            return Err(format!("field `{}` is declared twice", f.name));
+        }
+        if f.kind == FieldKind::Choice && f.choices.is_empty() {
+            return Err(format!("choice field `{}` has no choices", f.name));
+        }
+    }
+    for r in &m.reveal {
+        if !d.field(r).is_some_and(|f| f.secret) {
+            return Err(format!("manifest reveals `{r}`, which is not a secret field of the type"));
+        }
+    }
+    for h in &m.allowed_hosts {
+        if let AllowedHost::Field(name) = h {
+            if !d.field(name).is_some_and(|f| !f.secret) {
+                return Err(format!("allowed host `field:{name}` must name a non-secret field of the type"));
+            }
+        }
+    }
+    if m.has(Capability::Secrets) && m.reveal.is_empty() {
+        return Err("capability `secrets` is declared but `reveal` lists no fields".into());
+    }
+    Ok(())
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Bytes a call's result occupies once lifted into the host; checked against `output_kib`.
+trait OutputSize {
+    fn output_size(&self) -> usize;
+}
+
+impl OutputSize for wit::Descriptor {
+    fn output_size(&self) -> usize {
+        self.id.len()
+            + self.display_name.len()
+            + self.version.len()
+            + self.description.len()
+            + self.environments.iter().map(String::len).sum::<usize>()
+            + self
+                .fields
+                .iter()
+                .map(|f| {
+                    f.name.len()
+                        + f.label.len()
+                        + f.help.len()
+                        + f.choices.iter().map(String::len).sum::<usize>()
+                        + f.default.as_ref().map_or(0, String::len)
+                })
+                .sum::<usize>()
+    }
+}
+
+impl OutputSize for Result<Vec<wit::FieldValue>, Vec<wit::FieldError>> {
+    fn output_size(&self) -> usize {
+        match self {
+            Ok(v) => v.iter().map(|f| f.name.len() + f.value.len()).sum(),
+            Err(e) => e.iter().map(|f| f.field.len() + f.message.len()).sum(),
+        }
+    }
+}
+
+impl OutputSize for Result<wit::TestOutcome, wit::Error> {
+    fn output_size(&self) -> usize {
+        match self {
+            Ok(o) => o.summary.len() + o.facts.iter().map(|f| f.key.len() + f.value.len()).sum::<usize>(),
+            Err(e) => format!("{e:?}").len(),
+        }
+    }
+}
+

@@ -1,0 +1,147 @@
+//! Per-call state: what one plugin call may see and do. A fresh `CallState`
+//! lives in a fresh `Store` for exactly one export call.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use secrecy::SecretString;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::credhost::provider::types;
+use super::manifest::{Capability, Manifest};
+use super::runtime::HostServices;
+
+/// Which export is running; network capabilities exist only during `test`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Describe,
+    Validate,
+    Test,
+}
+
+/// A capability use the host recorded during a call; the service layer audits these.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CapabilityEvent {
+    pub capability: Capability,
+    /// What was asked (a field name, a URL origin); never a secret value.
+    pub detail: String,
+    pub allowed: bool,
+}
+
+/// The credential a call is bound to: the only fields host capabilities can reach.
+#[derive(Default)]
+pub struct Bound {
+    pub environment: Option<String>,
+    /// Non-secret field values.
+    pub fields: BTreeMap<String, String>,
+    /// Secret field values; never handed to the guest except through `secrets.reveal`.
+    pub secrets: BTreeMap<String, SecretString>,
+}
+
+impl std::fmt::Debug for Bound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bound")
+            .field("environment", &self.environment)
+            .field("fields", &self.fields)
+            .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+pub struct CallState {
+    pub(crate) manifest: Arc<Manifest>,
+    pub(crate) phase: Phase,
+    pub(crate) bound: Bound,
+    pub(crate) host: Arc<HostServices>,
+    pub(crate) events: Vec<CapabilityEvent>,
+    pub(crate) log_lines: u32,
+    memory_cap: usize,
+    pub(crate) memory_exceeded: bool,
+    wasi: WasiCtx,
+    table: ResourceTable,
+}
+
+impl CallState {
+    pub(crate) fn new(manifest: Arc<Manifest>, phase: Phase, bound: Bound, host: Arc<HostServices>) -> Self {
+        // No preopens, env, args, stdio or sockets: the builder's defaults plus explicit
+        // network denial (its defaults have changed between releases).
+        let wasi = WasiCtx::builder()
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let memory_cap = manifest.limits.memory_mib as usize * 1024 * 1024;
+        CallState {
+            manifest,
+            phase,
+            bound,
+            host,
+            events: Vec::new(),
+            log_lines: 0,
+            memory_cap,
+            memory_exceeded: false,
+            wasi,
+            table: ResourceTable::new(),
+        }
+    }
+
+    /// The single check every capability call passes through. Fails closed: an
+    /// undeclared capability, or a network one outside `test`, is denied and recorded.
+    pub(crate) fn gate(&mut self, cap: Capability, detail: &str) -> Result<(), types::Error> {
+        let denial = if !self.manifest.has(cap) {
+            Some(format!("capability `{cap}` is not declared in the manifest of `{}`", self.manifest.id))
+        } else if cap.is_network() && self.phase != Phase::Test {
+            Some(format!("capability `{cap}` is only available during `test`"))
+        } else {
+            None
+        };
+        let allowed = denial.is_none();
+        // `log`/`settings` uses are too frequent and harmless to record when allowed.
+        if !allowed || !matches!(cap, Capability::Log | Capability::Settings) {
+            self.events.push(CapabilityEvent { capability: cap, detail: detail.to_string(), allowed });
+        }
+        match denial {
+            Some(msg) => {
+                tracing::warn!(plugin = %self.manifest.id, capability = %cap, detail, "capability denied");
+                Err(types::Error::Denied(msg))
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Records a refusal that happened after the gate (host not allowed, field not revealable).
+    pub(crate) fn refuse(&mut self, cap: Capability, detail: String) {
+        if let Some(last) = self.events.last_mut() {
+            if last.capability == cap && last.allowed {
+                last.allowed = false;
+                last.detail = detail;
+                return;
+            }
+        }
+        self.events.push(CapabilityEvent { capability: cap, detail, allowed: false });
+    }
+}
+
+impl WasiView for CallState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl wasmtime::ResourceLimiter for CallState {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.memory_cap {
+            self.memory_exceeded = true;
+            // An error traps the guest: a memory bomb ends the call instead of limping on.
+            wasmtime::bail!("memory limit of {} MiB exceeded", self.memory_cap / (1024 * 1024));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+impl types::Host for CallState {}

@@ -1,0 +1,537 @@
+//! The operations: the one place that decrypts, calls plugins and writes audit
+//! records. The HTTP API, the CLI and the config reconciler are thin callers.
+//!
+//! Methods are synchronous (durable commits and sandboxed calls block); async
+//! callers run them on the blocking pool.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+use crate::plugins::{
+    Bound, CapabilityEvent, FieldError, Plugin, PluginError, Registry, ReportedKind, TestReport, TypeDescriptor,
+};
+use crate::store::{
+    AuditEntry, AuditQuery, AuditRecord, Credential, CredentialId, CredentialUpdate, ListQuery, NewCredential,
+    Outcome, Principal, Role, Store, StoreError, TestResult, TokenInfo, User,
+};
+
+/// Why an operation was refused. The API maps each variant to one status.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("missing or invalid bearer token")]
+    Unauthorized,
+    #[error("this operation needs the admin role")]
+    Forbidden,
+    /// Missing, another user's, or deleted: indistinguishable on purpose.
+    #[error("not found")]
+    NotFound,
+    #[error("{0}")]
+    Conflict(String),
+    #[error("some fields are invalid")]
+    InvalidFields(Vec<FieldError>),
+    #[error("{0}")]
+    BadInput(String),
+    #[error("unknown credential type `{0}`")]
+    UnknownType(String),
+    #[error("{0}")]
+    NotImplemented(String),
+    #[error("the plugin sandbox is busy; retry shortly")]
+    Busy,
+    #[error("{0}")]
+    Plugin(PluginError),
+    /// Details are logged, not shown.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for ServiceError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => ServiceError::NotFound,
+            StoreError::NameTaken { .. } | StoreError::UserExists { .. } => ServiceError::Conflict(e.to_string()),
+            StoreError::Invalid(m) => ServiceError::BadInput(m),
+            other => ServiceError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<PluginError> for ServiceError {
+    fn from(e: PluginError) -> Self {
+        match e {
+            PluginError::UnknownType(t) => ServiceError::UnknownType(t),
+            PluginError::Busy => ServiceError::Busy,
+            PluginError::Reported { kind: ReportedKind::Unsupported, ref message, .. } => {
+                ServiceError::NotImplemented(message.clone())
+            }
+            other => ServiceError::Plugin(other),
+        }
+    }
+}
+
+pub type Result<T, E = ServiceError> = std::result::Result<T, E>;
+
+/// A field value as given by a caller. Held as a secret until the type says it is not one.
+pub struct FieldInput(pub SecretString);
+
+impl<'de> Deserialize<'de> for FieldInput {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        // Accept JSON strings, numbers and booleans (`"port": 22`); a value is text to a plugin.
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            S(String),
+            N(serde_json::Number),
+            B(bool),
+        }
+        let s = match Raw::deserialize(d).map_err(|_| serde::de::Error::custom("field values must be strings, numbers or booleans"))? {
+            Raw::S(s) => s,
+            Raw::N(n) => n.to_string(),
+            Raw::B(b) => b.to_string(),
+        };
+        Ok(FieldInput(SecretString::from(s)))
+    }
+}
+
+impl From<&str> for FieldInput {
+    fn from(s: &str) -> Self {
+        FieldInput(SecretString::from(s.to_string()))
+    }
+}
+
+impl std::fmt::Debug for FieldInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FieldInput(..)")
+    }
+}
+
+/// Input of [`Service::create`].
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateCredential {
+    pub name: String,
+    /// Credential type id, e.g. `alpaca`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub environment: Option<String>,
+    /// Field values by name, secret ones included.
+    #[schema(value_type = BTreeMap<String, String>)]
+    #[serde(default)]
+    pub fields: BTreeMap<String, FieldInput>,
+}
+
+/// Input of [`Service::update`]: every member optional; absent means unchanged.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateCredential {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub tags: Option<Vec<String>>,
+    /// `null` clears the environment.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub environment: Option<Option<String>>,
+    /// Fields to set; `null` removes an optional field. Secret fields not named keep their value.
+    #[schema(value_type = BTreeMap<String, Option<String>>)]
+    #[serde(default)]
+    pub fields: BTreeMap<String, Option<FieldInput>>,
+}
+
+fn double_option<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+/// How a field shows in responses: its value, or for a secret only that it is set.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum FieldView {
+    Plain(String),
+    Secret {
+        set: bool,
+        /// Keyed per-user HMAC: tells equal values apart without revealing them.
+        fingerprint: String,
+    },
+}
+
+/// Last live-test result.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct LastTest {
+    pub at: String,
+    pub ok: bool,
+    pub summary: String,
+}
+
+/// A credential as shown to its owner: metadata, never a secret value.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct CredentialView {
+    pub id: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub description: String,
+    pub tags: Vec<String>,
+    pub environment: Option<String>,
+    pub fields: BTreeMap<String, FieldView>,
+    /// Secret version; increases whenever a secret changes.
+    pub version: u32,
+    pub created_at: String,
+    pub updated_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<String>,
+    pub last_test: Option<LastTest>,
+}
+
+impl From<Credential> for CredentialView {
+    fn from(c: Credential) -> Self {
+        let mut fields: BTreeMap<String, FieldView> =
+            c.fields.into_iter().map(|(k, v)| (k, FieldView::Plain(v))).collect();
+        for (k, s) in c.secrets {
+            fields.insert(k, FieldView::Secret { set: true, fingerprint: s.fingerprint });
+        }
+        CredentialView {
+            id: c.id.to_string(),
+            name: c.name,
+            kind: c.kind,
+            description: c.description,
+            tags: c.tags,
+            environment: c.environment,
+            fields,
+            version: c.version,
+            created_at: rfc3339(c.created_at),
+            updated_at: rfc3339(c.updated_at),
+            deleted_at: c.deleted_at.map(rfc3339),
+            last_test: c.last_test.map(|t| LastTest { at: rfc3339(t.at), ok: t.ok, summary: t.summary }),
+        }
+    }
+}
+
+/// One page of credentials.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CredentialPage {
+    pub items: Vec<CredentialView>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// Result of the offline re-check of a stored credential.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ValidationReport {
+    pub valid: bool,
+    pub errors: Vec<FieldError>,
+}
+
+/// Result of a live test, as returned to callers.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TestView {
+    pub ok: bool,
+    #[serde(flatten)]
+    pub report: TestReport,
+}
+
+/// A new token: the plaintext is in here once and nowhere else.
+pub struct IssuedToken {
+    pub info: TokenInfo,
+    pub token: SecretString,
+}
+
+impl std::fmt::Debug for IssuedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedToken").field("info", &self.info).finish_non_exhaustive()
+    }
+}
+
+/// The operations every caller uses.
+pub struct Service {
+    store: Arc<Store>,
+    registry: Arc<Registry>,
+}
+
+impl Service {
+    pub fn new(store: Arc<Store>, registry: Arc<Registry>) -> Self {
+        Service { store, registry }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The principal behind a bearer token.
+    pub fn authenticate(&self, token: &str) -> Result<Principal> {
+        self.store.authenticate(token)?.ok_or(ServiceError::Unauthorized)
+    }
+
+    /// Every loaded credential type.
+    pub fn types(&self) -> Vec<TypeDescriptor> {
+        self.registry.list().iter().map(|p| p.descriptor.clone()).collect()
+    }
+
+    pub fn create(&self, p: &Principal, req: CreateCredential) -> Result<CredentialView> {
+        let plugin = self.registry.get(&req.kind)?;
+        let mut input = Bound { environment: req.environment, ..Bound::default() };
+        for (name, value) in req.fields {
+            put_field(&plugin, &mut input, name, value.0);
+        }
+        let validated = self.run_validate(p, None, &plugin, input)?.map_err(ServiceError::InvalidFields)?;
+        let new = NewCredential {
+            name: req.name,
+            kind: req.kind,
+            description: req.description,
+            tags: req.tags,
+            environment: validated.environment,
+            fields: validated.fields,
+            secrets: validated.secrets,
+        };
+        Ok(self.store.create_credential(&p.user, p.namespace, new)?.into())
+    }
+
+    pub fn get(&self, p: &Principal, id: &str) -> Result<CredentialView> {
+        Ok(self.live(p, id)?.into())
+    }
+
+    pub fn list(&self, p: &Principal, query: &ListQuery) -> Result<CredentialPage> {
+        let page = self.store.list_credentials(p.namespace, query)?;
+        Ok(CredentialPage { items: page.items.into_iter().map(Into::into).collect(), next_cursor: page.next_cursor })
+    }
+
+    /// Partial update. Field or environment changes are re-validated by the type against
+    /// the merged credential; secrets not named keep their value.
+    pub fn update(&self, p: &Principal, id: &str, req: UpdateCredential) -> Result<CredentialView> {
+        let current = self.live(p, id)?;
+        let mut upd = CredentialUpdate {
+            name: req.name,
+            description: req.description,
+            tags: req.tags,
+            ..CredentialUpdate::default()
+        };
+        if !req.fields.is_empty() || req.environment.is_some() {
+            let plugin = self.registry.get(&current.kind)?;
+            // Validation sees the whole merged credential, so it needs the stored secrets.
+            let stored = self.store.reveal(&p.user, p.namespace, current.id, "validate update")?;
+            let mut merged = Bound {
+                environment: req.environment.clone().unwrap_or_else(|| current.environment.clone()),
+                fields: current.fields.clone(),
+                secrets: stored.clone(),
+            };
+            for (name, value) in req.fields {
+                merged.fields.remove(&name);
+                merged.secrets.remove(&name);
+                if let Some(v) = value {
+                    put_field(&plugin, &mut merged, name, v.0);
+                }
+            }
+            let validated =
+                self.run_validate(p, Some(current.id), &plugin, merged)?.map_err(ServiceError::InvalidFields)?;
+            upd.environment = (validated.environment != current.environment).then_some(validated.environment);
+            let names: BTreeSet<&String> = current.fields.keys().chain(validated.fields.keys()).collect();
+            for name in names {
+                let new = validated.fields.get(name);
+                if new != current.fields.get(name) {
+                    upd.fields.insert(name.clone(), new.cloned());
+                }
+            }
+            for name in stored.keys() {
+                if !validated.secrets.contains_key(name) {
+                    upd.clear_secrets.insert(name.clone());
+                }
+            }
+            // Only changed secrets make a new version.
+            for (name, value) in validated.secrets {
+                if stored.get(&name).map(ExposeSecret::expose_secret) != Some(value.expose_secret()) {
+                    upd.secrets.insert(name, value);
+                }
+            }
+        }
+        Ok(self.store.update_credential(&p.user, p.namespace, current.id, upd)?.into())
+    }
+
+    /// Soft delete (restorable), or with `purge` destroy every version.
+    pub fn delete(&self, p: &Principal, id: &str, purge: bool) -> Result<()> {
+        let id = parse_id(id)?;
+        if purge {
+            // Purge works on soft-deleted credentials too: that is how a name is freed.
+            self.store.get_credential(p.namespace, id)?;
+            self.store.purge_credential(&p.user, p.namespace, id)?;
+        } else {
+            self.live(p, &id.to_string())?;
+            self.store.delete_credential(&p.user, p.namespace, id)?;
+        }
+        Ok(())
+    }
+
+    pub fn restore(&self, p: &Principal, id: &str) -> Result<CredentialView> {
+        let id = parse_id(id)?;
+        let c = self.store.get_credential(p.namespace, id)?;
+        if c.deleted_at.is_none() {
+            return Ok(c.into());
+        }
+        Ok(self.store.restore_credential(&p.user, p.namespace, id)?.into())
+    }
+
+    /// Re-runs the type's offline checks on the stored credential.
+    pub fn validate(&self, p: &Principal, id: &str) -> Result<ValidationReport> {
+        let c = self.live(p, id)?;
+        let plugin = self.registry.get(&c.kind)?;
+        let bound = self.bound(p, &c, "validate")?;
+        Ok(match self.run_validate(p, Some(c.id), &plugin, bound)? {
+            Ok(_) => ValidationReport { valid: true, errors: Vec::new() },
+            Err(errors) => ValidationReport { valid: false, errors },
+        })
+    }
+
+    /// Runs the type's live test, records the result on the credential and in the audit log.
+    pub fn test(&self, p: &Principal, id: &str) -> Result<TestView> {
+        let c = self.live(p, id)?;
+        let plugin = self.registry.get(&c.kind)?;
+        let bound = self.bound(p, &c, "test")?;
+        let call = self.registry.runtime().test(&plugin, bound);
+        self.audit_events(p, Some(c.id), &call.events);
+        let report = call.result.inspect_err(|e| {
+            self.audit(p, Some(c.id), "credential.test", Outcome::Failed, e.to_string());
+        })?;
+        let result = TestResult { at: crate::store::now_ms(), ok: report.ok(), summary: report.summary.clone() };
+        self.store.record_test_result(&p.user, p.namespace, c.id, result)?;
+        Ok(TestView { ok: report.ok(), report })
+    }
+
+    /// The caller's audit records, newest first; admins may name another user.
+    pub fn audit_log(&self, p: &Principal, user: Option<&str>, limit: usize) -> Result<Vec<AuditRecord>> {
+        let namespace = match user {
+            Some(u) if u != p.user => {
+                require_admin(p)?;
+                Some(self.store.get_user(u)?.namespace)
+            }
+            _ => Some(p.namespace),
+        };
+        Ok(self.store.list_audit(&AuditQuery { namespace, limit, ..AuditQuery::default() })?)
+    }
+
+    /// Creates a user (with namespace and data key) and a first token.
+    pub fn add_user(&self, actor: &str, name: &str, role: Role) -> Result<(User, IssuedToken)> {
+        let user = self.store.add_user(actor, name, role)?;
+        let token = self.issue_token(actor, name, None, "initial")?;
+        Ok((user, token))
+    }
+
+    pub fn issue_token(&self, actor: &str, user: &str, expires_at: Option<u64>, label: &str) -> Result<IssuedToken> {
+        let (info, token) = self.store.create_token(actor, user, None, expires_at, label)?;
+        Ok(IssuedToken { info, token })
+    }
+
+    /// Admin-only wrappers used by the API.
+    pub fn admin_add_user(&self, p: &Principal, name: &str, role: Role) -> Result<(User, IssuedToken)> {
+        require_admin(p)?;
+        self.add_user(&p.user, name, role)
+    }
+
+    pub fn admin_issue_token(&self, p: &Principal, user: &str, expires_at: Option<u64>, label: &str) -> Result<IssuedToken> {
+        require_admin(p)?;
+        self.store.get_user(user)?;
+        self.issue_token(&p.user, user, expires_at, label)
+    }
+
+    pub fn admin_revoke_token(&self, p: &Principal, token_id: &str) -> Result<TokenInfo> {
+        require_admin(p)?;
+        Ok(self.store.revoke_token(&p.user, token_id)?)
+    }
+
+    /// A live (not soft-deleted) credential of the caller.
+    fn live(&self, p: &Principal, id: &str) -> Result<Credential> {
+        let c = self.store.get_credential(p.namespace, parse_id(id)?)?;
+        if c.deleted_at.is_some() {
+            return Err(ServiceError::NotFound);
+        }
+        Ok(c)
+    }
+
+    /// The stored credential with its secrets, bound for a plugin call (audited reveal).
+    fn bound(&self, p: &Principal, c: &Credential, purpose: &str) -> Result<Bound> {
+        Ok(Bound {
+            environment: c.environment.clone(),
+            fields: c.fields.clone(),
+            secrets: self.store.reveal(&p.user, p.namespace, c.id, purpose)?,
+        })
+    }
+
+    fn run_validate(
+        &self,
+        p: &Principal,
+        cred: Option<CredentialId>,
+        plugin: &Plugin,
+        input: Bound,
+    ) -> Result<std::result::Result<crate::plugins::Validated, Vec<FieldError>>> {
+        if let Some(env) = &input.environment {
+            let envs = &plugin.descriptor.environments;
+            if !envs.is_empty() && !envs.contains(env) {
+                return Ok(Err(vec![FieldError {
+                    field: "environment".into(),
+                    message: format!("must be one of: {}", envs.join(", ")),
+                }]));
+            }
+        }
+        let call = self.registry.runtime().validate(plugin, input);
+        self.audit_events(p, cred, &call.events);
+        Ok(call.result?)
+    }
+
+    /// Capability uses worth keeping: denials always, allowed network/secret uses too.
+    fn audit_events(&self, p: &Principal, cred: Option<CredentialId>, events: &[CapabilityEvent]) {
+        for e in events {
+            let outcome = if e.allowed { Outcome::Ok } else { Outcome::Denied };
+            self.audit(p, cred, &format!("plugin.{}", e.capability), outcome, e.detail.clone());
+        }
+    }
+
+    fn audit(&self, p: &Principal, cred: Option<CredentialId>, action: &str, outcome: Outcome, detail: String) {
+        let mut entry = AuditEntry::ok(&p.user, action);
+        entry.namespace = Some(p.namespace);
+        entry.credential = cred;
+        entry.outcome = outcome;
+        entry.detail = detail;
+        if let Err(e) = self.store.append_audit(entry) {
+            tracing::error!(error = %e, action, "could not write audit record");
+        }
+    }
+}
+
+/// Files a caller's field under the type's notion of secret; unknown names are kept
+/// secret (the plugin will reject them, and must not see them echoed).
+fn put_field(plugin: &Plugin, into: &mut Bound, name: String, value: SecretString) {
+    match plugin.descriptor.field(&name) {
+        Some(spec) if !spec.secret => {
+            into.fields.insert(name, value.expose_secret().to_string());
+        }
+        _ => {
+            into.secrets.insert(name, value);
+        }
+    }
+}
+
+fn require_admin(p: &Principal) -> Result<()> {
+    if p.role == Role::Admin {
+        Ok(())
+    } else {
+        Err(ServiceError::Forbidden)
+    }
+}
+
+fn parse_id(id: &str) -> Result<CredentialId> {
+    id.parse().map_err(|_| ServiceError::NotFound)
+}
+
+/// Unix ms as RFC 3339 UTC with milliseconds.
+pub fn rfc3339(ms: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_millis(t).to_string()
+}

@@ -1,0 +1,638 @@
+//! Credentials: metadata, the per-namespace name index, and sealed secret versions.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use redb::{ReadableDatabase, ReadableTable};
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
+
+use super::audit::{self, AuditEntry};
+use super::error::{Result, StoreError};
+use super::schema::{
+    dec, enc, CredentialId, NamespaceId, CREDENTIALS, NAMES, NAMESPACES, VERSIONS,
+};
+use super::{now_ms, Store};
+use crate::crypto::{random_bytes, SecretMap};
+
+const MAX_VALUE_LEN: usize = 64 * 1024;
+
+/// Result of the last live test of a credential.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TestResult {
+    /// Unix ms.
+    pub at: u64,
+    pub ok: bool,
+    pub summary: String,
+}
+
+/// A secret field that is set: never its value, only a keyed fingerprint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretField {
+    /// HMAC under the namespace's fingerprint key (see [`crate::crypto::FingerprintKey`]).
+    pub fingerprint: String,
+    /// The version in which this value was last set.
+    pub version: u32,
+}
+
+/// Credential metadata: everything except secret values. Safe to log and return.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credential {
+    pub id: CredentialId,
+    pub namespace: NamespaceId,
+    pub name: String,
+    /// The credential type id (a plugin's type).
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub description: String,
+    pub tags: Vec<String>,
+    pub environment: Option<String>,
+    /// Unix ms.
+    pub created_at: u64,
+    pub updated_at: u64,
+    /// Set while soft-deleted.
+    pub deleted_at: Option<u64>,
+    pub last_test: Option<TestResult>,
+    /// Current secret version (1 on creation, +1 whenever secrets change).
+    pub version: u32,
+    /// Non-secret field values.
+    pub fields: BTreeMap<String, String>,
+    /// Secret fields that are set.
+    pub secrets: BTreeMap<String, SecretField>,
+}
+
+/// Input of [`Store::create_credential`]. `Debug` redacts the secret values.
+#[derive(Debug, Default)]
+pub struct NewCredential {
+    pub name: String,
+    pub kind: String,
+    pub description: String,
+    pub tags: Vec<String>,
+    pub environment: Option<String>,
+    pub fields: BTreeMap<String, String>,
+    pub secrets: SecretMap,
+}
+
+impl NewCredential {
+    /// A credential with a name and type and nothing else yet.
+    pub fn new(name: &str, kind: &str) -> Self {
+        NewCredential {
+            name: name.to_owned(),
+            kind: kind.to_owned(),
+            ..Default::default()
+        }
+    }
+}
+
+/// A partial update for [`Store::update_credential`]; `None`/empty means "leave as is".
+/// Changing or clearing any secret writes a new version holding the merged secrets.
+#[derive(Debug, Default)]
+pub struct CredentialUpdate {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub tags: Option<Vec<String>>,
+    /// `Some(None)` clears the environment.
+    pub environment: Option<Option<String>>,
+    /// Non-secret fields: `Some(v)` sets, `None` removes.
+    pub fields: BTreeMap<String, Option<String>>,
+    /// Secret fields to set or replace; others keep their value.
+    pub secrets: SecretMap,
+    /// Secret fields to remove (names not set are ignored); applied before `secrets`.
+    pub clear_secrets: BTreeSet<String>,
+}
+
+/// Query for [`Store::list_credentials`]. Results are ordered by name.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    /// Only this type.
+    pub kind: Option<String>,
+    /// Only credentials carrying this tag.
+    pub tag: Option<String>,
+    pub include_deleted: bool,
+    /// Page size (0 means 50; capped at 1000).
+    pub limit: usize,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub items: Vec<Credential>,
+    /// Pass as [`ListQuery::cursor`] for the next page; `None` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+fn invalid(msg: impl Into<String>) -> StoreError {
+    StoreError::Invalid(msg.into())
+}
+
+fn check_text(what: &str, v: &str, max: usize) -> Result<()> {
+    if v.is_empty() || v.len() > max || v.chars().any(char::is_control) || v.trim() != v {
+        return Err(invalid(format!(
+            "{what} must be 1-{max} bytes without control characters or surrounding spaces"
+        )));
+    }
+    Ok(())
+}
+
+fn check_field_name(v: &str) -> Result<()> {
+    if v.is_empty()
+        || v.len() > 64
+        || !v
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    {
+        return Err(invalid(format!(
+            "field name {v:?} must be 1-64 characters of A-Z a-z 0-9 _ - ."
+        )));
+    }
+    Ok(())
+}
+
+fn check_value_len(name: &str, len: usize) -> Result<()> {
+    if len > MAX_VALUE_LEN {
+        return Err(invalid(format!(
+            "field {name:?} is longer than {MAX_VALUE_LEN} bytes"
+        )));
+    }
+    Ok(())
+}
+
+fn check_tags(tags: &[String]) -> Result<()> {
+    tags.iter().try_for_each(|t| check_text("a tag", t, 64))
+}
+
+/// Loads a credential of `ns` (deleted or not). Another namespace's id is `NotFound`.
+fn load(
+    table: &impl ReadableTable<u128, &'static [u8]>,
+    ns: NamespaceId,
+    id: CredentialId,
+) -> Result<Credential> {
+    let cred: Credential = match table.get(id.key())? {
+        Some(v) => dec(v.value(), "credential")?,
+        None => return Err(StoreError::NotFound),
+    };
+    if cred.namespace != ns {
+        return Err(StoreError::NotFound);
+    }
+    Ok(cred)
+}
+
+/// Like [`load`], but a soft-deleted credential is `NotFound`.
+fn load_live(
+    table: &impl ReadableTable<u128, &'static [u8]>,
+    ns: NamespaceId,
+    id: CredentialId,
+) -> Result<Credential> {
+    let cred = load(table, ns, id)?;
+    if cred.deleted_at.is_some() {
+        return Err(StoreError::NotFound);
+    }
+    Ok(cred)
+}
+
+fn new_credential_id() -> Result<CredentialId> {
+    let mut b = [0u8; 16];
+    random_bytes(&mut b)?;
+    Ok(CredentialId::from_uuid(
+        uuid::Builder::from_random_bytes(b).into_uuid(),
+    ))
+}
+
+impl Store {
+    /// Creates a credential in `ns`: metadata, name index entry, sealed version 1 and the
+    /// audit record, in one transaction. Names are unique per namespace.
+    pub fn create_credential(
+        &self,
+        actor: &str,
+        ns: NamespaceId,
+        new: NewCredential,
+    ) -> Result<Credential> {
+        check_text("name", &new.name, 200)?;
+        check_text("type", &new.kind, 64)?;
+        check_tags(&new.tags)?;
+        if let Some(env) = &new.environment {
+            check_text("environment", env, 64)?;
+        }
+        for (k, v) in &new.fields {
+            check_field_name(k)?;
+            check_value_len(k, v.len())?;
+        }
+        for (k, v) in &new.secrets {
+            check_field_name(k)?;
+            check_value_len(k, v.expose_secret().len())?;
+            if new.fields.contains_key(k) {
+                return Err(invalid(format!(
+                    "field {k:?} is given both as secret and non-secret"
+                )));
+            }
+        }
+        let id = new_credential_id()?;
+        let txn = self.begin_write()?;
+        let cred = {
+            let dek = self.dek_in(&txn.open_table(NAMESPACES)?, ns)?;
+            let mut names = txn.open_table(NAMES)?;
+            if names.get((ns.key(), new.name.as_str()))?.is_some() {
+                return Err(StoreError::NameTaken { name: new.name });
+            }
+            let fpk = dek.fingerprint_key();
+            let secrets = new
+                .secrets
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        SecretField {
+                            fingerprint: fpk.fingerprint(k, v),
+                            version: 1,
+                        },
+                    )
+                })
+                .collect();
+            let blob = dek.seal_secrets(ns.as_uuid(), id.as_uuid(), 1, &new.secrets)?;
+            let now = now_ms();
+            let cred = Credential {
+                id,
+                namespace: ns,
+                name: new.name,
+                kind: new.kind,
+                description: new.description,
+                tags: new.tags,
+                environment: new.environment,
+                created_at: now,
+                updated_at: now,
+                deleted_at: None,
+                last_test: None,
+                version: 1,
+                fields: new.fields,
+                secrets,
+            };
+            txn.open_table(CREDENTIALS)?
+                .insert(id.key(), enc(&cred).as_slice())?;
+            names.insert((ns.key(), cred.name.as_str()), id.key())?;
+            txn.open_table(VERSIONS)?
+                .insert((id.key(), 1u32), blob.as_slice())?;
+            cred
+        };
+        let detail = format!(
+            "name={:?} type={} secrets={:?}",
+            cred.name,
+            cred.kind,
+            cred.secrets.keys().collect::<Vec<_>>()
+        );
+        audit::append(
+            &txn,
+            AuditEntry::ok(actor, "credential.create")
+                .ns(ns)
+                .cred(id)
+                .detail(detail),
+        )?;
+        txn.commit()?;
+        Ok(cred)
+    }
+
+    /// Metadata of a credential in `ns`, soft-deleted ones included (see `deleted_at`).
+    pub fn get_credential(&self, ns: NamespaceId, id: CredentialId) -> Result<Credential> {
+        let txn = self.db.begin_read()?;
+        load(&txn.open_table(CREDENTIALS)?, ns, id)
+    }
+
+    /// One page of the credentials of `ns`, ordered by name; every credential appears
+    /// exactly once across the pages of an unchanged namespace.
+    pub fn list_credentials(&self, ns: NamespaceId, query: &ListQuery) -> Result<Page> {
+        let limit = match query.limit {
+            0 => 50,
+            n => n.min(1000),
+        };
+        let after = match &query.cursor {
+            Some(c) => {
+                let raw = URL_SAFE_NO_PAD
+                    .decode(c)
+                    .map_err(|_| invalid("bad cursor"))?;
+                Some(String::from_utf8(raw).map_err(|_| invalid("bad cursor"))?)
+            }
+            None => None,
+        };
+        let txn = self.db.begin_read()?;
+        let names = txn.open_table(NAMES)?;
+        let creds = txn.open_table(CREDENTIALS)?;
+        let start = match &after {
+            Some(name) => Bound::Excluded((ns.key(), name.as_str())),
+            None => Bound::Included((ns.key(), "")),
+        };
+        let mut items = Vec::new();
+        let mut next_cursor = None;
+        for row in names.range::<(u128, &str)>((start, Bound::Unbounded))? {
+            let (k, v) = row?;
+            if k.value().0 != ns.key() {
+                break;
+            }
+            let cred =
+                load(&creds, ns, CredentialId::from_key(v.value())).map_err(|e| match e {
+                    StoreError::NotFound => StoreError::Corrupt(format!(
+                        "name index points to a missing credential ({:?})",
+                        k.value().1
+                    )),
+                    e => e,
+                })?;
+            let keep = (query.include_deleted || cred.deleted_at.is_none())
+                && query.kind.as_ref().is_none_or(|t| &cred.kind == t)
+                && query.tag.as_ref().is_none_or(|t| cred.tags.contains(t));
+            if !keep {
+                continue;
+            }
+            if items.len() == limit {
+                // There is at least one more: the page ends at the last item taken.
+                let last: &Credential = items.last().expect("limit >= 1");
+                next_cursor = Some(URL_SAFE_NO_PAD.encode(last.name.as_bytes()));
+                break;
+            }
+            items.push(cred);
+        }
+        Ok(Page { items, next_cursor })
+    }
+
+    /// Applies a partial update to a live credential. Secret changes write version N+1
+    /// with the merged secret set (untouched secrets carried over); old versions stay.
+    pub fn update_credential(
+        &self,
+        actor: &str,
+        ns: NamespaceId,
+        id: CredentialId,
+        upd: CredentialUpdate,
+    ) -> Result<Credential> {
+        if let Some(name) = &upd.name {
+            check_text("name", name, 200)?;
+        }
+        if let Some(tags) = &upd.tags {
+            check_tags(tags)?;
+        }
+        if let Some(Some(env)) = &upd.environment {
+            check_text("environment", env, 64)?;
+        }
+        for (k, v) in &upd.fields {
+            check_field_name(k)?;
+            check_value_len(k, v.as_ref().map_or(0, String::len))?;
+        }
+        for (k, v) in &upd.secrets {
+            check_field_name(k)?;
+            check_value_len(k, v.expose_secret().len())?;
+        }
+        let txn = self.begin_write()?;
+        let mut changed: Vec<String> = Vec::new();
+        let cred = {
+            let mut creds = txn.open_table(CREDENTIALS)?;
+            let mut cred = load_live(&creds, ns, id)?;
+            if let Some(name) = upd.name.filter(|n| *n != cred.name) {
+                let mut names = txn.open_table(NAMES)?;
+                if names.get((ns.key(), name.as_str()))?.is_some() {
+                    return Err(StoreError::NameTaken { name });
+                }
+                names.remove((ns.key(), cred.name.as_str()))?;
+                names.insert((ns.key(), name.as_str()), id.key())?;
+                cred.name = name;
+                changed.push("name".into());
+            }
+            if let Some(d) = upd.description {
+                cred.description = d;
+                changed.push("description".into());
+            }
+            if let Some(t) = upd.tags {
+                cred.tags = t;
+                changed.push("tags".into());
+            }
+            if let Some(e) = upd.environment {
+                cred.environment = e;
+                changed.push("environment".into());
+            }
+            for (k, v) in upd.fields {
+                match v {
+                    Some(v) => {
+                        if cred.secrets.contains_key(&k) && !upd.clear_secrets.contains(&k) {
+                            return Err(invalid(format!("field {k:?} is a secret field")));
+                        }
+                        cred.fields.insert(k.clone(), v);
+                    }
+                    None => {
+                        cred.fields.remove(&k);
+                    }
+                }
+                changed.push(format!("fields.{k}"));
+            }
+            let clears: Vec<String> = upd
+                .clear_secrets
+                .into_iter()
+                .filter(|k| cred.secrets.contains_key(k))
+                .collect();
+            if !upd.secrets.is_empty() || !clears.is_empty() {
+                if let Some(k) = upd.secrets.keys().find(|k| cred.fields.contains_key(*k)) {
+                    return Err(invalid(format!("field {k:?} is a non-secret field")));
+                }
+                let dek = self.dek_in(&txn.open_table(NAMESPACES)?, ns)?;
+                let mut versions = txn.open_table(VERSIONS)?;
+                let mut merged = {
+                    let blob = versions.get((id.key(), cred.version))?.ok_or_else(|| {
+                        StoreError::Corrupt(format!(
+                            "credential {id} has no version {}",
+                            cred.version
+                        ))
+                    })?;
+                    dek.open_secrets(ns.as_uuid(), id.as_uuid(), cred.version, blob.value())?
+                };
+                let version = cred.version + 1;
+                for k in &clears {
+                    merged.remove(k);
+                    cred.secrets.remove(k);
+                    changed.push(format!("secrets.{k}(cleared)"));
+                }
+                let fpk = dek.fingerprint_key();
+                for (k, v) in upd.secrets {
+                    cred.secrets.insert(
+                        k.clone(),
+                        SecretField {
+                            fingerprint: fpk.fingerprint(&k, &v),
+                            version,
+                        },
+                    );
+                    changed.push(format!("secrets.{k}"));
+                    merged.insert(k, v);
+                }
+                let blob = dek.seal_secrets(ns.as_uuid(), id.as_uuid(), version, &merged)?;
+                versions.insert((id.key(), version), blob.as_slice())?;
+                cred.version = version;
+            }
+            cred.updated_at = now_ms();
+            creds.insert(id.key(), enc(&cred).as_slice())?;
+            cred
+        };
+        let detail = format!("version={} changed={changed:?}", cred.version);
+        audit::append(
+            &txn,
+            AuditEntry::ok(actor, "credential.update")
+                .ns(ns)
+                .cred(id)
+                .detail(detail),
+        )?;
+        txn.commit()?;
+        Ok(cred)
+    }
+
+    fn set_deleted(
+        &self,
+        actor: &str,
+        ns: NamespaceId,
+        id: CredentialId,
+        delete: bool,
+    ) -> Result<Credential> {
+        let txn = self.begin_write()?;
+        let cred = {
+            let mut creds = txn.open_table(CREDENTIALS)?;
+            let mut cred = load(&creds, ns, id)?;
+            if cred.deleted_at.is_some() == delete {
+                // Deleting a deleted one is NotFound (like any other read of it as live);
+                // restoring a live one changes nothing.
+                return if delete {
+                    Err(StoreError::NotFound)
+                } else {
+                    Ok(cred)
+                };
+            }
+            let now = now_ms();
+            cred.deleted_at = delete.then_some(now);
+            cred.updated_at = now;
+            creds.insert(id.key(), enc(&cred).as_slice())?;
+            cred
+        };
+        let action = if delete {
+            "credential.delete"
+        } else {
+            "credential.restore"
+        };
+        audit::append(
+            &txn,
+            AuditEntry::ok(actor, action)
+                .ns(ns)
+                .cred(id)
+                .detail(format!("name={:?}", cred.name)),
+        )?;
+        txn.commit()?;
+        Ok(cred)
+    }
+
+    /// Soft-deletes a live credential: hidden from listings (unless asked), not
+    /// revealable, name still reserved, restorable.
+    pub fn delete_credential(
+        &self,
+        actor: &str,
+        ns: NamespaceId,
+        id: CredentialId,
+    ) -> Result<Credential> {
+        self.set_deleted(actor, ns, id, true)
+    }
+
+    /// Restores a soft-deleted credential (a live one is returned unchanged).
+    pub fn restore_credential(
+        &self,
+        actor: &str,
+        ns: NamespaceId,
+        id: CredentialId,
+    ) -> Result<Credential> {
+        self.set_deleted(actor, ns, id, false)
+    }
+
+    /// Destroys a credential (deleted or not): metadata, name and every version.
+    pub fn purge_credential(&self, actor: &str, ns: NamespaceId, id: CredentialId) -> Result<()> {
+        let txn = self.begin_write()?;
+        let cred = {
+            let mut creds = txn.open_table(CREDENTIALS)?;
+            let cred = load(&creds, ns, id)?;
+            creds.remove(id.key())?;
+            txn.open_table(NAMES)?
+                .remove((ns.key(), cred.name.as_str()))?;
+            let mut versions = txn.open_table(VERSIONS)?;
+            for v in 1..=cred.version {
+                versions.remove((id.key(), v))?;
+            }
+            cred
+        };
+        let detail = format!("name={:?} versions={}", cred.name, cred.version);
+        audit::append(
+            &txn,
+            AuditEntry::ok(actor, "credential.purge")
+                .ns(ns)
+                .cred(id)
+                .detail(detail),
+        )?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Stores the outcome of a live test on a live credential.
+    pub fn record_test_result(
+        &self,
+        actor: &str,
+        ns: NamespaceId,
+        id: CredentialId,
+        result: TestResult,
+    ) -> Result<Credential> {
+        let txn = self.begin_write()?;
+        let cred = {
+            let mut creds = txn.open_table(CREDENTIALS)?;
+            let mut cred = load_live(&creds, ns, id)?;
+            cred.last_test = Some(result);
+            creds.insert(id.key(), enc(&cred).as_slice())?;
+            cred
+        };
+        let ok = cred.last_test.as_ref().is_some_and(|t| t.ok);
+        audit::append(
+            &txn,
+            AuditEntry::ok(actor, "credential.test")
+                .ns(ns)
+                .cred(id)
+                .detail(format!("ok={ok}")),
+        )?;
+        txn.commit()?;
+        Ok(cred)
+    }
+
+    /// Decrypts the current secrets of a live credential — the only decrypting read.
+    /// The audit record (actor, purpose, field names) is committed before the secrets
+    /// are returned; if it cannot be written, nothing is revealed.
+    pub fn reveal(
+        &self,
+        actor: &str,
+        ns: NamespaceId,
+        id: CredentialId,
+        purpose: &str,
+    ) -> Result<SecretMap> {
+        let txn = self.begin_write()?;
+        let (secrets, version) = {
+            let cred = load_live(&txn.open_table(CREDENTIALS)?, ns, id)?;
+            let dek = self.dek_in(&txn.open_table(NAMESPACES)?, ns)?;
+            let versions = txn.open_table(VERSIONS)?;
+            let blob = versions.get((id.key(), cred.version))?.ok_or_else(|| {
+                StoreError::Corrupt(format!("credential {id} has no version {}", cred.version))
+            })?;
+            (
+                dek.open_secrets(ns.as_uuid(), id.as_uuid(), cred.version, blob.value())?,
+                cred.version,
+            )
+        };
+        let detail = format!(
+            "purpose={purpose:?} version={version} fields={:?}",
+            secrets.keys().collect::<Vec<_>>()
+        );
+        audit::append(
+            &txn,
+            AuditEntry::ok(actor, "credential.reveal")
+                .ns(ns)
+                .cred(id)
+                .detail(detail),
+        )?;
+        txn.commit()?;
+        Ok(secrets)
+    }
+}

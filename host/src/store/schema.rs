@@ -1,0 +1,156 @@
+//! Table layout (schema version 1). Values are JSON (serde_json) unless noted.
+//!
+//! | table         | key                                  | value                                        |
+//! |---------------|--------------------------------------|----------------------------------------------|
+//! | `meta`        | `&str`: `schema_version`, `kek_id`, `key_check`, `audit_head` | JSON / raw bytes (`key_check`) |
+//! | `namespaces`  | `u128` namespace id                  | [`NamespaceRecord`] (user, wrapped DEK)      |
+//! | `users`       | `&str` user name                     | [`User`](super::User)                        |
+//! | `credentials` | `u128` credential id                 | [`Credential`](super::Credential) metadata   |
+//! | `names`       | `(u128 namespace, &str name)`        | `u128` credential id                         |
+//! | `versions`    | `(u128 credential, u32 version)`     | raw sealed blob: version byte 1, nonce, ciphertext+tag       |
+//! | `audit`       | `u64` seq (from 1, contiguous)       | [`AuditRecord`](super::AuditRecord)          |
+//! | `tokens`      | `&[u8]` SHA-256 of the token text    | [`TokenInfo`](super::TokenInfo)              |
+//!
+//! The table definitions are public so that tools and tests can inspect a file with redb
+//! directly; the store itself is the only writer.
+
+use std::fmt;
+use std::str::FromStr;
+
+use redb::TableDefinition;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use uuid::Uuid;
+
+use super::error::{Result, StoreError};
+
+/// The schema version this build reads and writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+pub const NAMESPACES: TableDefinition<u128, &[u8]> = TableDefinition::new("namespaces");
+pub const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
+pub const CREDENTIALS: TableDefinition<u128, &[u8]> = TableDefinition::new("credentials");
+pub const NAMES: TableDefinition<(u128, &str), u128> = TableDefinition::new("names");
+pub const VERSIONS: TableDefinition<(u128, u32), &[u8]> = TableDefinition::new("versions");
+pub const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+pub const TOKENS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tokens");
+
+pub const META_SCHEMA_VERSION: &str = "schema_version";
+pub const META_KEK_ID: &str = "kek_id";
+pub const META_KEY_CHECK: &str = "key_check";
+pub const META_AUDIT_HEAD: &str = "audit_head";
+
+/// A namespace: one per user, with its data key wrapped by the master key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NamespaceRecord {
+    pub id: NamespaceId,
+    pub user: String,
+    /// Base64 of the wrapped DEK (AAD binds namespace id and `kek_id`).
+    pub wrapped_dek: String,
+    pub kek_id: String,
+    pub created_at: u64,
+}
+
+/// The last audit record, kept in `meta` so truncating the log's tail is detected.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct AuditHead {
+    pub seq: u64,
+    #[serde(with = "hex32")]
+    pub hash: [u8; 32],
+}
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(Uuid);
+
+        impl $name {
+            pub fn from_uuid(id: Uuid) -> Self {
+                $name(id)
+            }
+            pub fn as_uuid(&self) -> &Uuid {
+                &self.0
+            }
+            pub(crate) fn key(&self) -> u128 {
+                self.0.as_u128()
+            }
+            #[allow(dead_code)]
+            pub(crate) fn from_key(k: u128) -> Self {
+                $name(Uuid::from_u128(k))
+            }
+        }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.hyphenated().fmt(f)
+            }
+        }
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({})", stringify!($name), self.0.hyphenated())
+            }
+        }
+        impl FromStr for $name {
+            type Err = StoreError;
+            fn from_str(s: &str) -> Result<Self> {
+                Uuid::parse_str(s).map($name).map_err(|_| StoreError::NotFound)
+            }
+        }
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(&self.0.hyphenated())
+            }
+        }
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                Uuid::parse_str(&s).map($name).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+id_type!(
+    /// A namespace id (UUIDv7). Parsing an unparsable id yields `NotFound`.
+    NamespaceId
+);
+id_type!(
+    /// A credential id: 122 random bits in UUID form (not guessable, not time-ordered).
+    /// Parsing an unparsable id yields `NotFound`.
+    CredentialId
+);
+
+pub(crate) mod hex32 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&crate::crypto::hex(v))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        parse(&s).ok_or_else(|| serde::de::Error::custom("expected 64 hex digits"))
+    }
+
+    pub fn parse(s: &str) -> Option<[u8; 32]> {
+        let b = s.as_bytes();
+        if b.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, pair) in b.chunks(2).enumerate() {
+            let h = (pair[0] as char).to_digit(16)?;
+            let l = (pair[1] as char).to_digit(16)?;
+            out[i] = (h * 16 + l) as u8;
+        }
+        Some(out)
+    }
+}
+
+pub(crate) fn enc<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("store records serialize")
+}
+
+pub(crate) fn dec<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}

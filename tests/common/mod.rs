@@ -1,0 +1,38 @@
+//! Shared fixtures for the end-to-end and runtime tests.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use credhost::plugins::{HostServices, Manifest, Plugin, Registry, Runtime};
+
+/// Directory holding the guest components built by `host/build.rs` (fixtures included).
+pub fn guest_dir() -> PathBuf {
+    PathBuf::from(env!("CREDHOST_GUEST_DIR"))
+}
+
+/// The fixture crate's manifest and component, e.g. `fixture("hostile")`.
+pub fn fixture(name: &str) -> (Manifest, Vec<u8>) {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugins/fixtures").join(name);
+    let manifest = std::fs::read_to_string(root.join("manifest.toml")).expect("fixture manifest");
+    let wasm = std::fs::read(guest_dir().join(format!("{}.wasm", name.replace('-', "_")))).expect("fixture wasm");
+    (Manifest::parse(&manifest).expect("fixture manifest parses"), wasm)
+}
+
+/// One registry with every built-in, shared by the tests of a binary (compiling is slow).
+pub fn registry() -> &'static Registry {
+    static REG: OnceLock<Registry> = OnceLock::new();
+    REG.get_or_init(|| {
+        let runtime = Runtime::new(HostServices { allow_private_networks: true }).expect("runtime");
+        Registry::with_builtins(Arc::new(runtime)).expect("built-ins load")
+    })
+}
+
+/// The hostile fixture, loaded into the shared runtime.
+pub fn hostile() -> &'static Plugin {
+    static P: OnceLock<Plugin> = OnceLock::new();
+    P.get_or_init(|| {
+        let (manifest, wasm) = fixture("hostile");
+        registry().runtime().load(&wasm, manifest, "fixture:hostile".into()).expect("hostile loads")
+    })
+}

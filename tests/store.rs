@@ -1,0 +1,968 @@
+//! Store tests on real redb files in temp dirs (issue 4's "done when").
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use credhost::crypto::{DataKey, MasterKey};
+use credhost::store::schema::{AUDIT, CREDENTIALS, META, VERSIONS};
+use credhost::store::{
+    AuditQuery, CredentialId, CredentialUpdate, ListQuery, NamespaceId, NewCredential, Role, Store,
+    StoreError, TestResult,
+};
+use redb::{ReadableDatabase, ReadableTable};
+use secrecy::{ExposeSecret, SecretString};
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    key_b64: String,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("credhost.redb");
+        let key_b64 = MasterKey::generate()
+            .unwrap()
+            .to_base64()
+            .expose_secret()
+            .to_owned();
+        Fixture {
+            _dir: dir,
+            path,
+            key_b64,
+        }
+    }
+
+    fn key(&self) -> MasterKey {
+        MasterKey::from_base64(&self.key_b64).unwrap()
+    }
+
+    fn open(&self) -> Store {
+        Store::open(&self.path, self.key()).unwrap()
+    }
+}
+
+fn cred(name: &str, kind: &str, secrets: &[(&str, &str)]) -> NewCredential {
+    let mut c = NewCredential::new(name, kind);
+    c.fields
+        .insert("base_url".into(), "https://example.test".into());
+    for (k, v) in secrets {
+        c.secrets.insert((*k).into(), SecretString::from(*v));
+    }
+    c
+}
+
+fn exposed(m: &BTreeMap<String, SecretString>) -> BTreeMap<String, String> {
+    m.iter()
+        .map(|(k, v)| (k.clone(), v.expose_secret().to_owned()))
+        .collect()
+}
+
+fn raw_db(path: &Path) -> redb::Database {
+    redb::Database::open(path).unwrap()
+}
+
+#[test]
+fn round_trip_per_user() {
+    let fx = Fixture::new();
+    let store = fx.open();
+    let a = store.add_user("admin", "alice", Role::User).unwrap();
+    let b = store.add_user("admin", "bob", Role::Admin).unwrap();
+    assert_ne!(a.namespace, b.namespace);
+    let ca = store
+        .create_credential(
+            "alice",
+            a.namespace,
+            cred(
+                "broker",
+                "alpaca",
+                &[("key", "A-KEY"), ("secret", "A-SECRET")],
+            ),
+        )
+        .unwrap();
+    let cb = store
+        .create_credential(
+            "bob",
+            b.namespace,
+            cred("broker", "alpaca", &[("key", "B-KEY")]),
+        )
+        .unwrap();
+    assert_eq!(ca.version, 1);
+    assert_eq!(ca.fields["base_url"], "https://example.test");
+    assert_eq!(ca.secrets.keys().collect::<Vec<_>>(), ["key", "secret"]);
+    drop(store);
+
+    let store = fx.open();
+    assert_eq!(store.get_user("alice").unwrap(), a);
+    assert_eq!(store.list_users().unwrap().len(), 2);
+    assert_eq!(store.get_credential(a.namespace, ca.id).unwrap(), ca);
+    let sa = store.reveal("alice", a.namespace, ca.id, "test").unwrap();
+    assert_eq!(
+        exposed(&sa),
+        BTreeMap::from([
+            ("key".into(), "A-KEY".into()),
+            ("secret".into(), "A-SECRET".into())
+        ])
+    );
+    let sb = store.reveal("bob", b.namespace, cb.id, "test").unwrap();
+    assert_eq!(sb["key"].expose_secret(), "B-KEY");
+    // Fingerprints are keyed per namespace: same value, different users, different prints.
+    let ca2 = store
+        .create_credential(
+            "alice",
+            a.namespace,
+            cred("other", "x", &[("key", "B-KEY")]),
+        )
+        .unwrap();
+    assert_ne!(
+        ca2.secrets["key"].fingerprint,
+        cb.secrets["key"].fingerprint
+    );
+    assert_eq!(store.verify_keys().unwrap().namespaces, 2);
+    assert!(store.verify_audit().unwrap() >= 6);
+}
+
+#[test]
+fn another_namespaces_id_is_not_found() {
+    let fx = Fixture::new();
+    let store = fx.open();
+    let a = store.add_user("admin", "alice", Role::User).unwrap();
+    let b = store.add_user("admin", "bob", Role::User).unwrap();
+    let cb = store
+        .create_credential("bob", b.namespace, cred("x", "t", &[("k", "v")]))
+        .unwrap();
+    assert!(matches!(
+        store.get_credential(a.namespace, cb.id),
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store.reveal("alice", a.namespace, cb.id, "p"),
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store.delete_credential("alice", a.namespace, cb.id),
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store.purge_credential("alice", a.namespace, cb.id),
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store.update_credential("alice", a.namespace, cb.id, CredentialUpdate::default()),
+        Err(StoreError::NotFound)
+    ));
+    let bogus: CredentialId = uuid::Uuid::now_v7().to_string().parse().unwrap();
+    assert!(matches!(
+        store.get_credential(b.namespace, bogus),
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        "not-a-uuid".parse::<CredentialId>(),
+        Err(StoreError::NotFound)
+    ));
+}
+
+/// Copies the sealed blob at `from` over the one at `to`, directly in the redb file.
+fn copy_blob(path: &Path, from: (u128, u32), to: (u128, u32)) {
+    let db = raw_db(path);
+    let txn = db.begin_write().unwrap();
+    {
+        let mut t = txn.open_table(VERSIONS).unwrap();
+        let blob = t.get(from).unwrap().unwrap().value().to_vec();
+        t.insert(to, blob.as_slice()).unwrap();
+    }
+    txn.commit().unwrap();
+}
+
+fn key_of(id: CredentialId) -> u128 {
+    id.as_uuid().as_u128()
+}
+
+#[test]
+fn blob_copied_from_another_user_fails_to_open() {
+    let fx = Fixture::new();
+    let store = fx.open();
+    let a = store.add_user("admin", "alice", Role::User).unwrap();
+    let b = store.add_user("admin", "bob", Role::User).unwrap();
+    let ca = store
+        .create_credential(
+            "alice",
+            a.namespace,
+            cred("c", "t", &[("k", "alice-value")]),
+        )
+        .unwrap();
+    let cb = store
+        .create_credential("bob", b.namespace, cred("c", "t", &[("k", "bob-value")]))
+        .unwrap();
+    drop(store);
+    copy_blob(&fx.path, (key_of(cb.id), 1), (key_of(ca.id), 1));
+    let store = fx.open();
+    let err = store
+        .reveal("alice", a.namespace, ca.id, "test")
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, StoreError::Crypto(_)), "{err:?}");
+    assert!(
+        msg.contains("authentication failed") && msg.contains(&ca.id.to_string()),
+        "{msg}"
+    );
+    assert!(!msg.contains("bob-value"));
+    // Bob's own record is untouched.
+    assert_eq!(
+        store.reveal("bob", b.namespace, cb.id, "t").unwrap()["k"].expose_secret(),
+        "bob-value"
+    );
+}
+
+#[test]
+fn blob_moved_to_another_credential_or_version_fails() {
+    let fx = Fixture::new();
+    let store = fx.open();
+    let a = store.add_user("admin", "alice", Role::User).unwrap();
+    let c1 = store
+        .create_credential("alice", a.namespace, cred("one", "t", &[("k", "v1")]))
+        .unwrap();
+    let c2 = store
+        .create_credential("alice", a.namespace, cred("two", "t", &[("k", "v2")]))
+        .unwrap();
+    let mut upd = CredentialUpdate::default();
+    upd.secrets.insert("k".into(), SecretString::from("v1-new"));
+    store
+        .update_credential("alice", a.namespace, c1.id, upd)
+        .unwrap();
+    drop(store);
+    // Same namespace, same DEK, other credential id: AAD mismatch.
+    copy_blob(&fx.path, (key_of(c1.id), 1), (key_of(c2.id), 1));
+    // Same credential, old version copied over the current one: AAD mismatch.
+    copy_blob(&fx.path, (key_of(c1.id), 1), (key_of(c1.id), 2));
+    let store = fx.open();
+    assert!(matches!(
+        store.reveal("alice", a.namespace, c2.id, "t"),
+        Err(StoreError::Crypto(_))
+    ));
+    assert!(matches!(
+        store.reveal("alice", a.namespace, c1.id, "t"),
+        Err(StoreError::Crypto(_))
+    ));
+}
+
+#[test]
+fn wrong_master_key_refused_and_file_unchanged() {
+    let fx = Fixture::new();
+    let store = fx.open();
+    let a = store.add_user("admin", "alice", Role::User).unwrap();
+    store
+        .create_credential("alice", a.namespace, cred("c", "t", &[("k", "v")]))
+        .unwrap();
+    drop(store);
+    let before = std::fs::read(&fx.path).unwrap();
+    let wrong = MasterKey::generate().unwrap();
+    let wrong_id = wrong.id().to_owned();
+    let err = Store::open(&fx.path, wrong).unwrap_err();
+    match &err {
+        StoreError::WrongKey { expected, given } => {
+            assert_eq!(expected, fx.key().id());
+            assert_eq!(given, &wrong_id);
+        }
+        e => panic!("expected WrongKey, got {e:?}"),
+    }
+    let msg = err.to_string();
+    assert!(
+        msg.contains(fx.key().id()) && msg.contains(&wrong_id),
+        "{msg}"
+    );
+    assert_eq!(
+        std::fs::read(&fx.path).unwrap(),
+        before,
+        "a refused open must not touch the file"
+    );
+    // The right key still works.
+    fx.open().verify_keys().unwrap();
+}
+
+#[test]
+fn unknown_schema_version_refused() {
+    let fx = Fixture::new();
+    drop(fx.open());
+    let db = raw_db(&fx.path);
+    let txn = db.begin_write().unwrap();
+    txn.open_table(META)
+        .unwrap()
+        .insert("schema_version", b"99".as_slice())
+        .unwrap();
+    txn.commit().unwrap();
+    drop(db);
+    let err = Store::open(&fx.path, fx.key()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::SchemaVersion {
+                found: 99,
+                supported: 1
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("99"));
+}
+
+#[test]
+fn rotate_then_reopen_with_new_key_only() {
+    let fx = Fixture::new();
+    let mut store = fx.open();
+    let mut creds = Vec::new();
+    for user in ["alice", "bob", "carol"] {
+        let u = store.add_user("admin", user, Role::User).unwrap();
+        let c = store
+            .create_credential(
+                user,
+                u.namespace,
+                cred("c", "t", &[("k", &format!("{user}-secret"))]),
+            )
+            .unwrap();
+        creds.push((u, c));
+    }
+    let new_key = MasterKey::generate().unwrap();
+    let new_b64 = new_key.to_base64().expose_secret().to_owned();
+    let new_id = new_key.id().to_owned();
+    assert_eq!(store.rotate_kek("admin", new_key).unwrap(), 3);
+    assert_eq!(store.kek_id(), new_id);
+    drop(store);
+
+    let err = Store::open(&fx.path, fx.key()).unwrap_err();
+    assert!(
+        matches!(&err, StoreError::WrongKey { expected, .. } if *expected == new_id),
+        "{err:?}"
+    );
+    let store = Store::open(&fx.path, MasterKey::from_base64(&new_b64).unwrap()).unwrap();
+    assert_eq!(store.verify_keys().unwrap().namespaces, 3);
+    for (u, c) in &creds {
+        let s = store.reveal("admin", u.namespace, c.id, "t").unwrap();
+        assert_eq!(s["k"].expose_secret(), &format!("{}-secret", u.name));
+    }
+    let rotations = store.list_audit(&AuditQuery::default()).unwrap();
+    assert!(rotations.iter().any(|r| r.action == "keys.rotate"));
+    store.verify_audit().unwrap();
+}
+
+#[test]
+fn tampered_audit_record_is_found_with_its_seq() {
+    let fx = Fixture::new();
+    let store = fx.open();
+    let a = store.add_user("admin", "alice", Role::User).unwrap();
+    for i in 0..5 {
+        store
+            .create_credential("alice", a.namespace, cred(&format!("c{i}"), "t", &[]))
+            .unwrap();
+    }
+    let n = store.verify_audit().unwrap();
+    assert_eq!(n, 7); // init, user.add, 5 creates
+    let newest = store
+        .list_audit(&AuditQuery {
+            namespace: Some(a.namespace),
+            limit: 2,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(newest.iter().map(|r| r.seq).collect::<Vec<_>>(), [7, 6]);
+    drop(store);
+
+    // Edit record 4's detail in place.
+    let db = raw_db(&fx.path);
+    let txn = db.begin_write().unwrap();
+    {
+        let mut t = txn.open_table(AUDIT).unwrap();
+        let text = String::from_utf8(t.get(4).unwrap().unwrap().value().to_vec()).unwrap();
+        let edited = text.replace("credential.create", "credential.purge");
+        assert_ne!(text, edited);
+        t.insert(4, edited.as_bytes()).unwrap();
+    }
+    txn.commit().unwrap();
+    drop(db);
+    let store = fx.open();
+    match store.verify_audit() {
+        Err(StoreError::AuditBroken { seq: 4, reason }) => {
+            assert!(reason.contains("hash"), "{reason}")
+        }
+        other => panic!("expected break at 4, got {other:?}"),
+    }
+    drop(store);
+
+    // Removing the tail (the last record) is detected too.
+    let fx = Fixture::new();
+    let store = fx.open();
+    store.add_user("admin", "alice", Role::User).unwrap();
+    drop(store);
+    let db = raw_db(&fx.path);
+    let txn = db.begin_write().unwrap();
+    txn.open_table(AUDIT).unwrap().remove(2).unwrap();
+    txn.commit().unwrap();
+    drop(db);
+    assert!(matches!(
+        fx.open().verify_audit(),
+        Err(StoreError::AuditBroken { seq: 2, .. })
+    ));
+}
+
+#[test]
+fn tokens_create_authenticate_revoke_expire() {
+    let fx = Fixture::new();
+    let store = fx.open();
+    let admin = store.add_user("system", "root", Role::Admin).unwrap();
+    let alice = store.add_user("root", "alice", Role::User).unwrap();
+    let (info, token) = store
+        .create_token("root", "alice", None, None, "laptop")
+        .unwrap();
+    let text = token.expose_secret();
+    assert!(text.starts_with("chst_") && text.len() >= 5 + 22, "{text}");
+    let p = store.authenticate(text).unwrap().expect("valid token");
+    assert_eq!(
+        (p.user.as_str(), p.role, p.namespace, p.token_id.as_str()),
+        ("alice", Role::User, alice.namespace, info.id.as_str())
+    );
+
+    // Unknown, malformed, and near-miss tokens.
+    assert!(store.authenticate("chst_nope").unwrap().is_none());
+    assert!(store.authenticate("").unwrap().is_none());
+    let mut near = text.to_owned();
+    near.pop();
+    near.push('A');
+    if near != text {
+        assert!(store.authenticate(&near).unwrap().is_none());
+    }
+
+    // A user's token cannot be admin; an admin can get a user-role token.
+    assert!(matches!(
+        store.create_token("root", "alice", Some(Role::Admin), None, ""),
+        Err(StoreError::Invalid(_))
+    ));
+    let (_, admin_as_user) = store
+        .create_token("system", "root", Some(Role::User), None, "")
+        .unwrap();
+    let p = store
+        .authenticate(admin_as_user.expose_secret())
+        .unwrap()
+        .unwrap();
+    assert_eq!((p.role, p.namespace), (Role::User, admin.namespace));
+    assert!(matches!(
+        store.create_token("root", "nobody", None, None, ""),
+        Err(StoreError::NotFound)
+    ));
+
+    // Expired.
+    let past = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        - 1;
+    let (_, expired) = store
+        .create_token("root", "alice", None, Some(past), "old")
+        .unwrap();
+    assert!(store
+        .authenticate(expired.expose_secret())
+        .unwrap()
+        .is_none());
+    let (_, future) = store
+        .create_token("root", "alice", None, Some(past + 3_600_000), "new")
+        .unwrap();
+    assert!(store
+        .authenticate(future.expose_secret())
+        .unwrap()
+        .is_some());
+
+    // Listing and revocation.
+    let listed = store.list_tokens(Some("alice")).unwrap();
+    assert_eq!(listed.len(), 3);
+    assert_eq!(listed[0].id, info.id);
+    assert_eq!(store.list_tokens(None).unwrap().len(), 4);
+    let revoked = store.revoke_token("root", &info.id).unwrap();
+    assert!(revoked.revoked_at.is_some());
+    assert!(store.authenticate(text).unwrap().is_none());
+    assert!(matches!(
+        store.revoke_token("root", "tok_missing"),
+        Err(StoreError::NotFound)
+    ));
+
+    // Only the hash is stored.
+    drop(store);
+    let raw = std::fs::read(&fx.path).unwrap();
+    assert!(!contains(&raw, text.as_bytes()));
+}
+
+#[test]
+fn names_unique_per_namespace() {
+    let fx = Fixture::new();
+    let store = fx.open();
+    let a = store.add_user("admin", "alice", Role::User).unwrap();
+    let b = store.add_user("admin", "bob", Role::User).unwrap();
+    let c = store
+        .create_credential("alice", a.namespace, cred("prod", "t", &[]))
+        .unwrap();
+    store
+        .create_credential("bob", b.namespace, cred("prod", "t", &[]))
+        .unwrap();
+    assert!(matches!(
+        store.create_credential("alice", a.namespace, cred("prod", "t", &[])),
+        Err(StoreError::NameTaken { name }) if name == "prod"
+    ));
+    assert!(matches!(
+        store.add_user("admin", "alice", Role::User),
+        Err(StoreError::UserExists { .. })
+    ));
+
+    // Soft-deleted keeps its name; purge frees it.
+    store.delete_credential("alice", a.namespace, c.id).unwrap();
+    assert!(matches!(
+        store.create_credential("alice", a.namespace, cred("prod", "t", &[])),
+        Err(StoreError::NameTaken { .. })
+    ));
+    let restored = store
+        .restore_credential("alice", a.namespace, c.id)
+        .unwrap();
+    assert!(restored.deleted_at.is_none());
+    // Rename frees the old name and takes the new one.
+    let other = store
+        .create_credential("alice", a.namespace, cred("staging", "t", &[]))
+        .unwrap();
+    let upd = CredentialUpdate {
+        name: Some("staging".into()),
+        ..Default::default()
+    };
+    assert!(matches!(
+        store.update_credential("alice", a.namespace, c.id, upd),
+        Err(StoreError::NameTaken { .. })
+    ));
+    let upd = CredentialUpdate {
+        name: Some("prod-2".into()),
+        ..Default::default()
+    };
+    store
+        .update_credential("alice", a.namespace, c.id, upd)
+        .unwrap();
+    store
+        .create_credential("alice", a.namespace, cred("prod", "t", &[]))
+        .unwrap();
+    store
+        .purge_credential("alice", a.namespace, other.id)
+        .unwrap();
+    assert!(matches!(
+        store.get_credential(a.namespace, other.id),
+        Err(StoreError::NotFound)
+    ));
+    store
+        .create_credential("alice", a.namespace, cred("staging", "t", &[]))
+        .unwrap();
+}
+
+#[test]
+fn soft_delete_restore_purge() {
+    let fx = Fixture::new();
+    let store = fx.open();
+    let a = store.add_user("admin", "alice", Role::User).unwrap();
+    let c = store
+        .create_credential("alice", a.namespace, cred("c", "t", &[("k", "v")]))
+        .unwrap();
+    let mut upd = CredentialUpdate::default();
+    upd.secrets.insert("k".into(), SecretString::from("v2"));
+    store
+        .update_credential("alice", a.namespace, c.id, upd)
+        .unwrap();
+    let d = store.delete_credential("alice", a.namespace, c.id).unwrap();
+    assert!(d.deleted_at.is_some());
+    assert!(store
+        .get_credential(a.namespace, c.id)
+        .unwrap()
+        .deleted_at
+        .is_some());
+    assert!(matches!(
+        store.reveal("alice", a.namespace, c.id, "t"),
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store.delete_credential("alice", a.namespace, c.id),
+        Err(StoreError::NotFound)
+    ));
+    let page = store
+        .list_credentials(a.namespace, &ListQuery::default())
+        .unwrap();
+    assert!(page.items.is_empty());
+    store
+        .restore_credential("alice", a.namespace, c.id)
+        .unwrap();
+    assert_eq!(
+        store.reveal("alice", a.namespace, c.id, "t").unwrap()["k"].expose_secret(),
+        "v2"
+    );
+    store.purge_credential("alice", a.namespace, c.id).unwrap();
+    drop(store);
+    let db = raw_db(&fx.path);
+    let txn = db.begin_read().unwrap();
+    assert!(txn
+        .open_table(CREDENTIALS)
+        .unwrap()
+        .get(key_of(c.id))
+        .unwrap()
+        .is_none());
+    let versions = txn.open_table(VERSIONS).unwrap();
+    assert_eq!(versions.iter().unwrap().count(), 0, "all versions purged");
+}
+
+#[test]
+fn pagination_covers_every_item_exactly_once() {
+    let fx = Fixture::new();
+    let store = fx.open();
+    let a = store.add_user("admin", "alice", Role::User).unwrap();
+    let b = store.add_user("admin", "bob", Role::User).unwrap();
+    let mut expected = BTreeSet::new();
+    for i in 0..57 {
+        let mut c = cred(
+            &format!("cred-{:03}", (i * 37) % 101),
+            if i % 3 == 0 { "ssh" } else { "api-key" },
+            &[],
+        );
+        if i % 2 == 0 {
+            c.tags.push("even".into());
+        }
+        let c = store.create_credential("alice", a.namespace, c).unwrap();
+        expected.insert(c.id);
+        store
+            .create_credential("bob", b.namespace, cred(&format!("bob-{i}"), "ssh", &[]))
+            .unwrap();
+    }
+    let deleted = *expected.iter().next().unwrap();
+    store
+        .delete_credential("alice", a.namespace, deleted)
+        .unwrap();
+
+    let collect = |q: ListQuery| {
+        let mut seen = Vec::new();
+        let mut q = q;
+        loop {
+            let page = store.list_credentials(a.namespace, &q).unwrap();
+            assert!(page.items.len() <= q.limit);
+            seen.extend(page.items);
+            match page.next_cursor {
+                Some(c) => q.cursor = Some(c),
+                None => break,
+            }
+        }
+        seen
+    };
+    for limit in [1, 7, 10, 56, 57, 1000] {
+        let all = collect(ListQuery {
+            limit,
+            include_deleted: true,
+            ..Default::default()
+        });
+        let ids: Vec<_> = all.iter().map(|c| c.id).collect();
+        assert_eq!(ids.len(), 57, "limit {limit}");
+        assert_eq!(
+            ids.iter().copied().collect::<BTreeSet<_>>(),
+            expected,
+            "limit {limit}"
+        );
+        assert!(
+            all.windows(2).all(|w| w[0].name < w[1].name),
+            "ordered by name"
+        );
+        let live = collect(ListQuery {
+            limit,
+            ..Default::default()
+        });
+        assert_eq!(live.len(), 56);
+        assert!(live
+            .iter()
+            .all(|c| c.id != deleted && c.namespace == a.namespace));
+    }
+    let ssh = collect(ListQuery {
+        kind: Some("ssh".into()),
+        limit: 4,
+        include_deleted: true,
+        ..Default::default()
+    });
+    assert_eq!(ssh.len(), 19);
+    assert!(ssh.iter().all(|c| c.kind == "ssh"));
+    let even = collect(ListQuery {
+        tag: Some("even".into()),
+        limit: 5,
+        include_deleted: true,
+        ..Default::default()
+    });
+    assert_eq!(even.len(), 29);
+    assert!(matches!(
+        store.list_credentials(
+            a.namespace,
+            &ListQuery {
+                cursor: Some("!!".into()),
+                ..Default::default()
+            }
+        ),
+        Err(StoreError::Invalid(_))
+    ));
+}
+
+#[test]
+fn partial_update_keeps_untouched_secrets() {
+    let fx = Fixture::new();
+    let store = fx.open();
+    let a = store.add_user("admin", "alice", Role::User).unwrap();
+    let c = store
+        .create_credential(
+            "alice",
+            a.namespace,
+            cred(
+                "c",
+                "alpaca",
+                &[("key_id", "KID-1"), ("secret", "SEC-1"), ("old", "OLD-1")],
+            ),
+        )
+        .unwrap();
+    // Metadata-only update: no new version.
+    let upd = CredentialUpdate {
+        description: Some("paper account".into()),
+        tags: Some(vec!["paper".into()]),
+        environment: Some(Some("paper".into())),
+        fields: BTreeMap::from([
+            ("base_url".into(), None),
+            ("region".into(), Some("us".into())),
+        ]),
+        ..Default::default()
+    };
+    let c1 = store
+        .update_credential("alice", a.namespace, c.id, upd)
+        .unwrap();
+    assert_eq!(c1.version, 1);
+    assert_eq!(c1.fields, BTreeMap::from([("region".into(), "us".into())]));
+    assert_eq!(
+        (c1.description.as_str(), c1.environment.as_deref()),
+        ("paper account", Some("paper"))
+    );
+
+    // Replace one secret, clear another: version 2, the third carried over.
+    let mut upd = CredentialUpdate::default();
+    upd.secrets
+        .insert("secret".into(), SecretString::from("SEC-2"));
+    upd.clear_secrets.insert("old".into());
+    let c2 = store
+        .update_credential("alice", a.namespace, c.id, upd)
+        .unwrap();
+    assert_eq!(c2.version, 2);
+    assert_eq!(c2.secrets["key_id"], c.secrets["key_id"]);
+    assert_ne!(
+        c2.secrets["secret"].fingerprint,
+        c.secrets["secret"].fingerprint
+    );
+    assert_eq!(c2.secrets["secret"].version, 2);
+    assert!(!c2.secrets.contains_key("old"));
+    let s = store.reveal("alice", a.namespace, c.id, "t").unwrap();
+    assert_eq!(
+        exposed(&s),
+        BTreeMap::from([
+            ("key_id".into(), "KID-1".into()),
+            ("secret".into(), "SEC-2".into())
+        ])
+    );
+    // A secret field cannot also be set as a plain field.
+    let upd = CredentialUpdate {
+        fields: BTreeMap::from([("secret".into(), Some("x".into()))]),
+        ..Default::default()
+    };
+    assert!(matches!(
+        store.update_credential("alice", a.namespace, c.id, upd),
+        Err(StoreError::Invalid(_))
+    ));
+
+    let t = store
+        .record_test_result(
+            "alice",
+            a.namespace,
+            c.id,
+            TestResult {
+                at: 42,
+                ok: true,
+                summary: "account ACTIVE".into(),
+            },
+        )
+        .unwrap();
+    assert_eq!(t.last_test.as_ref().unwrap().summary, "account ACTIVE");
+    assert_eq!(
+        store.get_credential(a.namespace, c.id).unwrap().last_test,
+        t.last_test
+    );
+}
+
+#[test]
+fn reveal_is_audited_and_audit_filters() {
+    let fx = Fixture::new();
+    let store = fx.open();
+    let a = store.add_user("admin", "alice", Role::User).unwrap();
+    let b = store.add_user("admin", "bob", Role::User).unwrap();
+    let c = store
+        .create_credential("alice", a.namespace, cred("c", "t", &[("k", "TOPSECRET")]))
+        .unwrap();
+    store
+        .create_credential("bob", b.namespace, cred("c", "t", &[]))
+        .unwrap();
+    store
+        .reveal("plugin:alpaca", a.namespace, c.id, "http.send")
+        .unwrap();
+    let recs = store
+        .list_audit(&AuditQuery {
+            namespace: Some(a.namespace),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(
+        recs.iter().map(|r| r.action.as_str()).collect::<Vec<_>>(),
+        ["credential.reveal", "credential.create", "user.add"]
+    );
+    assert_eq!(recs[0].actor, "plugin:alpaca");
+    assert_eq!(recs[0].credential, Some(c.id));
+    assert!(recs[0].detail.contains("http.send"));
+    assert!(recs.iter().all(|r| !r.detail.contains("TOPSECRET")));
+    let by_actor = store
+        .list_audit(&AuditQuery {
+            actor: Some("bob".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(by_actor.len(), 1);
+    let extra = store
+        .append_audit(credhost::store::AuditEntry {
+            actor: "plugin:ssh".into(),
+            namespace: Some(a.namespace),
+            action: "capability.denied".into(),
+            credential: Some(c.id),
+            outcome: credhost::store::Outcome::Denied,
+            detail: "net.tcp-probe not in manifest".into(),
+        })
+        .unwrap();
+    let page = store
+        .list_audit(&AuditQuery {
+            before_seq: Some(extra.seq),
+            limit: 1,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(page[0].seq, extra.seq - 1);
+    assert_eq!(store.verify_audit().unwrap(), extra.seq);
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn raw_file_contains_no_plaintext_secret() {
+    let fx = Fixture::new();
+    let store = fx.open();
+    let mut written = Vec::new();
+    for user in ["alice", "bob"] {
+        let u = store.add_user("admin", user, Role::User).unwrap();
+        for i in 0..20 {
+            let v1 = format!("PLAINTEXT-{user}-{i}-{}", uuid::Uuid::now_v7().simple());
+            let v2 = format!("pw{i}{user}");
+            let c = store
+                .create_credential(
+                    user,
+                    u.namespace,
+                    cred(&format!("c{i}"), "t", &[("token", &v1), ("password", &v2)]),
+                )
+                .unwrap();
+            written.push(v1);
+            written.push(v2);
+            if i % 4 == 0 {
+                let v3 = format!("ROTATED-{user}-{i}-{}", uuid::Uuid::now_v7().simple());
+                let mut upd = CredentialUpdate::default();
+                upd.secrets
+                    .insert("token".into(), SecretString::from(v3.as_str()));
+                store
+                    .update_credential(user, u.namespace, c.id, upd)
+                    .unwrap();
+                written.push(v3);
+            }
+            store.reveal(user, u.namespace, c.id, "scan test").unwrap();
+        }
+    }
+    drop(store);
+    let raw = std::fs::read(&fx.path).unwrap();
+    for secret in &written {
+        assert!(
+            !contains(&raw, secret.as_bytes()),
+            "plaintext secret {secret:?} found in the database file"
+        );
+    }
+    // Sanity: the scan does find plaintext metadata, so it would find secrets too.
+    assert!(contains(&raw, b"https://example.test"));
+}
+
+#[test]
+fn debug_output_never_shows_secrets() {
+    let fx = Fixture::new();
+    let kek = fx.key();
+    let key_text = fx.key_b64.clone();
+    let dek = DataKey::generate().unwrap();
+    let store = Store::open(&fx.path, fx.key()).unwrap();
+    let a = store.add_user("admin", "alice", Role::User).unwrap();
+    let new = cred("c", "t", &[("k", "SUPERSECRET-DEBUG")]);
+    let mut upd = CredentialUpdate::default();
+    upd.secrets
+        .insert("k".into(), SecretString::from("SUPERSECRET-UPDATE"));
+    let (_, token) = store
+        .create_token("admin", "alice", None, None, "")
+        .unwrap();
+    let c = store
+        .create_credential(
+            "alice",
+            a.namespace,
+            cred("d", "t", &[("k", "SUPERSECRET-REVEAL")]),
+        )
+        .unwrap();
+    let revealed = store.reveal("alice", a.namespace, c.id, "t").unwrap();
+    let outputs = [
+        format!("{kek:?}"),
+        format!("{dek:?}"),
+        format!("{:?}", dek.fingerprint_key()),
+        format!("{store:?}"),
+        format!("{new:?}"),
+        format!("{upd:?}"),
+        format!("{token:?}"),
+        format!("{revealed:?}"),
+        format!("{:?}", store.get_credential(a.namespace, c.id).unwrap()),
+    ];
+    for out in &outputs {
+        for secret in ["SUPERSECRET", key_text.as_str(), token.expose_secret()] {
+            assert!(!out.contains(secret), "{out} shows a secret");
+        }
+    }
+    assert!(outputs[0].contains(kek.id()));
+    assert!(outputs[1].contains(&dek.id()));
+    let _: NamespaceId = a.namespace;
+}
+
+#[test]
+fn store_is_shareable_and_opens_empty_or_foreign_files_sanely() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Store>();
+    // An empty file (e.g. made by a provisioning tool) is initialised.
+    let fx = Fixture::new();
+    std::fs::write(&fx.path, b"").unwrap();
+    let store = fx.open();
+    assert_eq!(store.verify_audit().unwrap(), 1);
+    drop(store);
+    // A redb file of something else is refused, not adopted.
+    let other = Fixture::new();
+    let db = redb::Database::create(&other.path).unwrap();
+    let txn = db.begin_write().unwrap();
+    txn.open_table(redb::TableDefinition::<u64, u64>::new("unrelated"))
+        .unwrap()
+        .insert(1, 2)
+        .unwrap();
+    txn.commit().unwrap();
+    drop(db);
+    assert!(matches!(
+        Store::open(&other.path, other.key()),
+        Err(StoreError::Corrupt(_))
+    ));
+}
