@@ -12,7 +12,8 @@ pub fn other_environment(env: &str) -> &'static str {
 }
 
 fn is_upper_alnum(s: &str) -> bool {
-    s.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+    s.bytes()
+        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
 }
 
 fn looks_like_key_id(s: &str) -> bool {
@@ -37,7 +38,9 @@ pub fn check_secret_key(secret: &str) -> Result<(), &'static str> {
     if looks_like_key_id(secret) && (secret.starts_with("PK") || secret.starts_with("AK")) {
         return Err("secret_key looks like a key ID; paste the secret key that was shown once when the key was generated.");
     }
-    let charset_ok = secret.bytes().all(|b| b.is_ascii_alphanumeric() || b"+/=_-.".contains(&b));
+    let charset_ok = secret
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"+/=_-.".contains(&b));
     if !(30..=64).contains(&secret.len()) || !charset_ok {
         return Err("secret_key must be about 40 letters and digits without spaces; check that the whole secret was copied.");
     }
@@ -46,7 +49,11 @@ pub fn check_secret_key(secret: &str) -> Result<(), &'static str> {
 
 /// The problem with a key bound to the wrong environment.
 pub fn mismatch(key_env: &str, env: &str) -> String {
-    let (prefix, other_prefix) = if key_env == PAPER { ("PK", "AK") } else { ("AK", "PK") };
+    let (prefix, other_prefix) = if key_env == PAPER {
+        ("PK", "AK")
+    } else {
+        ("AK", "PK")
+    };
     format!(
         "key_id is a {key_env} key (it starts with {prefix}) but the credential is bound to {env}; \
          bind it to {key_env} or use a {env} key ({other_prefix}…)."
@@ -61,7 +68,13 @@ mod tests {
     fn key_ids() {
         assert_eq!(check_key_id("PKABCDEFGHIJ0123456789"), Ok(PAPER));
         assert_eq!(check_key_id("AK0123456789ABCDEFGH"), Ok(LIVE));
-        for bad in ["PK123", "pkabcdefghij0123456789", "PKABCDEFGHIJ012345678-", "XKABCDEFGHIJ0123456789", &"PK".repeat(17)] {
+        for bad in [
+            "PK123",
+            "pkabcdefghij0123456789",
+            "PKABCDEFGHIJ012345678-",
+            "XKABCDEFGHIJ0123456789",
+            &"PK".repeat(17),
+        ] {
             assert!(check_key_id(bad).is_err(), "{bad}");
         }
     }
@@ -69,8 +82,14 @@ mod tests {
     #[test]
     fn secret_keys() {
         assert!(check_secret_key("abcdefghijABCDEFGHIJ0123456789abcdefghij").is_ok());
-        assert!(check_secret_key("PKABCDEFGHIJ0123456789").unwrap_err().contains("looks like a key ID"));
-        for bad in ["short", "abcdefghij ABCDEFGHIJ0123456789abcdefghij", &"a".repeat(65)] {
+        assert!(check_secret_key("PKABCDEFGHIJ0123456789")
+            .unwrap_err()
+            .contains("looks like a key ID"));
+        for bad in [
+            "short",
+            "abcdefghij ABCDEFGHIJ0123456789abcdefghij",
+            &"a".repeat(65),
+        ] {
             assert!(check_secret_key(bad).is_err(), "{bad}");
         }
     }

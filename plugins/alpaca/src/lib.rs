@@ -46,7 +46,9 @@ impl Guest for Alpaca {
     fn validate(input: Vec<FieldValue>) -> Result<Vec<FieldValue>, Vec<FieldError>> {
         let form = Form::new(descriptor(), input);
         let mut errors = Errors::new();
-        let key_env = form.get("key_id").and_then(|k| errors.check("key_id", check_key_id(k)));
+        let key_env = form
+            .get("key_id")
+            .and_then(|k| errors.check("key_id", check_key_id(k)));
         if let Some(secret) = form.get("secret_key") {
             errors.check("secret_key", check_secret_key(secret));
         }
@@ -59,10 +61,17 @@ impl Guest for Alpaca {
     }
 
     fn test(ctx: TestContext) -> Result<TestOutcome, Error> {
-        let key_env = Fields::of(&ctx).get_trimmed("key_id").and_then(|k| check_key_id(k).ok());
+        let key_env = Fields::of(&ctx)
+            .get_trimmed("key_id")
+            .and_then(|k| check_key_id(k).ok());
         let env = match ctx.environment.as_deref().or(key_env) {
             Some(e @ (PAPER | LIVE)) => e,
-            _ => return Err(invalid_field("environment", "environment must be paper or live.")),
+            _ => {
+                return Err(invalid_field(
+                    "environment",
+                    "environment must be paper or live.",
+                ))
+            }
         };
         let answer = match account(env) {
             Ok(answer) => answer,
@@ -73,10 +82,15 @@ impl Guest for Alpaca {
             Answer::Unclear(verdict) => verdict,
             Answer::Rejected(status) => {
                 let other = other_environment(env);
-                log::write(Level::Info, &format!("{env} API rejected the key; trying {other}"));
+                log::write(
+                    Level::Info,
+                    &format!("{env} API rejected the key; trying {other}"),
+                );
                 match account(other) {
-                    Ok(Answer::Account(_)) => invalid(format!("key belongs to the {other} environment"))
-                        .fact("correct_environment", other),
+                    Ok(Answer::Account(_)) => {
+                        invalid(format!("key belongs to the {other} environment"))
+                            .fact("correct_environment", other)
+                    }
                     _ => invalid(format!("key rejected (HTTP {status})")),
                 }
             }
@@ -96,7 +110,11 @@ enum Answer {
 }
 
 fn base_url(env: &str) -> String {
-    let default = if env == LIVE { "https://api.alpaca.markets" } else { "https://paper-api.alpaca.markets" };
+    let default = if env == LIVE {
+        "https://api.alpaca.markets"
+    } else {
+        "https://paper-api.alpaca.markets"
+    };
     let base = settings::get(&format!("{env}_base_url")).unwrap_or_else(|| default.into());
     base.trim().trim_end_matches('/').to_string()
 }
@@ -109,20 +127,30 @@ fn account(env: &str) -> Result<Answer, Error> {
         .send()?;
     Ok(match response.status {
         200 => match json::parse(&response.body) {
-            Some(account) if account.get("status").and_then(Json::as_str).is_some() => Answer::Account(account),
+            Some(account) if account.get("status").and_then(Json::as_str).is_some() => {
+                Answer::Account(account)
+            }
             _ => Answer::Unclear(indeterminate(format!(
                 "HTTP 200 without an Alpaca account payload; check the {env}_base_url setting"
             ))),
         },
         401 | 403 => Answer::Rejected(response.status),
         429 => Answer::Unclear(indeterminate("rate limited (HTTP 429); try again later")),
-        s @ 500..=599 => Answer::Unclear(indeterminate(format!("Alpaca service error (HTTP {s}); try again later"))),
-        s => Answer::Unclear(indeterminate(format!("unexpected HTTP {s} from the {env} API"))),
+        s @ 500..=599 => Answer::Unclear(indeterminate(format!(
+            "Alpaca service error (HTTP {s}); try again later"
+        ))),
+        s => Answer::Unclear(indeterminate(format!(
+            "unexpected HTTP {s} from the {env} API"
+        ))),
     })
 }
 
 fn account_verdict(account: &Json) -> TestOutcome {
-    let status = account.get("status").and_then(Json::as_str).map(outcome::clip).unwrap_or_default();
+    let status = account
+        .get("status")
+        .and_then(Json::as_str)
+        .map(outcome::clip)
+        .unwrap_or_default();
     let verdict = if status == "ACTIVE" {
         valid("account is ACTIVE")
     } else {
@@ -148,17 +176,28 @@ mod tests {
 
     #[test]
     fn accepts_a_matching_pair_without_the_environment_in_the_output() {
-        let out = validate(&[("key_id", " PKABCDEFGHIJ0123456789 "), ("secret_key", SECRET), ("environment", "paper")]);
+        let out = validate(&[
+            ("key_id", " PKABCDEFGHIJ0123456789 "),
+            ("secret_key", SECRET),
+            ("environment", "paper"),
+        ]);
         assert_eq!(
             out.unwrap(),
-            [("key_id".into(), "PKABCDEFGHIJ0123456789".into()), ("secret_key".into(), SECRET.into())]
+            [
+                ("key_id".into(), "PKABCDEFGHIJ0123456789".into()),
+                ("secret_key".into(), SECRET.into())
+            ]
         );
     }
 
     #[test]
     fn flags_the_wrong_environment() {
-        let errs = validate(&[("key_id", "PKABCDEFGHIJ0123456789"), ("secret_key", SECRET), ("environment", "live")])
-            .unwrap_err();
+        let errs = validate(&[
+            ("key_id", "PKABCDEFGHIJ0123456789"),
+            ("secret_key", SECRET),
+            ("environment", "live"),
+        ])
+        .unwrap_err();
         assert_eq!(errs.len(), 1);
         assert_eq!(errs[0].field, "environment");
         assert!(errs[0].message.contains("paper key"), "{}", errs[0].message);
@@ -169,6 +208,8 @@ mod tests {
         let errs = validate(&[("secret_key", "hunter2 hunter2"), ("key", "PK1")]).unwrap_err();
         let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, ["key_id", "secret_key", "key", "environment"]);
-        assert!(errs.iter().all(|e| !e.message.contains("hunter2") && !e.message.contains("PK1")));
+        assert!(errs
+            .iter()
+            .all(|e| !e.message.contains("hunter2") && !e.message.contains("PK1")));
     }
 }

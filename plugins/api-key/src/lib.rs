@@ -82,7 +82,10 @@ fn check_key(key: &str) -> Result<(), &'static str> {
 
 fn name_problem(placement: &str, name: &str) -> Option<&'static str> {
     if placement == QUERY {
-        let ok = name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b));
+        let ok = name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b));
         (!ok).then_some("must be a query parameter name of up to 64 letters, digits and - _ . ~")
     } else {
         header_name_problem(name)
@@ -103,16 +106,31 @@ mod tests {
     #[test]
     fn defaults_and_placements() {
         let out = validate(&[("key", "k-123")]).unwrap();
-        assert_eq!(out[1..], [("placement".into(), "header".into()), ("name".into(), "X-API-Key".into())]);
+        assert_eq!(
+            out[1..],
+            [
+                ("placement".into(), "header".into()),
+                ("name".into(), "X-API-Key".into())
+            ]
+        );
         let out = validate(&[("key", "k"), ("placement", "Query"), ("name", "api_key")]).unwrap();
         assert_eq!(out[1], ("placement".into(), "query".into()));
     }
 
     #[test]
     fn names_follow_placement() {
-        assert_eq!(validate(&[("key", "k"), ("placement", "query"), ("name", "a&b")]).unwrap_err(), ["name"]);
-        assert_eq!(validate(&[("key", "k"), ("name", "Content-Length")]).unwrap_err(), ["name"]);
-        assert_eq!(validate(&[("key", "k"), ("placement", "cookie")]).unwrap_err(), ["placement"]);
+        assert_eq!(
+            validate(&[("key", "k"), ("placement", "query"), ("name", "a&b")]).unwrap_err(),
+            ["name"]
+        );
+        assert_eq!(
+            validate(&[("key", "k"), ("name", "Content-Length")]).unwrap_err(),
+            ["name"]
+        );
+        assert_eq!(
+            validate(&[("key", "k"), ("placement", "cookie")]).unwrap_err(),
+            ["placement"]
+        );
         assert_eq!(validate(&[("key", "a b")]).unwrap_err(), ["key"]);
     }
 }

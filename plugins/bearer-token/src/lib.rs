@@ -28,11 +28,12 @@ fn descriptor() -> Descriptor {
             spec::text("header_name", "Header name")
                 .default(DEFAULT_HEADER)
                 .help("The request header that carries the token."),
-            spec::text("prefix", "Prefix")
-                .default(DEFAULT_PREFIX)
-                .help("Word sent before the token, such as Bearer or Token; empty sends the token alone."),
-            spec::url("test_url", "Test URL")
-                .help("An http(s) URL that answers 2xx with a valid token and 401/403 without one."),
+            spec::text("prefix", "Prefix").default(DEFAULT_PREFIX).help(
+                "Word sent before the token, such as Bearer or Token; empty sends the token alone.",
+            ),
+            spec::url("test_url", "Test URL").help(
+                "An http(s) URL that answers 2xx with a valid token and 401/403 without one.",
+            ),
         ],
         environments: vec![],
     }
@@ -48,7 +49,10 @@ impl Guest for BearerToken {
         let mut errors = Errors::new();
         let prefix = form.get("prefix").unwrap_or(DEFAULT_PREFIX);
         if !prefix.is_empty() && !is_token(prefix) {
-            errors.add("prefix", "prefix must be a single word such as Bearer or Token, or empty.");
+            errors.add(
+                "prefix",
+                "prefix must be a single word such as Bearer or Token, or empty.",
+            );
         }
         if let Some(token) = form.get("token") {
             errors.check("token", check_token(token, prefix));
@@ -68,7 +72,10 @@ impl Guest for BearerToken {
         let header = fields.get_trimmed("header_name").unwrap_or(DEFAULT_HEADER);
         let prefix = fields.get("prefix").map_or(DEFAULT_PREFIX, str::trim);
         if header_name_problem(header).is_some() {
-            return Err(invalid_field("header_name", "header_name is not a valid header name."));
+            return Err(invalid_field(
+                "header_name",
+                "header_name is not a valid header name.",
+            ));
         }
         let value = if prefix.is_empty() {
             field("token")
@@ -82,14 +89,21 @@ impl Guest for BearerToken {
 /// A token must fit in a header value as one word.
 fn check_token(token: &str, prefix: &str) -> Result<(), &'static str> {
     let first_word = token.split_whitespace().next().unwrap_or_default();
-    if token.contains(char::is_whitespace) && !prefix.is_empty() && first_word.eq_ignore_ascii_case(prefix) {
-        return Err("token starts with its prefix; paste only the token, the prefix field adds the rest.");
+    if token.contains(char::is_whitespace)
+        && !prefix.is_empty()
+        && first_word.eq_ignore_ascii_case(prefix)
+    {
+        return Err(
+            "token starts with its prefix; paste only the token, the prefix field adds the rest.",
+        );
     }
     if token.contains(char::is_whitespace) {
         return Err("token must not contain spaces or line breaks.");
     }
     if !token.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err("token must be printable ASCII; non-ASCII characters cannot be sent in a header.");
+        return Err(
+            "token must be printable ASCII; non-ASCII characters cannot be sent in a header.",
+        );
     }
     Ok(())
 }
@@ -111,7 +125,8 @@ mod tests {
         assert_eq!(out[0], ("token".into(), "abc.def-123".into()));
         assert_eq!(out[1], ("header_name".into(), "Authorization".into()));
         assert_eq!(out[2], ("prefix".into(), "Bearer".into()));
-        let out = validate(&[("token", "abc"), ("prefix", ""), ("header_name", "X-Token")]).unwrap();
+        let out =
+            validate(&[("token", "abc"), ("prefix", ""), ("header_name", "X-Token")]).unwrap();
         assert_eq!(out[2], ("prefix".into(), "".into()));
     }
 
@@ -126,13 +141,20 @@ mod tests {
         .unwrap_err();
         assert_eq!(errs, ["token", "header_name", "prefix", "test_url"]);
         assert_eq!(validate(&[]).unwrap_err(), ["token"]);
-        assert_eq!(validate(&[("token", "x"), ("extra", "1")]).unwrap_err(), ["extra"]);
+        assert_eq!(
+            validate(&[("token", "x"), ("extra", "1")]).unwrap_err(),
+            ["extra"]
+        );
     }
 
     #[test]
     fn tokens() {
-        assert!(check_token("Bearer abc", "Bearer").unwrap_err().contains("prefix"));
-        assert!(check_token("abc\ndef", "Bearer").unwrap_err().contains("spaces"));
+        assert!(check_token("Bearer abc", "Bearer")
+            .unwrap_err()
+            .contains("prefix"));
+        assert!(check_token("abc\ndef", "Bearer")
+            .unwrap_err()
+            .contains("spaces"));
         assert!(check_token("abcé", "").unwrap_err().contains("ASCII"));
         assert!(check_token("ghp_abc123", "token").is_ok());
     }

@@ -2,8 +2,8 @@
 //! and PostgreSQL's `key=value` form.
 //!
 //! The whole DSN is a secret and a mis-split (an unencoded `/` or `@` in a password)
-//! can put password text where a scheme, host or port is expected, so messages quote
-//! only fixed words and keywords written as `keyword=` outside a password.
+//! can put password text where a host or port is expected, so messages quote only
+//! fixed words, a lower-case scheme, and keywords written as `keyword=` outside a password.
 
 /// The first problem found, as a sentence about field `dsn`.
 pub fn check(dsn: &str) -> Result<(), String> {
@@ -13,9 +13,11 @@ pub fn check(dsn: &str) -> Result<(), String> {
     match url_scheme(dsn) {
         Some(scheme) => check_url(scheme, &dsn[scheme.len() + 3..]),
         None if dsn.contains('=') => check_key_values(dsn),
-        None => Err("dsn must be a URL such as postgres://user:password@host:5432/db \
+        None => Err(
+            "dsn must be a URL such as postgres://user:password@host:5432/db \
                      or key=value pairs such as host=… dbname=… user=… password=…."
-            .into()),
+                .into(),
+        ),
     }
 }
 
@@ -23,7 +25,8 @@ pub fn check(dsn: &str) -> Result<(), String> {
 fn url_scheme(dsn: &str) -> Option<&str> {
     let (scheme, _) = dsn.split_once("://")?;
     let mut chars = scheme.chars();
-    let ok = chars.next()?.is_ascii_alphabetic() && chars.all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
+    let ok = chars.next()?.is_ascii_alphabetic()
+        && chars.all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
     ok.then_some(scheme)
 }
 
@@ -33,18 +36,33 @@ enum Engine {
     MySql,
 }
 
-const PG_SSLMODES: &[&str] = &["disable", "allow", "prefer", "require", "verify-ca", "verify-full"];
-const MYSQL_SSLMODES: &[&str] = &["disabled", "preferred", "required", "verify_ca", "verify_identity"];
+const PG_SSLMODES: &[&str] = &[
+    "disable",
+    "allow",
+    "prefer",
+    "require",
+    "verify-ca",
+    "verify-full",
+];
+const MYSQL_SSLMODES: &[&str] = &[
+    "disabled",
+    "preferred",
+    "required",
+    "verify_ca",
+    "verify_identity",
+];
 const BAD_PORT: &str = "dsn has an invalid port; use a number from 1 to 65535.";
 
 fn check_url(scheme: &str, rest: &str) -> Result<(), String> {
     let engine = match scheme.to_ascii_lowercase().as_str() {
         "postgres" | "postgresql" => Engine::Postgres,
         "mysql" | "mariadb" => Engine::MySql,
-        _ => return Err("dsn has an unsupported scheme; use postgres://, postgresql://, mysql:// or mariadb://.".into()),
+        _ => return Err(unsupported_scheme(scheme)),
     };
     if rest.contains(|c: char| c.is_whitespace() || c.is_control()) {
-        return Err("dsn must not contain spaces or line breaks; percent-encode a space as %20.".into());
+        return Err(
+            "dsn must not contain spaces or line breaks; percent-encode a space as %20.".into(),
+        );
     }
     if rest.contains('#') {
         return Err("dsn contains #; percent-encode it as %23 (in a password too).".into());
@@ -65,36 +83,73 @@ fn check_url(scheme: &str, rest: &str) -> Result<(), String> {
     };
     let (path, query) = tail.split_once('?').unwrap_or((tail, ""));
     let params = parse_query(query)?;
-    let param = |name: &str| params.iter().rev().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str());
+    let param = |name: &str| {
+        params
+            .iter()
+            .rev()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    };
 
     let (user, password) = match userinfo {
-        Some(info) => info.split_once(':').map_or((info, None), |(u, p)| (u, Some(p))),
+        Some(info) => info
+            .split_once(':')
+            .map_or((info, None), |(u, p)| (u, Some(p))),
         None => ("", None),
     };
-    decode(user).map_err(|_| "dsn has an invalid percent-escape in the user name; write a literal % as %25.")?;
+    decode(user).map_err(|_| {
+        "dsn has an invalid percent-escape in the user name; write a literal % as %25."
+    })?;
     if let Some(password) = password {
-        decode(password).map_err(|_| "dsn has an invalid percent-escape in the password; write a literal % as %25.")?;
+        decode(password).map_err(|_| {
+            "dsn has an invalid percent-escape in the password; write a literal % as %25."
+        })?;
     }
     if user.is_empty() && param("user").is_none_or(str::is_empty) {
-        return Err("dsn has no user name; write it before the host: scheme://user:password@host/….".into());
+        return Err(
+            "dsn has no user name; write it before the host: scheme://user:password@host/….".into(),
+        );
     }
 
     check_hosts(hosts, engine)?;
     if hosts.is_empty() && param("host").is_none_or(str::is_empty) {
-        return Err("dsn has no host; write it after the credentials: scheme://user:password@host:port/….".into());
+        return Err(
+            "dsn has no host; write it after the credentials: scheme://user:password@host:port/…."
+                .into(),
+        );
     }
     let database = path.strip_prefix('/').unwrap_or(path);
     if database.contains('/') {
-        return Err("dsn database name must be a single path segment; percent-encode / as %2F.".into());
+        return Err(
+            "dsn database name must be a single path segment; percent-encode / as %2F.".into(),
+        );
     }
-    decode(database).map_err(|_| "dsn has an invalid percent-escape in the database name; write a literal % as %25.")?;
+    decode(database).map_err(|_| {
+        "dsn has an invalid percent-escape in the database name; write a literal % as %25."
+    })?;
 
     if let Some(port) = param("port") {
-        port.split(',').try_for_each(|p| port_ok(p).map(drop).ok_or(BAD_PORT))?;
+        port.split(',')
+            .try_for_each(|p| port_ok(p).map(drop).ok_or(BAD_PORT))?;
     }
     match engine {
         Engine::Postgres => check_sslmode(param("sslmode"), PG_SSLMODES),
         Engine::MySql => check_sslmode(param("ssl-mode").or(param("sslmode")), MYSQL_SSLMODES),
+    }
+}
+
+/// Names the scheme only when it looks like one (short, lower case): a password pasted
+/// without its URL would be mixed-case text, and is never quoted.
+fn unsupported_scheme(scheme: &str) -> String {
+    const USE: &str = "use postgres://, postgresql://, mysql:// or mariadb://";
+    let nameable = scheme.len() <= 16
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b));
+    if nameable {
+        format!("dsn has the unsupported scheme {scheme}://; {USE}.")
+    } else {
+        format!("dsn has an unsupported scheme; {USE}.")
     }
 }
 
@@ -109,19 +164,34 @@ fn check_hosts(hosts: &str, engine: Engine) -> Result<(), String> {
     for item in hosts.split(',') {
         let (host_ok, port) = match item.strip_prefix('[') {
             Some(v6) => {
-                let (addr, after) = v6.split_once(']').ok_or("dsn has an unclosed [ in an IPv6 host.")?;
+                let (addr, after) = v6
+                    .split_once(']')
+                    .ok_or("dsn has an unclosed [ in an IPv6 host.")?;
                 let port = match after {
                     "" => None,
                     _ => Some(after.strip_prefix(':').ok_or(BAD_PORT)?),
                 };
-                (!addr.is_empty() && addr.chars().all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.'), port)
+                (
+                    !addr.is_empty()
+                        && addr
+                            .chars()
+                            .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.'),
+                    port,
+                )
             }
             None => {
-                let (host, port) = item.split_once(':').map_or((item, None), |(h, p)| (h, Some(p)));
+                let (host, port) = item
+                    .split_once(':')
+                    .map_or((item, None), |(h, p)| (h, Some(p)));
                 if host.is_empty() && engine == Engine::MySql {
                     return Err("dsn has no host; write it after the credentials: scheme://user:password@host:port/….".into());
                 }
-                (host.chars().all(|c| c.is_ascii_alphanumeric() || "-._~%".contains(c)) && decode(host).is_ok(), port)
+                (
+                    host.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-._~%".contains(c))
+                        && decode(host).is_ok(),
+                    port,
+                )
             }
         };
         if !host_ok {
@@ -141,16 +211,18 @@ fn port_ok(port: &str) -> Option<u16> {
 
 fn check_sslmode(mode: Option<&str>, allowed: &[&str]) -> Result<(), String> {
     match mode {
-        Some(m) if !allowed.iter().any(|a| a.eq_ignore_ascii_case(m)) => {
-            Err(format!("dsn sslmode must be one of: {}.", allowed.join(", ")))
-        }
+        Some(m) if !allowed.iter().any(|a| a.eq_ignore_ascii_case(m)) => Err(format!(
+            "dsn sslmode must be one of: {}.",
+            allowed.join(", ")
+        )),
         _ => Ok(()),
     }
 }
 
 /// `name=value&…`, percent-decoded.
 fn parse_query(query: &str) -> Result<Vec<(String, String)>, String> {
-    const BAD: &str = "dsn query parameters must be name=value pairs separated by &, with valid percent-escapes.";
+    const BAD: &str =
+        "dsn query parameters must be name=value pairs separated by &, with valid percent-escapes.";
     query
         .split('&')
         .filter(|pair| !pair.is_empty())
@@ -185,19 +257,59 @@ fn decode(s: &str) -> Result<String, ()> {
 
 /// libpq's connection keywords (PostgreSQL 17).
 const PG_KEYWORDS: &[&str] = &[
-    "host", "hostaddr", "port", "dbname", "user", "password", "passfile", "require_auth",
-    "channel_binding", "connect_timeout", "client_encoding", "options", "application_name",
-    "fallback_application_name", "keepalives", "keepalives_idle", "keepalives_interval",
-    "keepalives_count", "tcp_user_timeout", "replication", "gssencmode", "sslmode",
-    "sslnegotiation", "requiressl", "sslcompression", "sslcert", "sslkey", "sslpassword",
-    "sslcertmode", "sslrootcert", "sslcrl", "sslcrldir", "sslsni", "requirepeer",
-    "ssl_min_protocol_version", "ssl_max_protocol_version", "krbsrvname", "gsslib",
-    "gssdelegation", "service", "target_session_attrs", "load_balance_hosts",
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "passfile",
+    "require_auth",
+    "channel_binding",
+    "connect_timeout",
+    "client_encoding",
+    "options",
+    "application_name",
+    "fallback_application_name",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_count",
+    "tcp_user_timeout",
+    "replication",
+    "gssencmode",
+    "sslmode",
+    "sslnegotiation",
+    "requiressl",
+    "sslcompression",
+    "sslcert",
+    "sslkey",
+    "sslpassword",
+    "sslcertmode",
+    "sslrootcert",
+    "sslcrl",
+    "sslcrldir",
+    "sslsni",
+    "requirepeer",
+    "ssl_min_protocol_version",
+    "ssl_max_protocol_version",
+    "krbsrvname",
+    "gsslib",
+    "gssdelegation",
+    "service",
+    "target_session_attrs",
+    "load_balance_hosts",
 ];
 
 fn check_key_values(dsn: &str) -> Result<(), String> {
     let pairs = parse_key_values(dsn)?;
-    let get = |k: &str| pairs.iter().rev().find(|(key, _)| *key == k).map(|(_, v)| v.as_str());
+    let get = |k: &str| {
+        pairs
+            .iter()
+            .rev()
+            .find(|(key, _)| *key == k)
+            .map(|(_, v)| v.as_str())
+    };
     if get("host").or(get("hostaddr")).is_none_or(str::is_empty) {
         return Err("dsn has no host; add host=….".into());
     }
@@ -205,7 +317,8 @@ fn check_key_values(dsn: &str) -> Result<(), String> {
         return Err("dsn has no user name; add user=….".into());
     }
     if let Some(port) = get("port") {
-        port.split(',').try_for_each(|p| port_ok(p.trim()).map(drop).ok_or(BAD_PORT))?;
+        port.split(',')
+            .try_for_each(|p| port_ok(p.trim()).map(drop).ok_or(BAD_PORT))?;
     }
     check_sslmode(get("sslmode"), PG_SSLMODES)
 }
@@ -243,7 +356,11 @@ fn parse_key_values(dsn: &str) -> Result<Vec<(&'static str, String)>, String> {
                     Some('\'') => break,
                     Some('\\') => value.extend(chars.next()),
                     Some(c) => value.push(c),
-                    None => return Err(format!("dsn: the quoted value of {keyword} has no closing '.")),
+                    None => {
+                        return Err(format!(
+                            "dsn: the quoted value of {keyword} has no closing '."
+                        ))
+                    }
                 }
             }
         } else {
@@ -275,7 +392,10 @@ fn not_a_pair(previous: Option<&str>) -> String {
 
 /// Only a word written as `word=` is named: it is in keyword position, not value text.
 fn unknown_keyword(word: &str) -> String {
-    if !word.is_empty() && word.len() <= 40 && word.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+    if !word.is_empty()
+        && word.len() <= 40
+        && word.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+    {
         format!("dsn has the unknown keyword {word}; PostgreSQL would refuse it.")
     } else {
         "dsn has an unknown keyword; PostgreSQL accepts host, port, dbname, user, password, sslmode and the like.".into()

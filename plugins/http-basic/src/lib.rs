@@ -18,8 +18,9 @@ fn descriptor() -> Descriptor {
         fields: vec![
             spec::text("username", "User name").required(),
             spec::secret("password", "Password").required(),
-            spec::url("test_url", "Test URL")
-                .help("An http(s) URL that answers 2xx with valid credentials and 401/403 otherwise."),
+            spec::url("test_url", "Test URL").help(
+                "An http(s) URL that answers 2xx with valid credentials and 401/403 otherwise.",
+            ),
         ],
         environments: vec![],
     }
@@ -63,8 +64,18 @@ mod tests {
     #[test]
     fn keeps_password_spaces_and_checks_fields() {
         let out = validate(&[("username", " alice "), ("password", " pw ")]).unwrap();
-        assert_eq!(out, [("username".into(), "alice".into()), ("password".into(), " pw ".into())]);
-        let errs = validate(&[("username", "a:b"), ("test_url", "https://u:p@example.com/")]).unwrap_err();
+        assert_eq!(
+            out,
+            [
+                ("username".into(), "alice".into()),
+                ("password".into(), " pw ".into())
+            ]
+        );
+        let errs = validate(&[
+            ("username", "a:b"),
+            ("test_url", "https://u:p@example.com/"),
+        ])
+        .unwrap_err();
         assert_eq!(errs, ["username", "password", "test_url"]);
     }
 }

@@ -14,17 +14,26 @@ pub struct Fields<'a> {
 
 impl<'a> Fields<'a> {
     pub fn new(values: &'a [FieldValue]) -> Self {
-        Self { values, secret_names: &[] }
+        Self {
+            values,
+            secret_names: &[],
+        }
     }
 
     /// The non-secret values and the set secret names of a test context.
     pub fn of(ctx: &'a TestContext) -> Self {
-        Self { values: &ctx.fields, secret_names: &ctx.secret_fields }
+        Self {
+            values: &ctx.fields,
+            secret_names: &ctx.secret_fields,
+        }
     }
 
     /// The value as given.
     pub fn get(&self, name: &str) -> Option<&'a str> {
-        self.values.iter().find(|f| f.name == name).map(|f| f.value.as_str())
+        self.values
+            .iter()
+            .find(|f| f.name == name)
+            .map(|f| f.value.as_str())
     }
 
     /// The trimmed value; `None` when absent or blank.
@@ -45,12 +54,16 @@ impl<'a> Fields<'a> {
 
     /// The value as an integer, `None` when absent.
     pub fn number(&self, name: &str) -> Result<Option<i64>, Error> {
-        self.parsed(name, |v| parse_number(v).ok_or_else(|| number_message(name)))
+        self.parsed(name, |v| {
+            parse_number(v).ok_or_else(|| number_message(name))
+        })
     }
 
     /// The value as `true`/`false` (also yes/no, on/off, 1/0), `None` when absent.
     pub fn boolean(&self, name: &str) -> Result<Option<bool>, Error> {
-        self.parsed(name, |v| parse_bool(v).ok_or_else(|| format!("{name} must be true or false.")))
+        self.parsed(name, |v| {
+            parse_bool(v).ok_or_else(|| format!("{name} must be true or false."))
+        })
     }
 
     /// The value as an absolute URL, `None` when absent.
@@ -88,5 +101,11 @@ pub(crate) fn parse_bool(v: &str) -> Option<bool> {
 
 /// `(name, value)` pairs as a field list, for building `validate` input in tests.
 pub fn values(pairs: &[(&str, &str)]) -> Vec<FieldValue> {
-    pairs.iter().map(|(name, value)| FieldValue { name: name.to_string(), value: value.to_string() }).collect()
+    pairs
+        .iter()
+        .map(|(name, value)| FieldValue {
+            name: name.to_string(),
+            value: value.to_string(),
+        })
+        .collect()
 }

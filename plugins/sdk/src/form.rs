@@ -73,7 +73,10 @@ impl Form {
     pub fn set(&mut self, name: &str, value: String) {
         match self.values.iter_mut().find(|f| f.name == name) {
             Some(f) => f.value = value,
-            None => self.values.push(FieldValue { name: name.into(), value }),
+            None => self.values.push(FieldValue {
+                name: name.into(),
+                value,
+            }),
         }
     }
 
@@ -102,7 +105,10 @@ impl Form {
     pub fn require_environment(&self, errors: &mut Errors) -> Option<&str> {
         if self.environment.is_none() && !self.errors.has(ENVIRONMENT) {
             let choices = self.descriptor.environments.join(", ");
-            errors.add(ENVIRONMENT, format!("environment is required for this type: one of {choices}."));
+            errors.add(
+                ENVIRONMENT,
+                format!("environment is required for this type: one of {choices}."),
+            );
         }
         self.environment()
     }
@@ -114,17 +120,33 @@ impl Form {
         let mut out = Vec::new();
         for spec in &self.descriptor.fields {
             match self.get(&spec.name) {
-                Some(v) => out.push(FieldValue { name: spec.name.clone(), value: v.to_string() }),
-                None if spec.required && !self.errors.has(&spec.name) && !errors.has(&spec.name) => {
+                Some(v) => out.push(FieldValue {
+                    name: spec.name.clone(),
+                    value: v.to_string(),
+                }),
+                None if spec.required
+                    && !self.errors.has(&spec.name)
+                    && !errors.has(&spec.name) =>
+                {
                     all.add(&spec.name, format!("{} is required.", spec.name));
                 }
                 None => {}
             }
         }
-        let Form { descriptor, errors: mut mine, .. } = self;
+        let Form {
+            descriptor,
+            errors: mut mine,
+            ..
+        } = self;
         mine.extend(all);
         mine.extend(errors);
-        mine.sort_by_key(|field| descriptor.fields.iter().position(|f| f.name == field).unwrap_or(usize::MAX));
+        mine.sort_by_key(|field| {
+            descriptor
+                .fields
+                .iter()
+                .position(|f| f.name == field)
+                .unwrap_or(usize::MAX)
+        });
         mine.into_result(out)
     }
 
@@ -137,7 +159,8 @@ impl Form {
         let seen = self.values.iter().any(|f| f.name == field.name)
             || (field.name == ENVIRONMENT && self.environment.is_some());
         if seen {
-            self.errors.add(&name, format!("{name} is given more than once."));
+            self.errors
+                .add(&name, format!("{name} is given more than once."));
             return;
         }
         if field.name == ENVIRONMENT {
@@ -145,13 +168,24 @@ impl Form {
             return;
         }
         let Some(spec) = self.spec(&field.name) else {
-            let known: Vec<&str> = self.descriptor.fields.iter().map(|f| f.name.as_str()).collect();
-            let message = format!("{name} is not a field of this type; its fields are: {}.", known.join(", "));
+            let known: Vec<&str> = self
+                .descriptor
+                .fields
+                .iter()
+                .map(|f| f.name.as_str())
+                .collect();
+            let message = format!(
+                "{name} is not a field of this type; its fields are: {}.",
+                known.join(", ")
+            );
             self.errors.add(&name, message);
             return;
         };
         match normalise(spec, &field.value) {
-            Ok(value) => self.values.push(FieldValue { name: field.name, value }),
+            Ok(value) => self.values.push(FieldValue {
+                name: field.name,
+                value,
+            }),
             Err(message) => self.errors.add(&name, message),
         }
     }
@@ -159,14 +193,20 @@ impl Form {
     fn accept_environment(&mut self, value: String) {
         let envs = &self.descriptor.environments;
         let value = value.trim();
-        if envs.is_empty() {
-            self.errors.add(ENVIRONMENT, "this type has no environments; leave environment unset.");
-        } else if value.is_empty() {
+        if value.is_empty() {
             // Same as absent: `require_environment` reports it where it matters.
+        } else if envs.is_empty() {
+            self.errors.add(
+                ENVIRONMENT,
+                "this type has no environments; leave environment unset.",
+            );
         } else if let Some(env) = envs.iter().find(|e| e.eq_ignore_ascii_case(value)) {
             self.environment = Some(env.clone());
         } else {
-            self.errors.add(ENVIRONMENT, format!("environment must be one of: {}.", envs.join(", ")));
+            self.errors.add(
+                ENVIRONMENT,
+                format!("environment must be one of: {}.", envs.join(", ")),
+            );
         }
     }
 }
@@ -176,15 +216,21 @@ fn normalise(spec: &FieldSpec, value: &str) -> Result<String, String> {
     let name = &spec.name;
     let trimmed = value.trim();
     match spec.kind {
-        FieldKind::Text if trimmed.chars().any(|c| c.is_control() && c != '\t') => {
-            Err(format!("{name} must be a single line without control characters."))
-        }
-        FieldKind::Multiline if trimmed.chars().any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r')) => {
+        FieldKind::Text if trimmed.chars().any(|c| c.is_control() && c != '\t') => Err(format!(
+            "{name} must be a single line without control characters."
+        )),
+        FieldKind::Multiline
+            if trimmed
+                .chars()
+                .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r')) =>
+        {
             Err(format!("{name} must not contain control characters."))
         }
         FieldKind::Text | FieldKind::Multiline => Ok(value.to_string()),
         _ if trimmed.is_empty() => Ok(String::new()),
-        FieldKind::Number => parse_number(trimmed).map(|n| n.to_string()).ok_or_else(|| number_message(name)),
+        FieldKind::Number => parse_number(trimmed)
+            .map(|n| n.to_string())
+            .ok_or_else(|| number_message(name)),
         FieldKind::Boolean => parse_bool(trimmed)
             .map(|b| b.to_string())
             .ok_or_else(|| format!("{name} must be true or false.")),
@@ -194,7 +240,9 @@ fn normalise(spec: &FieldSpec, value: &str) -> Result<String, String> {
             .find(|c| c.eq_ignore_ascii_case(trimmed))
             .cloned()
             .ok_or_else(|| format!("{name} must be one of: {}.", spec.choices.join(", "))),
-        FieldKind::Url => url::parse(trimmed).map(|_| trimmed.to_string()).map_err(|p| format!("{name} {p}.")),
+        FieldKind::Url => url::parse(trimmed)
+            .map(|_| trimmed.to_string())
+            .map_err(|p| format!("{name} {p}.")),
     }
 }
 
@@ -230,7 +278,9 @@ mod tests {
     type Pairs = Vec<(String, String)>;
 
     fn run(pairs: &[(&str, &str)]) -> Result<Pairs, Pairs> {
-        let form = Form::new(descriptor(), values(pairs)).keep_whitespace("password").allow_empty("prefix");
+        let form = Form::new(descriptor(), values(pairs))
+            .keep_whitespace("password")
+            .allow_empty("prefix");
         form.finish(Errors::new())
             .map(|v| v.into_iter().map(|f| (f.name, f.value)).collect())
             .map_err(|e| e.into_iter().map(|f| (f.field, f.message)).collect())
@@ -238,8 +288,20 @@ mod tests {
 
     #[test]
     fn normalises_and_fills_defaults() {
-        let out = run(&[("user", "  bob "), ("password", " pw "), ("mode", "QUERY"), ("prefix", "")]).unwrap();
-        let expect = [("user", "bob"), ("password", " pw "), ("port", "22"), ("mode", "query"), ("prefix", "")];
+        let out = run(&[
+            ("user", "  bob "),
+            ("password", " pw "),
+            ("mode", "QUERY"),
+            ("prefix", ""),
+        ])
+        .unwrap();
+        let expect = [
+            ("user", "bob"),
+            ("password", " pw "),
+            ("port", "22"),
+            ("mode", "query"),
+            ("prefix", ""),
+        ];
         assert_eq!(out, expect.map(|(a, b)| (a.to_string(), b.to_string())));
     }
 
@@ -255,9 +317,26 @@ mod tests {
         ])
         .unwrap_err();
         let fields: Vec<&str> = errs.iter().map(|(f, _)| f.as_str()).collect();
-        assert_eq!(fields, ["user", "password", "port", "mode", "test_url", "nope", "environment"]);
+        assert_eq!(
+            fields,
+            [
+                "user",
+                "password",
+                "port",
+                "mode",
+                "test_url",
+                "nope",
+                "environment"
+            ]
+        );
         for (_, m) in &errs {
-            assert!(!m.contains("s3cret") && !m.contains("x2x") && !m.contains("cookie") && !m.contains("demo"), "{m}");
+            assert!(
+                !m.contains("s3cret")
+                    && !m.contains("x2x")
+                    && !m.contains("cookie")
+                    && !m.contains("demo"),
+                "{m}"
+            );
         }
     }
 

@@ -45,7 +45,10 @@ const MAX_DEPTH: usize = 64;
 
 /// Parses a whole document; `None` if it is not valid JSON.
 pub fn parse(text: &str) -> Option<Value> {
-    let mut p = Parser { s: text.as_bytes(), i: 0 };
+    let mut p = Parser {
+        s: text.as_bytes(),
+        i: 0,
+    };
     let v = p.value(0)?;
     p.ws();
     (p.i == p.s.len()).then_some(v)
@@ -228,8 +231,10 @@ mod tests {
 
     #[test]
     fn reads_an_account() {
-        let v = parse(r#" {"status":"ACTIVE","account_number":"PA123","cash":"1.5","n":-1.2e3,
-            "flags":[true,false,null],"nested":{"a":[]},"esc":"a\"b\\c\u00e9\ud83d\ude00"} "#)
+        let v = parse(
+            r#" {"status":"ACTIVE","account_number":"PA123","cash":"1.5","n":-1.2e3,
+            "flags":[true,false,null],"nested":{"a":[]},"esc":"a\"b\\c\u00e9\ud83d\ude00"} "#,
+        )
         .unwrap();
         assert_eq!(v.get("status").and_then(Value::as_str), Some("ACTIVE"));
         assert_eq!(v.get("n").and_then(Value::as_text), Some("-1.2e3"));
@@ -239,7 +244,19 @@ mod tests {
 
     #[test]
     fn rejects_non_json() {
-        for bad in ["", "<html>", "{", "{\"a\":}", "[1,]", "01", "1.", "\"a\nb\"", "{} x", "\"\\ud800\"", "tru"] {
+        for bad in [
+            "",
+            "<html>",
+            "{",
+            "{\"a\":}",
+            "[1,]",
+            "01",
+            "1.",
+            "\"a\nb\"",
+            "{} x",
+            "\"\\ud800\"",
+            "tru",
+        ] {
             assert_eq!(parse(bad), None, "{bad:?}");
         }
         assert_eq!(parse(&"[".repeat(100)), None);

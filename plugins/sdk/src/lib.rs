@@ -72,9 +72,9 @@ pub mod request;
 pub mod spec;
 pub mod url;
 
+pub use bindings::credhost::provider::{http, log, net, secrets, settings, sql, ssh, types};
 /// `export!(MyType)` exports `MyType: Guest` as the plugin's implementation.
 pub use bindings::export;
-pub use bindings::credhost::provider::{http, log, net, secrets, settings, sql, ssh, types};
 pub use bindings::Guest;
 pub use errors::Errors;
 pub use fields::Fields;

@@ -3,7 +3,9 @@
 
 /// An RFC 9110 token: a header name, an auth scheme such as `Bearer`.
 pub fn is_token(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// Headers the host derives itself (Spin's CVE-2024-32980 came from a guest-set `Host`).
@@ -38,7 +40,15 @@ mod tests {
         for ok in ["Authorization", "X-API-Key", "x_token", "Private-Token"] {
             assert_eq!(header_name_problem(ok), None, "{ok}");
         }
-        for bad in ["", "X Key", "X-Key:", "Hösti", "Host", "content-length", "Auth\r\nX"] {
+        for bad in [
+            "",
+            "X Key",
+            "X-Key:",
+            "Hösti",
+            "Host",
+            "content-length",
+            "Auth\r\nX",
+        ] {
             assert!(header_name_problem(bad).is_some(), "{bad}");
         }
     }

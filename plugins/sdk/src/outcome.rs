@@ -7,7 +7,11 @@
 use crate::types::{Error, Fact, TestOutcome, TestStatus};
 
 pub fn outcome(status: TestStatus, summary: impl Into<String>) -> TestOutcome {
-    TestOutcome { status, summary: summary.into(), facts: Vec::new() }
+    TestOutcome {
+        status,
+        summary: summary.into(),
+        facts: Vec::new(),
+    }
 }
 
 /// The service accepted the credential.
@@ -33,7 +37,10 @@ pub trait OutcomeExt {
 
 impl OutcomeExt for TestOutcome {
     fn fact(mut self, key: &str, value: impl ToString) -> Self {
-        self.facts.push(Fact { key: key.into(), value: value.to_string() });
+        self.facts.push(Fact {
+            key: key.into(),
+            value: value.to_string(),
+        });
         self
     }
 }
@@ -51,7 +58,11 @@ pub fn from_error(error: Error) -> Result<TestOutcome, Error> {
 /// characters dropped, at most 120 characters.
 pub fn clip(text: &str) -> String {
     const MAX: usize = 120;
-    let mut out: String = text.chars().filter(|c| !c.is_control()).take(MAX + 1).collect();
+    let mut out: String = text
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX + 1)
+        .collect();
     if out.chars().count() > MAX {
         out = out.chars().take(MAX - 1).collect();
         out.push('…');

@@ -84,7 +84,11 @@ pub fn auth_verdict(result: Result<Response, Error>) -> Result<TestOutcome, Erro
         401 | 403 => invalid(format!("rejected (HTTP {status})")),
         429 => indeterminate("rate limited (HTTP 429); try again later"),
         500..=599 => indeterminate(format!("service error (HTTP {status}); try again later")),
-        _ => indeterminate(format!("unexpected answer (HTTP {status}); check the test URL")),
+        _ => indeterminate(format!(
+            "unexpected answer (HTTP {status}); check the test URL"
+        )),
     };
-    Ok(verdict.fact("http_status", status).fact("latency_ms", response.latency_ms))
+    Ok(verdict
+        .fact("http_status", status)
+        .fact("latency_ms", response.latency_ms))
 }

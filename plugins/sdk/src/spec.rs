@@ -62,18 +62,30 @@ pub trait SpecExt {
 
 impl SpecExt for FieldSpec {
     fn required(self) -> Self {
-        FieldSpec { required: true, ..self }
+        FieldSpec {
+            required: true,
+            ..self
+        }
     }
 
     fn secret(self) -> Self {
-        FieldSpec { secret: true, ..self }
+        FieldSpec {
+            secret: true,
+            ..self
+        }
     }
 
     fn help(self, help: &str) -> Self {
-        FieldSpec { help: help.into(), ..self }
+        FieldSpec {
+            help: help.into(),
+            ..self
+        }
     }
 
     fn default(self, value: &str) -> Self {
-        FieldSpec { default: Some(value.into()), ..self }
+        FieldSpec {
+            default: Some(value.into()),
+            ..self
+        }
     }
 }

@@ -27,7 +27,9 @@ const NOT_ABSOLUTE: &str = "must be an absolute URL such as https://example.com/
 /// Parses `s`; the error completes a sentence that starts with the field name.
 pub fn parse(s: &str) -> Result<Url<'_>, &'static str> {
     if !s.is_ascii() {
-        return Err("must be plain ASCII (percent-encode other characters, use punycode for domain names)");
+        return Err(
+            "must be plain ASCII (percent-encode other characters, use punycode for domain names)",
+        );
     }
     if s.bytes().any(|b| b <= b' ' || b == 0x7f) {
         return Err("must not contain spaces or control characters");
@@ -42,22 +44,38 @@ pub fn parse(s: &str) -> Result<Url<'_>, &'static str> {
     let end = after.find(['/', '?', '#']).unwrap_or(after.len());
     let (authority, rest) = after.split_at(end);
     if authority.contains('@') {
-        return Err("must not contain a user name or password; use the credential's fields for those");
+        return Err(
+            "must not contain a user name or password; use the credential's fields for those",
+        );
     }
     let (host, port) = split_host_port(authority)?;
-    Ok(Url { scheme, host, port, rest })
+    Ok(Url {
+        scheme,
+        host,
+        port,
+        rest,
+    })
 }
 
 fn split_host_port(authority: &str) -> Result<(&str, Option<u16>), &'static str> {
     let (host, port) = if authority.starts_with('[') {
-        let close = authority.find(']').ok_or("has an unclosed [ in its IPv6 address")?;
+        let close = authority
+            .find(']')
+            .ok_or("has an unclosed [ in its IPv6 address")?;
         let inner = &authority[1..close];
-        if inner.is_empty() || !inner.chars().all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.') {
+        if inner.is_empty()
+            || !inner
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.')
+        {
             return Err("has an invalid IPv6 address");
         }
         match &authority[close + 1..] {
             "" => (&authority[..=close], None),
-            p => (&authority[..=close], Some(p.strip_prefix(':').ok_or("has an invalid port")?)),
+            p => (
+                &authority[..=close],
+                Some(p.strip_prefix(':').ok_or("has an invalid port")?),
+            ),
         }
     } else {
         match authority.rsplit_once(':') {
@@ -68,7 +86,11 @@ fn split_host_port(authority: &str) -> Result<(&str, Option<u16>), &'static str>
     if host.is_empty() {
         return Err("must name a host, as in https://example.com/path");
     }
-    if !host.starts_with('[') && !host.chars().all(|c| c.is_ascii_alphanumeric() || "-._~%".contains(c)) {
+    if !host.starts_with('[')
+        && !host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-._~%".contains(c))
+    {
         return Err("has an invalid host name");
     }
     let port = match port {
@@ -93,7 +115,10 @@ mod tests {
     #[test]
     fn parses_parts() {
         let u = parse("https://api.example.com:8443/v1/me?x=1").unwrap();
-        assert_eq!((u.scheme, u.host, u.port, u.rest), ("https", "api.example.com", Some(8443), "/v1/me?x=1"));
+        assert_eq!(
+            (u.scheme, u.host, u.port, u.rest),
+            ("https", "api.example.com", Some(8443), "/v1/me?x=1")
+        );
         assert!(u.is_http());
         let u = parse("HTTP://[::1]:9/").unwrap();
         assert_eq!((u.host, u.port), ("[::1]", Some(9)));

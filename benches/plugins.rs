@@ -1,0 +1,110 @@
+//! Sandbox costs, printed as numbers (run: `cargo bench --bench plugins`):
+//! cold compile per built-in, precompiled load, and a sandboxed `validate`
+//! against the same parsing logic called natively, in one run.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use credhost::plugins::registry::builtin_sources;
+use credhost::plugins::{Bound, HostServices, Manifest, Runtime};
+use secrecy::SecretString;
+use wasmtime::component::Component;
+
+/// The db_dsn plugin's parser, compiled natively: the baseline for the sandboxed call.
+#[path = "../plugins/db-dsn/src/dsn.rs"]
+#[allow(dead_code)]
+mod dsn;
+
+const DSN: &str = "postgres://app:s3cr3t-pw@db.internal:5432/app?sslmode=require&application_name=bench";
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn stats(mut v: Vec<Duration>) -> (Duration, Duration) {
+    v.sort();
+    (percentile(&v, 0.50), percentile(&v, 0.99))
+}
+
+fn main() {
+    let runtime = Runtime::new(HostServices::default()).expect("runtime");
+    println!("== plugin load ({} built-ins, wasmtime {})", builtin_sources().len(), env!("CARGO_PKG_VERSION"));
+    println!("{:<14} {:>10} {:>12} {:>14} {:>10}", "plugin", "wasm KiB", "compile ms", "deserialize ms", "ratio");
+    let (mut total_compile, mut total_load) = (Duration::ZERO, Duration::ZERO);
+    for (name, _, wasm) in builtin_sources() {
+        let compile: Vec<Duration> = (0..3)
+            .map(|_| {
+                let t = Instant::now();
+                black_box(runtime.compile(wasm).expect("compiles"));
+                t.elapsed()
+            })
+            .collect();
+        let compiled = runtime.compile(wasm).unwrap().serialize().expect("serialize");
+        let load: Vec<Duration> = (0..20)
+            .map(|_| {
+                let t = Instant::now();
+                // SAFETY: bytes were produced by `serialize` on this engine in this process.
+                black_box(unsafe { Component::deserialize(runtime.engine(), &compiled) }.expect("deserialize"));
+                t.elapsed()
+            })
+            .collect();
+        let (c, _) = stats(compile);
+        let (l, _) = stats(load);
+        total_compile += c;
+        total_load += l;
+        println!(
+            "{:<14} {:>10.1} {:>12.2} {:>14.3} {:>9.0}x",
+            name,
+            wasm.len() as f64 / 1024.0,
+            c.as_secs_f64() * 1e3,
+            l.as_secs_f64() * 1e3,
+            c.as_secs_f64() / l.as_secs_f64()
+        );
+    }
+    println!(
+        "{:<14} {:>10} {:>12.2} {:>14.3} {:>9.0}x",
+        "total",
+        "",
+        total_compile.as_secs_f64() * 1e3,
+        total_load.as_secs_f64() * 1e3,
+        total_compile.as_secs_f64() / total_load.as_secs_f64()
+    );
+
+    let (_, manifest, wasm) = builtin_sources().iter().find(|(n, _, _)| *n == "db-dsn").expect("db-dsn built-in");
+    let plugin = runtime.load(wasm, Manifest::parse(manifest).unwrap(), "builtin:db-dsn".into()).expect("load");
+    let input = || Bound {
+        secrets: [("dsn".to_string(), SecretString::from(DSN))].into(),
+        ..Bound::default()
+    };
+    const N: usize = 3000;
+    for _ in 0..200 {
+        black_box(runtime.validate(&plugin, input()).result.unwrap().unwrap());
+        black_box(dsn::check(black_box(DSN)).unwrap());
+    }
+    let sandboxed: Vec<Duration> = (0..N)
+        .map(|_| {
+            let b = input();
+            let t = Instant::now();
+            black_box(runtime.validate(&plugin, b).result.unwrap().unwrap());
+            t.elapsed()
+        })
+        .collect();
+    let native: Vec<Duration> = (0..N)
+        .map(|_| {
+            let t = Instant::now();
+            black_box(dsn::check(black_box(DSN)).unwrap());
+            t.elapsed()
+        })
+        .collect();
+    let (sp50, sp99) = stats(sandboxed);
+    let (np50, np99) = stats(native);
+    println!("\n== db_dsn validate, {N} calls each (fresh Store + instantiate + call + output checks)");
+    println!("{:<10} {:>12} {:>12}", "", "p50 µs", "p99 µs");
+    println!("{:<10} {:>12.2} {:>12.2}", "sandboxed", sp50.as_secs_f64() * 1e6, sp99.as_secs_f64() * 1e6);
+    println!("{:<10} {:>12.3} {:>12.3}", "native", np50.as_secs_f64() * 1e6, np99.as_secs_f64() * 1e6);
+    println!(
+        "ratio sandboxed/native: p50 {:.0}x, p99 {:.0}x",
+        sp50.as_secs_f64() / np50.as_secs_f64(),
+        sp99.as_secs_f64() / np99.as_secs_f64()
+    );
+}
