@@ -279,7 +279,7 @@ impl Service {
 
     pub fn create(&self, p: &Principal, req: CreateCredential) -> Result<CredentialView> {
         let plugin = self.registry.get(&req.kind)?;
-        let mut input = Bound { environment: req.environment, ..Bound::default() };
+        let mut input = Bound { environment: req.environment.clone(), ..Bound::default() };
         for (name, value) in req.fields {
             put_field(&plugin, &mut input, name, value.0);
         }
@@ -289,7 +289,8 @@ impl Service {
             kind: req.kind,
             description: req.description,
             tags: req.tags,
-            environment: validated.environment,
+            // A type may normalise the environment; one that does not echo it keeps the caller's.
+            environment: validated.environment.or(req.environment),
             fields: validated.fields,
             secrets: validated.secrets,
         };
@@ -319,8 +320,9 @@ impl Service {
             let plugin = self.registry.get(&current.kind)?;
             // Validation sees the whole merged credential, so it needs the stored secrets.
             let stored = self.store.reveal(&p.user, p.namespace, current.id, "validate update")?;
+            let environment = req.environment.clone().unwrap_or_else(|| current.environment.clone());
             let mut merged = Bound {
-                environment: req.environment.clone().unwrap_or_else(|| current.environment.clone()),
+                environment: environment.clone(),
                 fields: current.fields.clone(),
                 secrets: stored.clone(),
             };
@@ -333,7 +335,8 @@ impl Service {
             }
             let validated =
                 self.run_validate(p, Some(current.id), &plugin, merged)?.map_err(ServiceError::InvalidFields)?;
-            upd.environment = (validated.environment != current.environment).then_some(validated.environment);
+            let environment = validated.environment.or(environment);
+            upd.environment = (environment != current.environment).then_some(environment);
             let names: BTreeSet<&String> = current.fields.keys().chain(validated.fields.keys()).collect();
             for name in names {
                 let new = validated.fields.get(name);

@@ -8,7 +8,7 @@ use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 
 use super::auth::Auth;
-use super::extract::ApiJson;
+use super::extract::{ApiJson, OptionalJson};
 use super::{ApiError, AppState};
 use crate::service::IssuedToken;
 use crate::store::Role;
@@ -80,14 +80,9 @@ async fn add_token(
     State(s): State<AppState>,
     Auth(p): Auth,
     Path(name): Path<String>,
-    body: axum::body::Bytes,
-) -> Result<(StatusCode, Json<TokenIssued>), ApiError> {
     // The body is optional: no body means no label and no expiry.
-    let req: NewToken = if body.iter().all(u8::is_ascii_whitespace) {
-        NewToken::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?
-    };
+    OptionalJson(req): OptionalJson<NewToken>,
+) -> Result<(StatusCode, Json<TokenIssued>), ApiError> {
     let expires_at = req.expires_in_secs.map(|s| crate::store::now_ms().saturating_add(s.saturating_mul(1000)));
     let token = s.run(move |svc| svc.admin_issue_token(&p, &name, expires_at, &req.label)).await?;
     Ok((StatusCode::CREATED, Json(token.into())))

@@ -15,6 +15,12 @@ pub enum ApiError {
     BadRequest(String),
     /// 413: body over the configured cap.
     TooLarge(String),
+    /// 415: a JSON body without `Content-Type: application/json`.
+    UnsupportedMediaType(String),
+    /// 503: the request took longer than the server's time limit.
+    Timeout,
+    /// Any other status produced outside the handlers (405, a path rejection, ...).
+    Status(StatusCode),
     /// Everything the service layer can refuse.
     Service(ServiceError),
 }
@@ -45,6 +51,25 @@ impl ApiError {
         match self {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", m, None),
             ApiError::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large", m, None),
+            ApiError::UnsupportedMediaType(m) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", m, None)
+            }
+            ApiError::Timeout => {
+                (StatusCode::SERVICE_UNAVAILABLE, "timeout", "the request took longer than the server allows".into(), None)
+            }
+            ApiError::Status(status) => {
+                let code = match status {
+                    StatusCode::BAD_REQUEST => "bad_request",
+                    StatusCode::NOT_FOUND => "not_found",
+                    StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+                    StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+                    s if s.is_server_error() => "internal",
+                    _ => "error",
+                };
+                let message = status.canonical_reason().unwrap_or("error").to_lowercase();
+                (status, code, message, None)
+            }
             ApiError::Service(e) => {
                 let message = e.to_string();
                 match e {

@@ -16,13 +16,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{HeaderName, HeaderValue};
+use axum::http::{header, HeaderName, HeaderValue};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::Router;
 use tower::limit::ConcurrencyLimitLayer;
 use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
 
 use crate::config::ServerConfig;
 use crate::service::{Result as ServiceResult, Service, ServiceError};
@@ -86,23 +87,65 @@ pub fn router(state: AppState, server: &ServerConfig) -> Router {
         .merge(openapi::router())
         .fallback(|| async { ApiError::Service(ServiceError::NotFound) })
         .layer(DefaultBodyLimit::max(server.max_body_kib * 1024))
-        .layer(middleware::from_fn_with_state(state.clone(), count_responses))
-        .layer(ConcurrencyLimitLayer::new(server.max_concurrency))
+        .layer(middleware::from_fn_with_state(
+            Finish { metrics: state.metrics.clone(), timeout: Duration::from_secs(server.request_timeout_secs.max(1)) },
+            finish,
+        ))
+        .layer(ConcurrencyLimitLayer::new(server.max_concurrency.max(1)))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-        .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
-            // Method and path only: query strings and headers stay out of the log.
-            let id = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
-            tracing::info_span!("request", id, method = %req.method(), path = %req.uri().path())
-        }))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &axum::http::Request<_>| {
+                    // Method and path only: query strings and headers stay out of the log.
+                    let id = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
+                    tracing::info_span!("request", id, method = %req.method(), path = %req.uri().path())
+                })
+                // One line per request (status, latency) at info.
+                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+        )
         .layer(SetRequestIdLayer::new(REQUEST_ID, ids))
         .with_state(state)
 }
 
-async fn count_responses(State(state): State<AppState>, req: Request, next: Next) -> Response {
+#[derive(Clone)]
+struct Finish {
+    metrics: Arc<health::Metrics>,
+    timeout: Duration,
+}
+
+/// Outermost per-request step: the request time limit, the one error shape for every
+/// error (axum's own 405s and extractor rejections answer with plain text or nothing),
+/// and the response metrics.
+async fn finish(State(f): State<Finish>, req: Request, next: Next) -> Response {
     let started = std::time::Instant::now();
-    let response = next.run(req).await;
-    state.metrics.record(response.status().as_u16(), started.elapsed());
+    let response = match tokio::time::timeout(f.timeout, next.run(req)).await {
+        Ok(r) => json_errors(r),
+        Err(_) => ApiError::Timeout.into_response(),
+    };
+    f.metrics.record(response.status().as_u16(), started.elapsed());
     response
+}
+
+/// Rewrites an error response that is not already in the API's JSON shape (its text is
+/// dropped: rejections may quote the request), keeping headers such as `Allow`.
+fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (mut parts, _) = response.into_parts();
+    let mut fresh = ApiError::Status(status).into_response();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.remove(header::CONTENT_TYPE);
+    for (name, value) in parts.headers.iter() {
+        fresh.headers_mut().insert(name.clone(), value.clone());
+    }
+    fresh
 }
 
 /// How long graceful shutdown waits for requests in flight.
