@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::crypto::MasterKey;
-use crate::plugins::{HostServices, Registry, Runtime};
+use crate::plugins::{HostServices, Registry, Runtime, Sources};
 use crate::service::Service;
 use crate::store::Store;
 
@@ -37,11 +37,16 @@ pub fn open_store(config: &Config) -> Result<Store, String> {
     Store::open(&path, key).map_err(|e| format!("opening {}: {e}", path.display()))
 }
 
-/// The plugin registry with the built-in types.
+/// The plugin registry: built-ins, the plugin dir, overrides, the compile cache.
 pub fn registry(config: &Config) -> Result<Registry, String> {
-    let host = HostServices { allow_private_networks: config.plugins.allow_private_networks };
+    let host = HostServices { allow_private_networks: config.plugins.allow_private_networks, ..HostServices::default() };
     let runtime = Runtime::new(host).map_err(|e| e.to_string())?;
-    Registry::with_builtins(Arc::new(runtime)).map_err(|e| e.to_string())
+    let sources = Sources {
+        dir: config.plugins.dir.clone(),
+        cache_dir: config.plugin_cache_dir(),
+        overrides: config.plugins.overrides.clone(),
+    };
+    Registry::load(Arc::new(runtime), sources).map_err(|e| e.to_string())
 }
 
 /// Store + registry + service, ready for requests.

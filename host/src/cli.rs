@@ -64,6 +64,18 @@ pub enum Command {
         #[arg(long)]
         environment: Option<String>,
     },
+    /// Test a stored credential against its service now (records last_test and audit).
+    /// Exit code 0 when the credential works, 1 when it does not, 2 on errors.
+    Test {
+        /// Credential id.
+        credential_id: String,
+        /// The user who owns the credential.
+        #[arg(long)]
+        user: String,
+        /// Print the outcome as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -142,6 +154,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Users { cmd } => users(&config, cmd),
+        Command::Test { credential_id, user, json } => test_credential(&config, &credential_id, &user, json),
         Command::Tokens { cmd } => tokens(&config, cmd),
         Command::Keys { cmd } => keys(&config, cmd),
         Command::Audit { cmd: AuditCommand::Verify } => {
@@ -256,6 +269,24 @@ fn registry(config: &Config) -> Result<Registry, String> {
 }
 
 const CLI_ACTOR: &str = "cli";
+
+/// `credhost test <id> --user NAME`: the same operation as `POST /api/credentials/{id}/test`.
+fn test_credential(config: &Config, id: &str, user: &str, json: bool) -> Result<ExitCode, String> {
+    let service = crate::app::service(config)?;
+    let u = service.store().get_user(user).map_err(|e| format!("user `{user}`: {e}"))?;
+    let principal = crate::store::Principal { user: u.name, role: u.role, namespace: u.namespace, token_id: CLI_ACTOR.into() };
+    let view = service.test(&principal, id).map_err(|e| format!("testing credential {id}: {e}"))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&view).map_err(|e| e.to_string())?);
+    } else {
+        let status = serde_json::to_value(view.report.status).ok().and_then(|v| v.as_str().map(str::to_owned));
+        println!("{}: {} ({} ms)", status.unwrap_or_default(), view.report.summary, view.report.latency_ms);
+        for (k, v) in &view.report.facts {
+            println!("  {k} = {v}");
+        }
+    }
+    Ok(if view.ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
 
 fn users(config: &Config, cmd: UsersCommand) -> Result<ExitCode, String> {
     let service = crate::app::service(config)?;

@@ -71,8 +71,15 @@ pub struct KeysConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PluginsConfig {
+    /// Operator plugin directory: `<name>.wasm` + `<name>.toml` pairs (`CREDHOST_PLUGINS_DIR`).
+    pub dir: Option<PathBuf>,
+    /// Precompiled-artefact cache; default `<data_dir>/cache` when the data dir exists.
+    pub cache_dir: Option<PathBuf>,
     /// Let plugins reach loopback and private-range addresses (tests, on-prem services).
     pub allow_private_networks: bool,
+    /// `[plugins.overrides.<type_id>]`: per-plugin `settings` (merged), `allowed_hosts`
+    /// (replaces the manifest's list) and `limits`, applied when the registry loads.
+    pub overrides: std::collections::BTreeMap<String, crate::plugins::manifest::PluginOverride>,
 }
 
 impl Config {
@@ -109,10 +116,21 @@ impl Config {
         if let Some(v) = get("CREDHOST_MASTER_KEY_FILE") {
             self.keys.master_key_file = Some(PathBuf::from(v));
         }
+        if let Some(v) = get("CREDHOST_PLUGINS_DIR") {
+            self.plugins.dir = Some(PathBuf::from(v));
+        }
         if let Some(v) = get("CREDHOST_ALLOW_PRIVATE_NETWORKS") {
             self.plugins.allow_private_networks = matches!(v.as_str(), "1" | "true" | "yes");
         }
         Ok(())
+    }
+
+    /// Where compiled plugins are cached, if anywhere.
+    pub fn plugin_cache_dir(&self) -> Option<PathBuf> {
+        self.plugins.cache_dir.clone().or_else(|| {
+            let d = &self.storage.data_dir;
+            d.is_dir().then(|| d.join("cache"))
+        })
     }
 
     /// The database file inside the data dir.

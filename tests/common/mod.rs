@@ -36,3 +36,7 @@ pub fn hostile() -> &'static Plugin {
         registry().runtime().load(&wasm, manifest, "fixture:hostile".into()).expect("hostile loads")
     })
 }
+
+// ---- HTTP API fixtures: the real binary, its environment, a leak-checking client ----
+// (tests/common/server.rs; used by tests/api.rs)
+pub mod server;

@@ -78,12 +78,24 @@ pub enum AllowedHost {
     Origin { scheme: String, host: String, port: u16 },
     /// The origin of the URL held in this credential field (e.g. a user-given `test_url`).
     Field(String),
+    /// `field:<host_field>:<port_field>`: the host and port held in two non-secret fields
+    /// of the credential (e.g. an SSH login's `host` and `port`). Governs `ssh` and `net`
+    /// targets, which are not URLs.
+    HostPort { host: String, port: String },
 }
 
 impl AllowedHost {
     /// Parses `scheme://host[:port]` or `field:<name>`; paths, users and wildcards are refused.
     pub fn parse(s: &str) -> Result<Self, String> {
         if let Some(name) = s.strip_prefix("field:") {
+            if let Some((host, port)) = name.split_once(':') {
+                if !is_identifier(host) || !is_identifier(port) {
+                    return Err(format!(
+                        "allowed host {s:?}: `field:<host>:<port>` must name two fields ([a-z][a-z0-9_]*)"
+                    ));
+                }
+                return Ok(AllowedHost::HostPort { host: host.into(), port: port.into() });
+            }
             if !is_identifier(name) {
                 return Err(format!("allowed host {s:?}: `field:` must name a field ([a-z][a-z0-9_]*)"));
             }
@@ -102,6 +114,7 @@ impl AllowedHost {
         };
         let want = match self {
             AllowedHost::Origin { .. } => self.clone(),
+            AllowedHost::HostPort { .. } => return false,
             AllowedHost::Field(name) => {
                 let Some(parsed) = fields.get(name).and_then(|v| url::Url::parse(v).ok()) else {
                     return false;
@@ -113,6 +126,85 @@ impl AllowedHost {
             }
         };
         want == AllowedHost::Origin { scheme, host, port }
+    }
+}
+
+impl AllowedHost {
+    /// Is a plain TCP endpoint (`ssh`, `net` targets) allowed? An origin entry allows its
+    /// own host and port; `field:<url_field>` the host and port of that field's URL;
+    /// `field:<host_field>:<port_field>` exactly the credential's host and port.
+    /// Hosts compare case-insensitively, without IPv6 brackets or a trailing dot.
+    pub fn allows_endpoint(&self, host: &str, port: u16, fields: &BTreeMap<String, String>) -> bool {
+        let norm = |h: &str| {
+            let h = h.trim();
+            let h = h.strip_prefix('[').and_then(|x| x.strip_suffix(']')).unwrap_or(h);
+            h.trim_end_matches('.').to_ascii_lowercase()
+        };
+        let (want_host, want_port) = match self {
+            AllowedHost::Origin { host, port, .. } => (host.clone(), *port),
+            AllowedHost::Field(name) => {
+                let Some(u) = fields.get(name).and_then(|v| url::Url::parse(v.trim()).ok()) else {
+                    return false;
+                };
+                match origin_of_target(&u) {
+                    Some(AllowedHost::Origin { host, port, .. }) => (host, port),
+                    _ => return false,
+                }
+            }
+            AllowedHost::HostPort { host: hf, port: pf } => {
+                let (Some(h), Some(p)) = (fields.get(hf), fields.get(pf).and_then(|p| p.trim().parse::<u16>().ok()))
+                else {
+                    return false;
+                };
+                (h.clone(), p)
+            }
+        };
+        !host.trim().is_empty() && norm(&want_host) == norm(host) && want_port == port
+    }
+}
+
+/// Operator overrides for one plugin (`[plugins.overrides.<type_id>]` in the config):
+/// settings are merged over the manifest's, `allowed_hosts` replaces the manifest's
+/// list when given, `limits` replaces the named limits (still within [`MAX_LIMITS`]).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginOverride {
+    /// Let a plugin from the plugin dir replace the built-in type with the same id.
+    pub replace_builtin: bool,
+    pub settings: BTreeMap<String, String>,
+    pub allowed_hosts: Option<Vec<AllowedHost>>,
+    pub limits: LimitsOverride,
+}
+
+/// Limits an operator may set per plugin; absent ones keep the manifest's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsOverride {
+    pub memory_mib: Option<u32>,
+    pub validate_ms: Option<u32>,
+    pub test_ms: Option<u32>,
+    pub output_kib: Option<u32>,
+}
+
+impl Manifest {
+    /// Applies an operator override; the result is checked like a manifest.
+    pub fn apply_override(&mut self, o: &PluginOverride) -> Result<(), String> {
+        self.settings.extend(o.settings.iter().map(|(k, v)| (k.clone(), v.clone())));
+        if let Some(hosts) = &o.allowed_hosts {
+            self.allowed_hosts = hosts.clone();
+        }
+        let l = &mut self.limits;
+        for (slot, v) in [
+            (&mut l.memory_mib, o.limits.memory_mib),
+            (&mut l.validate_ms, o.limits.validate_ms),
+            (&mut l.test_ms, o.limits.test_ms),
+            (&mut l.output_kib, o.limits.output_kib),
+        ] {
+            if let Some(v) = v {
+                *slot = v;
+            }
+        }
+        self.check().map_err(|e| format!("override of plugin `{}`: {e}", self.id))
     }
 }
 
@@ -154,6 +246,7 @@ impl fmt::Display for AllowedHost {
         match self {
             AllowedHost::Origin { scheme, host, port } => write!(f, "{scheme}://{host}:{port}"),
             AllowedHost::Field(name) => write!(f, "field:{name}"),
+            AllowedHost::HostPort { host, port } => write!(f, "field:{host}:{port}"),
         }
     }
 }
@@ -266,8 +359,47 @@ mod tests {
     }
 
     #[test]
+    fn endpoints_follow_origins_and_host_port_fields() {
+        let mut f = BTreeMap::new();
+        let hp = AllowedHost::parse("field:host:port").unwrap();
+        assert_eq!(hp.to_string(), "field:host:port");
+        assert!(!hp.allows_endpoint("10.0.0.5", 22, &f));
+        f.insert("host".into(), "Ssh.Example.com.".into());
+        f.insert("port".into(), "2222".into());
+        assert!(hp.allows_endpoint("ssh.example.com", 2222, &f));
+        assert!(!hp.allows_endpoint("ssh.example.com", 22, &f));
+        assert!(!hp.allows_endpoint("other.example.com", 2222, &f));
+        assert!(!hp.allows(&url("http://ssh.example.com:2222/"), &f), "host:port entries never allow URLs");
+        let o = AllowedHost::parse("https://api.example.com").unwrap();
+        assert!(o.allows_endpoint("API.example.com", 443, &f));
+        assert!(!o.allows_endpoint("api.example.com", 80, &f));
+        f.insert("test_url".into(), "http://[::1]:8080/x".into());
+        assert!(AllowedHost::parse("field:test_url").unwrap().allows_endpoint("::1", 8080, &f));
+    }
+
+    #[test]
+    fn overrides_merge_settings_replace_hosts_and_stay_within_limits() {
+        let mut m = Manifest::parse(
+            "id = \"x\"\nversion = \"1\"\nallowed_hosts = [\"https://a.example\"]\n[settings]\na = \"1\"\nb = \"2\"",
+        )
+        .unwrap();
+        let o: PluginOverride = toml::from_str(
+            "settings = { b = \"3\" }\nallowed_hosts = [\"http://127.0.0.1:9\"]\nlimits = { test_ms = 5000 }",
+        )
+        .unwrap();
+        m.apply_override(&o).unwrap();
+        assert_eq!(m.settings["a"], "1");
+        assert_eq!(m.settings["b"], "3");
+        assert_eq!(m.allowed_hosts, [AllowedHost::parse("http://127.0.0.1:9").unwrap()]);
+        assert_eq!(m.limits.test_ms, 5000);
+        let too_big: PluginOverride = toml::from_str("limits = { test_ms = 999999999 }").unwrap();
+        assert!(m.apply_override(&too_big).unwrap_err().contains("test_ms"));
+        assert!(toml::from_str::<PluginOverride>("allowed_hosts = [\"*\"]").is_err());
+    }
+
+    #[test]
     fn malformed_entries_are_refused() {
-        for bad in ["api.example.com", "https://h/path", "ftp://h", "https://u:p@h", "field:Bad", "*"] {
+        for bad in ["api.example.com", "https://h/path", "ftp://h", "https://u:p@h", "field:Bad", "*", "field:h:", "field:h:p:q"] {
             assert!(AllowedHost::parse(bad).is_err(), "{bad}");
         }
     }

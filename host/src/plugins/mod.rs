@@ -6,6 +6,7 @@
 //! - `caps/`: one module per host capability a plugin can import.
 
 pub mod bindings;
+pub mod cache;
 mod caps;
 pub mod manifest;
 pub mod registry;
@@ -14,7 +15,7 @@ pub mod state;
 pub mod types;
 
 pub use manifest::{Capability, Limits, Manifest};
-pub use registry::Registry;
+pub use registry::{LoadProblem, LoadReport, Registry, Sources};
 pub use runtime::{Call, HostServices, Plugin, Runtime};
 pub use state::{Bound, CapabilityEvent};
 pub use types::{FieldError, FieldKind, FieldSpec, TestReport, TestStatus, TypeDescriptor, Validated};

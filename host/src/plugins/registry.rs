@@ -1,11 +1,18 @@
-//! The loaded plugins, by type id. Built-ins are embedded in the binary by
-//! `build.rs`; a reload swaps the whole catalog at once, so a call in flight
-//! keeps the `Arc<Plugin>` it started with.
+//! The loaded plugins, by type id: the built-ins embedded by `build.rs` plus the
+//! operator's plugin directory (`<name>.wasm` + `<name>.toml`).
+//!
+//! A reload builds a whole new catalog and swaps it in at once; a call in flight
+//! keeps the `Arc<Plugin>` it started with. A bad plugin is reported and skipped,
+//! never a reason to stop the others from loading.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
 
-use super::manifest::Manifest;
+use serde::Serialize;
+
+use super::cache;
+use super::manifest::{Manifest, PluginOverride};
 use super::runtime::{Plugin, Runtime};
 use super::PluginError;
 
@@ -18,18 +25,60 @@ pub fn builtin_sources() -> &'static [(&'static str, &'static str, &'static [u8]
     embedded::BUILTINS
 }
 
+/// Where plugins come from and how the operator configured them.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// Operator plugin directory; `None` loads the built-ins only.
+    pub dir: Option<PathBuf>,
+    /// Precompiled-artefact cache; `None` compiles every time.
+    pub cache_dir: Option<PathBuf>,
+    /// `[plugins.overrides.<type_id>]` from the config.
+    pub overrides: BTreeMap<String, PluginOverride>,
+}
+
+/// A plugin that did not load, and why (names the file and the problem).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct LoadProblem {
+    pub origin: String,
+    pub message: String,
+}
+
+/// What a (re)load produced.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct LoadReport {
+    /// Type ids now loaded.
+    pub loaded: Vec<String>,
+    pub problems: Vec<LoadProblem>,
+}
+
+struct Catalog {
+    plugins: BTreeMap<String, Arc<Plugin>>,
+    problems: Vec<LoadProblem>,
+}
+
 pub struct Registry {
     runtime: Arc<Runtime>,
-    catalog: RwLock<Arc<BTreeMap<String, Arc<Plugin>>>>,
+    sources: Sources,
+    catalog: RwLock<Arc<Catalog>>,
+    /// One reload at a time; readers never wait for it.
+    reloading: Mutex<()>,
 }
 
 impl Registry {
-    /// A registry holding every built-in type. A built-in that fails to load is a
-    /// build defect, so this fails loudly rather than serving without it.
+    /// The built-in types only, no cache.
     pub fn with_builtins(runtime: Arc<Runtime>) -> Result<Registry, PluginError> {
-        let loaded = load_builtins(&runtime)?;
-        let catalog = loaded.into_iter().map(|p| (p.manifest.id.clone(), Arc::new(p))).collect();
-        Ok(Registry { runtime, catalog: RwLock::new(Arc::new(catalog)) })
+        Self::load(runtime, Sources::default())
+    }
+
+    /// Loads built-ins and the plugin directory. Fails only when a built-in fails
+    /// (a build defect) or an override names no loaded type (a config typo);
+    /// directory plugins with problems are skipped and listed in [`Registry::problems`].
+    pub fn load(runtime: Arc<Runtime>, sources: Sources) -> Result<Registry, PluginError> {
+        let catalog = build_catalog(&runtime, &sources, None)?;
+        for p in &catalog.problems {
+            tracing::error!(origin = %p.origin, "plugin not loaded: {}", p.message);
+        }
+        Ok(Registry { runtime, sources, catalog: RwLock::new(Arc::new(catalog)), reloading: Mutex::new(()) })
     }
 
     pub fn runtime(&self) -> &Runtime {
@@ -38,41 +87,191 @@ impl Registry {
 
     /// The plugin for type `id`.
     pub fn get(&self, id: &str) -> Result<Arc<Plugin>, PluginError> {
-        self.snapshot().get(id).cloned().ok_or_else(|| PluginError::UnknownType(id.to_string()))
+        self.snapshot().plugins.get(id).cloned().ok_or_else(|| PluginError::UnknownType(id.to_string()))
     }
 
     /// Every loaded plugin, ordered by type id.
     pub fn list(&self) -> Vec<Arc<Plugin>> {
-        self.snapshot().values().cloned().collect()
+        self.snapshot().plugins.values().cloned().collect()
     }
 
-    /// Adds or replaces one plugin atomically.
+    /// Plugins of the last (re)load that were refused.
+    pub fn problems(&self) -> Vec<LoadProblem> {
+        self.snapshot().problems.clone()
+    }
+
+    /// Re-reads the plugin directory and swaps the catalog atomically. Built-ins
+    /// are kept as they are. On a config-level error the old catalog stays.
+    pub fn reload(&self) -> Result<LoadReport, PluginError> {
+        let _one = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.snapshot();
+        let next = build_catalog(&self.runtime, &self.sources, Some(&old))?;
+        let report = LoadReport { loaded: next.plugins.keys().cloned().collect(), problems: next.problems.clone() };
+        *self.catalog.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+        tracing::info!(loaded = report.loaded.len(), problems = report.problems.len(), "plugins reloaded");
+        Ok(report)
+    }
+
+    /// Adds or replaces one plugin atomically (tests, fixtures).
     pub fn insert(&self, plugin: Plugin) {
         let mut guard = self.catalog.write().unwrap_or_else(|p| p.into_inner());
-        let mut next = (**guard).clone();
-        next.insert(plugin.manifest.id.clone(), Arc::new(plugin));
-        *guard = Arc::new(next);
+        let mut plugins = guard.plugins.clone();
+        plugins.insert(plugin.manifest.id.clone(), Arc::new(plugin));
+        *guard = Arc::new(Catalog { plugins, problems: guard.problems.clone() });
     }
 
-    fn snapshot(&self) -> Arc<BTreeMap<String, Arc<Plugin>>> {
+    fn snapshot(&self) -> Arc<Catalog> {
         self.catalog.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
-/// Compiles the built-ins on all cores (compilation dominates start-up).
-fn load_builtins(runtime: &Runtime) -> Result<Vec<Plugin>, PluginError> {
-    std::thread::scope(|s| {
-        let handles: Vec<_> = builtin_sources()
-            .iter()
-            .map(|(name, manifest, wasm)| {
-                s.spawn(move || {
-                    let origin = format!("builtin:{name}");
-                    let manifest = Manifest::parse(manifest)
-                        .map_err(|message| PluginError::Load { origin: origin.clone(), message })?;
-                    runtime.load(wasm, manifest, origin)
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().expect("plugin loader thread panicked")).collect()
-    })
+/// One plugin's source before compilation.
+struct Candidate {
+    origin: String,
+    manifest: Manifest,
+    wasm: Vec<u8>,
+    builtin: bool,
+}
+
+fn build_catalog(runtime: &Runtime, sources: &Sources, previous: Option<&Catalog>) -> Result<Catalog, PluginError> {
+    let mut plugins: BTreeMap<String, Arc<Plugin>> = BTreeMap::new();
+    let mut problems = Vec::new();
+
+    // Built-ins: reused from the previous catalog on reload (they cannot change).
+    let mut todo = Vec::new();
+    for (name, manifest, wasm) in builtin_sources() {
+        let origin = format!("builtin:{name}");
+        let manifest = Manifest::parse(manifest).map_err(|message| PluginError::Load { origin: origin.clone(), message })?;
+        if let Some(p) = previous.and_then(|c| c.plugins.get(&manifest.id)).filter(|p| p.origin == origin) {
+            plugins.insert(manifest.id.clone(), p.clone());
+            continue;
+        }
+        todo.push(Candidate { origin, manifest, wasm: wasm.to_vec(), builtin: true });
+    }
+
+    if let Some(dir) = &sources.dir {
+        match scan_dir(dir) {
+            Ok((found, refused)) => {
+                todo.extend(found);
+                problems.extend(refused);
+            }
+            Err(message) => problems.push(LoadProblem { origin: dir.display().to_string(), message }),
+        }
+    }
+
+    // Type ids: built-ins win unless the operator explicitly replaces one.
+    let builtin_ids: Vec<String> = todo.iter().filter(|c| c.builtin).map(|c| c.manifest.id.clone()).collect();
+    let builtin_ids: Vec<String> = builtin_ids.into_iter().chain(plugins.keys().cloned()).collect();
+    let mut accepted: BTreeMap<String, Candidate> = BTreeMap::new();
+    let mut failed_ids = Vec::new();
+    for c in todo {
+        let id = c.manifest.id.clone();
+        if c.builtin {
+            accepted.insert(id, c);
+            continue;
+        }
+        let replaces = sources.overrides.get(&id).is_some_and(|o| o.replace_builtin);
+        if builtin_ids.contains(&id) && !replaces {
+            problems.push(LoadProblem {
+                origin: c.origin,
+                message: format!(
+                    "type id `{id}` is a built-in type; set `replace_builtin = true` in \
+                     [plugins.overrides.{id}] to replace it"
+                ),
+            });
+            failed_ids.push(id);
+            continue;
+        }
+        if let Some(first) = accepted.get(&id).filter(|first| !first.builtin) {
+            problems.push(LoadProblem {
+                origin: c.origin,
+                message: format!("type id `{id}` is already provided by {}", first.origin),
+            });
+            continue;
+        }
+        plugins.remove(&id);
+        accepted.insert(id, c);
+    }
+
+    for (id, mut c) in accepted {
+        if let Some(o) = sources.overrides.get(&id) {
+            if let Err(message) = c.manifest.apply_override(o) {
+                // A bad override of a built-in is a config error; of a dir plugin, that plugin's problem.
+                if c.builtin {
+                    return Err(PluginError::Load { origin: c.origin, message });
+                }
+                problems.push(LoadProblem { origin: c.origin, message });
+                failed_ids.push(id);
+                continue;
+            }
+        }
+        match cache::load(runtime, &c.wasm, c.manifest, c.origin.clone(), sources.cache_dir.as_deref()) {
+            Ok(p) => {
+                plugins.insert(p.manifest.id.clone(), Arc::new(p));
+            }
+            Err(e) if c.builtin => return Err(e),
+            Err(e) => {
+                problems.push(LoadProblem { origin: c.origin, message: e.to_string() });
+                failed_ids.push(id);
+            }
+        }
+    }
+
+    if let Some(unknown) = sources.overrides.keys().find(|k| !plugins.contains_key(*k) && !failed_ids.contains(k)) {
+        return Err(PluginError::Load {
+            origin: format!("config [plugins.overrides.{unknown}]"),
+            message: format!("no credential type `{unknown}` is loaded"),
+        });
+    }
+    Ok(Catalog { plugins, problems })
+}
+
+/// Reads every `<name>.toml` + `<name>.wasm` pair in `dir`. Files are checked
+/// before anything is compiled: regular files only, not writable by others,
+/// a sha256 pin that matches.
+fn scan_dir(dir: &Path) -> Result<(Vec<Candidate>, Vec<LoadProblem>), String> {
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("cannot read plugin directory: {e}"))?;
+    let mut manifests: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    manifests.sort();
+    let (mut found, mut problems) = (Vec::new(), Vec::new());
+    for toml_path in manifests {
+        let wasm_path = toml_path.with_extension("wasm");
+        let origin = wasm_path.display().to_string();
+        match read_candidate(&toml_path, &wasm_path) {
+            Ok((manifest, wasm)) => found.push(Candidate { origin, manifest, wasm, builtin: false }),
+            Err(message) => problems.push(LoadProblem { origin, message }),
+        }
+    }
+    Ok((found, problems))
+}
+
+fn read_candidate(toml_path: &Path, wasm_path: &Path) -> Result<(Manifest, Vec<u8>), String> {
+    check_file(toml_path)?;
+    let text = std::fs::read_to_string(toml_path).map_err(|e| format!("{}: {e}", toml_path.display()))?;
+    let manifest = Manifest::parse(&text).map_err(|e| format!("{}: {e}", toml_path.display()))?;
+    if manifest.sha256.is_none() {
+        return Err(format!("{}: `sha256` is required for plugins loaded from a directory", toml_path.display()));
+    }
+    check_file(wasm_path)?;
+    let wasm = std::fs::read(wasm_path).map_err(|e| format!("{}: {e}", wasm_path.display()))?;
+    Ok((manifest, wasm))
+}
+
+/// A plugin file must be a regular file (no symlink tricks) not writable by group or others.
+fn check_file(path: &Path) -> Result<(), String> {
+    let meta = std::fs::symlink_metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if !meta.file_type().is_file() {
+        return Err(format!("{}: not a regular file", path.display()));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if meta.permissions().mode() & 0o022 != 0 {
+            return Err(format!("{}: writable by group or others; chmod go-w it", path.display()));
+        }
+    }
+    Ok(())
 }

@@ -123,6 +123,18 @@ impl Runtime {
 
     /// Compiles, links and describes a plugin; checks it against its manifest.
     pub fn load(&self, wasm: &[u8], manifest: Manifest, origin: String) -> Result<Plugin, PluginError> {
+        self.load_with(wasm, manifest, origin, |_| self.compile(wasm))
+    }
+
+    /// Like [`Runtime::load`], with `compile(sha256_hex)` supplying the component
+    /// (the precompiled cache). The sha256 pin is checked before anything is compiled.
+    pub fn load_with(
+        &self,
+        wasm: &[u8],
+        manifest: Manifest,
+        origin: String,
+        compile: impl FnOnce(&str) -> Result<Component, String>,
+    ) -> Result<Plugin, PluginError> {
         let sha256 = hex(&Sha256::digest(wasm));
         let load_err = |message: String| PluginError::Load { origin: origin.clone(), message };
         if let Some(pin) = &manifest.sha256 {
@@ -130,7 +142,7 @@ impl Runtime {
                 return Err(load_err(format!("sha256 mismatch: manifest pins {pin}, file is {sha256}")));
             }
         }
-        let component = self.compile(wasm).map_err(load_err)?;
+        let component = compile(&sha256).map_err(load_err)?;
         self.link(component, manifest, sha256, origin)
     }
 
@@ -175,6 +187,7 @@ impl Runtime {
             wire.push(wit::FieldValue { name: "environment".into(), value: env.clone() });
         }
         let secrets: Vec<SecretString> = input.secrets.values().cloned().collect();
+        let environment = input.environment.clone();
         let call = self.run(&plugin.pre, &plugin.manifest, Phase::Validate, input, move |ct, store| {
             let r = ct.call_validate(store, &wire);
             for fv in &mut wire {
@@ -184,7 +197,11 @@ impl Runtime {
         });
         let id = &plugin.manifest.id;
         let result = call.result.and_then(|r| match r {
-            Ok(values) => split_validated(plugin, values, &secrets).map(Ok),
+            Ok(values) => split_validated(plugin, values, &secrets).map(|mut v| {
+                // Types may normalise the environment; those that don't keep the given one.
+                v.environment = v.environment.or(environment);
+                Ok(v)
+            }),
             Err(errors) => Ok(Err(errors
                 .into_iter()
                 .map(|e| FieldError { field: e.field, message: redact::scrub(&e.message, &secrets) })
@@ -332,9 +349,14 @@ fn check_descriptor(d: &TypeDescriptor, m: &Manifest) -> Result<(), String> {
         }
     }
     for h in &m.allowed_hosts {
-        if let AllowedHost::Field(name) = h {
+        let named: &[&String] = match h {
+            AllowedHost::Field(name) => &[name],
+            AllowedHost::HostPort { host, port } => &[host, port],
+            AllowedHost::Origin { .. } => &[],
+        };
+        for name in named {
             if !d.field(name).is_some_and(|f| !f.secret) {
-                return Err(format!("allowed host `field:{name}` must name a non-secret field of the type"));
+                return Err(format!("allowed host `{h}` must name non-secret fields of the type (`{name}` is not one)"));
             }
         }
     }

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use secrecy::SecretString;
 use wasmtime::component::ResourceTable;
@@ -56,6 +57,8 @@ pub struct CallState {
     pub(crate) host: Arc<HostServices>,
     pub(crate) events: Vec<CapabilityEvent>,
     pub(crate) log_lines: u32,
+    /// When the call started; network capabilities fit their timeouts in what is left.
+    pub(crate) started: Instant,
     memory_cap: usize,
     pub(crate) memory_exceeded: bool,
     wasi: WasiCtx,
@@ -79,6 +82,7 @@ impl CallState {
             host,
             events: Vec::new(),
             log_lines: 0,
+            started: Instant::now(),
             memory_cap,
             memory_exceeded: false,
             wasi,

@@ -13,18 +13,28 @@ pub fn check_host(host: &str) -> Result<String, &'static str> {
     let bracketed = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
     let host = bracketed.unwrap_or(host);
     if host.contains(':') {
-        let ipv6 = host.matches(':').count() >= 2 && host.chars().all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.');
-        return if ipv6 { Ok(host.to_ascii_lowercase()) } else { Err("host must not include a port; put it in port.") };
+        let ipv6 = host.matches(':').count() >= 2
+            && host
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.');
+        return if ipv6 {
+            Ok(host.to_ascii_lowercase())
+        } else {
+            Err("host must not include a port; put it in port.")
+        };
     }
     let name = host.strip_suffix('.').unwrap_or(host);
     let label_ok = |l: &str| {
         (1..=63).contains(&l.len())
-            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
             && !l.starts_with('-')
             && !l.ends_with('-')
     };
     if bracketed.is_some() || name.len() > 253 || !name.split('.').all(label_ok) {
-        return Err("host must be a host name (letters, digits, dots and hyphens) or an IP address.");
+        return Err(
+            "host must be a host name (letters, digits, dots and hyphens) or an IP address.",
+        );
     }
     Ok(name.to_ascii_lowercase())
 }
@@ -41,7 +51,9 @@ pub fn check_fingerprint(fp: &str) -> Result<String, &'static str> {
     let mut raw = [0u8; 32];
     match Base64Unpadded::decode(digest, &mut raw) {
         Ok(d) if d.len() == 32 && digest.len() == 43 => Ok(format!("SHA256:{digest}")),
-        _ => Err("host_key_fingerprint must have 43 base64 characters after SHA256: (a SHA-256 digest)."),
+        _ => Err(
+            "host_key_fingerprint must have 43 base64 characters after SHA256: (a SHA-256 digest).",
+        ),
     }
 }
 
@@ -56,9 +68,17 @@ mod tests {
         assert_eq!(check_host("[::1]"), Ok("::1".into()));
         assert_eq!(check_host("fe80::1"), Ok("fe80::1".into()));
         assert!(check_host("example.com:22").unwrap_err().contains("port"));
-        assert!(check_host("root@example.com").unwrap_err().contains("username"));
+        assert!(check_host("root@example.com")
+            .unwrap_err()
+            .contains("username"));
         assert!(check_host("ssh://example.com").unwrap_err().contains("URL"));
-        for bad in ["-bad.com", "a..b", "sp ace", "[example.com]", &"a".repeat(64)] {
+        for bad in [
+            "-bad.com",
+            "a..b",
+            "sp ace",
+            "[example.com]",
+            &"a".repeat(64),
+        ] {
             assert!(check_host(bad).is_err(), "{bad}");
         }
     }
@@ -67,10 +87,25 @@ mod tests {
     fn fingerprints() {
         let fp = "SHA256:Z4/3lQ3YToMJZAi6nDyEy1OT7kLsHE4DB+J0niELzhA";
         assert_eq!(check_fingerprint(fp), Ok(fp.into()));
-        assert_eq!(check_fingerprint(&format!("sha256:{}=", &fp[7..])), Ok(fp.into()));
-        assert!(check_fingerprint("MD5:16:27:ac:a5:76:28:2d:36:63:1b:56:4d:eb:df:a6:48").unwrap_err().contains("MD5"));
-        assert!(check_fingerprint("16:27:ac:a5:76:28:2d:36:63:1b:56:4d:eb:df:a6:48").unwrap_err().contains("MD5"));
-        for bad in ["Z4/3lQ3YToMJZAi6nDyEy1OT7kLsHE4DB+J0niELzhA", "SHA256:short", "SHA256:Z4/3lQ3YToMJZAi6nDyEy1OT7kLsHE4DB+J0niELzh!"] {
+        assert_eq!(
+            check_fingerprint(&format!("sha256:{}=", &fp[7..])),
+            Ok(fp.into())
+        );
+        assert!(
+            check_fingerprint("MD5:16:27:ac:a5:76:28:2d:36:63:1b:56:4d:eb:df:a6:48")
+                .unwrap_err()
+                .contains("MD5")
+        );
+        assert!(
+            check_fingerprint("16:27:ac:a5:76:28:2d:36:63:1b:56:4d:eb:df:a6:48")
+                .unwrap_err()
+                .contains("MD5")
+        );
+        for bad in [
+            "Z4/3lQ3YToMJZAi6nDyEy1OT7kLsHE4DB+J0niELzhA",
+            "SHA256:short",
+            "SHA256:Z4/3lQ3YToMJZAi6nDyEy1OT7kLsHE4DB+J0niELzh!",
+        ] {
             assert!(check_fingerprint(bad).is_err(), "{bad}");
         }
     }

@@ -7,11 +7,18 @@ use ssh_key::PrivateKey;
 
 const OPENSSH: &str = "OPENSSH PRIVATE KEY";
 /// PEM labels of private keys; the last one is PKCS#8's encrypted form.
-const PEM_LABELS: &[&str] = &["RSA PRIVATE KEY", "EC PRIVATE KEY", "DSA PRIVATE KEY", "PRIVATE KEY", "ENCRYPTED PRIVATE KEY"];
+const PEM_LABELS: &[&str] = &[
+    "RSA PRIVATE KEY",
+    "EC PRIVATE KEY",
+    "DSA PRIVATE KEY",
+    "PRIVATE KEY",
+    "ENCRYPTED PRIVATE KEY",
+];
 
 const PUBLIC: &str = "private_key holds a public key; paste the private key instead (the key file without .pub, such as ~/.ssh/id_ed25519).";
 const NOT_A_KEY: &str = "private_key must be an OpenSSH or PEM private key, starting with -----BEGIN … PRIVATE KEY-----.";
-const BAD_BASE64: &str = "private_key is damaged: its base64 body does not decode; copy the whole key file again.";
+const BAD_BASE64: &str =
+    "private_key is damaged: its base64 body does not decode; copy the whole key file again.";
 
 /// Whether the key needs a passphrase, or what is wrong with it.
 pub fn check_private_key(text: &str) -> Result<bool, &'static str> {
@@ -46,9 +53,19 @@ pub fn check_private_key(text: &str) -> Result<bool, &'static str> {
 }
 
 fn is_public_key(text: &str) -> bool {
-    const PREFIXES: &[&str] = &["ssh-", "ecdsa-sha2-", "sk-ssh-", "sk-ecdsa-", "---- BEGIN SSH2 PUBLIC KEY"];
+    const PREFIXES: &[&str] = &[
+        "ssh-",
+        "ecdsa-sha2-",
+        "sk-ssh-",
+        "sk-ecdsa-",
+        "---- BEGIN SSH2 PUBLIC KEY",
+    ];
     PREFIXES.iter().any(|p| text.starts_with(p))
-        || (text.starts_with("-----BEGIN ") && text.lines().next().is_some_and(|l| l.contains("PUBLIC KEY")))
+        || (text.starts_with("-----BEGIN ")
+            && text
+                .lines()
+                .next()
+                .is_some_and(|l| l.contains("PUBLIC KEY")))
 }
 
 /// The label and the text between `-----BEGIN label-----` and `-----END label-----`.
@@ -78,7 +95,9 @@ fn split_headers(body: &str) -> (bool, String) {
 
 /// A definite-length SEQUENCE spanning all of `der`, whose first element has tag `first_inner`.
 fn der_outline_ok(der: &[u8], first_inner: u8) -> bool {
-    let Some((0x30, header, len)) = tlv(der) else { return false };
+    let Some((0x30, header, len)) = tlv(der) else {
+        return false;
+    };
     header + len == der.len() && tlv(&der[header..]).is_some_and(|(tag, ..)| tag == first_inner)
 }
 
@@ -93,7 +112,9 @@ fn tlv(der: &[u8]) -> Option<(u8, usize, usize)> {
     if n == 0 || n > 4 || rest.len() < n {
         return None;
     }
-    let len = rest[..n].iter().fold(0usize, |acc, &b| (acc << 8) | b as usize);
+    let len = rest[..n]
+        .iter()
+        .fold(0usize, |acc, &b| (acc << 8) | b as usize);
     (len <= rest.len() - n).then_some((tag, 2 + n, len))
 }
 

@@ -46,18 +46,31 @@ impl Guest for Ssh {
     }
 
     fn validate(input: Vec<FieldValue>) -> Result<Vec<FieldValue>, Vec<FieldError>> {
-        let mut form = Form::new(descriptor(), input).keep_whitespace("password").keep_whitespace("passphrase");
+        let mut form = Form::new(descriptor(), input)
+            .keep_whitespace("password")
+            .keep_whitespace("passphrase");
         let mut errors = Errors::new();
-        if let Some(h) = form.get("host").and_then(|h| errors.check("host", host::check_host(h))) {
+        if let Some(h) = form
+            .get("host")
+            .and_then(|h| errors.check("host", host::check_host(h)))
+        {
             form.set("host", h);
         }
-        if form.number("port").is_some_and(|p| !(1..=65535).contains(&p)) {
+        if form
+            .number("port")
+            .is_some_and(|p| !(1..=65535).contains(&p))
+        {
             errors.add("port", "port must be from 1 to 65535.");
         }
-        if form.get("username").is_some_and(|u| u.contains(char::is_whitespace)) {
+        if form
+            .get("username")
+            .is_some_and(|u| u.contains(char::is_whitespace))
+        {
             errors.add("username", "username must not contain spaces.");
         }
-        let fingerprint = form.get("host_key_fingerprint").map(host::check_fingerprint);
+        let fingerprint = form
+            .get("host_key_fingerprint")
+            .map(host::check_fingerprint);
         if let Some(fp) = fingerprint.and_then(|r| errors.check("host_key_fingerprint", r)) {
             form.set("host_key_fingerprint", fp);
         }
@@ -70,16 +83,29 @@ impl Guest for Ssh {
         let port = fields.number("port")?.unwrap_or(22);
         let target = Target {
             host: fields.require("host")?.into(),
-            port: u16::try_from(port).map_err(|_| invalid_field("port", "port must be from 1 to 65535."))?,
+            port: u16::try_from(port)
+                .map_err(|_| invalid_field("port", "port must be from 1 to 65535."))?,
             username: fields.require("username")?.into(),
+            // The host refuses to authenticate to a server showing another key.
+            expected_host_key: fields
+                .get_trimmed("host_key_fingerprint")
+                .and_then(|p| host::check_fingerprint(p).ok()),
         };
         let (auth, method) = if fields.is_set("private_key") {
-            let passphrase = fields.is_set("passphrase").then(|| "passphrase".to_string());
-            (Auth::PrivateKey(("private_key".into(), passphrase)), "private_key")
+            let passphrase = fields
+                .is_set("passphrase")
+                .then(|| "passphrase".to_string());
+            (
+                Auth::PrivateKey(("private_key".into(), passphrase)),
+                "private_key",
+            )
         } else if fields.is_set("password") {
             (Auth::Password("password".into()), "password")
         } else {
-            return Err(invalid_field("password", "set a password or a private_key."));
+            return Err(invalid_field(
+                "password",
+                "set a password or a private_key.",
+            ));
         };
         let login = match ssh_host::check_login(&target, &auth) {
             Ok(login) => login,
@@ -88,15 +114,25 @@ impl Guest for Ssh {
         let seen = login.host_key_fingerprint;
         let pinned = fields.get_trimmed("host_key_fingerprint");
         let verdict = match pinned {
-            Some(pinned) if host::check_fingerprint(pinned).ok() != host::check_fingerprint(&seen).ok() => {
-                log::write(Level::Warn, &format!("host key mismatch for {}:{}", target.host, target.port));
-                invalid(format!("host key mismatch: the server presented {}, the credential pins {pinned}", clip(&seen)))
+            Some(pinned)
+                if host::check_fingerprint(pinned).ok() != host::check_fingerprint(&seen).ok() =>
+            {
+                log::write(
+                    Level::Warn,
+                    &format!("host key mismatch for {}:{}", target.host, target.port),
+                );
+                invalid(format!(
+                    "host key mismatch: the server presented {}, the credential pins {pinned}",
+                    clip(&seen)
+                ))
             }
             _ if login.authenticated => valid(format!("logged in as {}", target.username)),
             _ if login.message.is_empty() => invalid("login rejected"),
             _ => invalid(format!("login rejected: {}", clip(&login.message))),
         };
-        Ok(verdict.fact("host_key_fingerprint", clip(&seen)).fact("auth_method", method))
+        Ok(verdict
+            .fact("host_key_fingerprint", clip(&seen))
+            .fact("auth_method", method))
     }
 }
 
@@ -107,16 +143,25 @@ fn check_auth(form: &Form, errors: &mut Errors) {
     match (form.get("password").is_some(), key) {
         (true, Some(_)) => errors.add("password", "set either password or private_key, not both."),
         (false, None) => errors.add("password", "set a password or a private_key."),
-        (true, None) if passphrase => errors.add("passphrase", "passphrase is only used with a private_key; remove it."),
+        (true, None) if passphrase => errors.add(
+            "passphrase",
+            "passphrase is only used with a private_key; remove it.",
+        ),
         _ => {}
     }
     match key.map(key::check_private_key) {
         Some(Err(problem)) => errors.add("private_key", problem),
         Some(Ok(true)) if !passphrase => {
-            errors.add("passphrase", "passphrase is required: the private key is encrypted.");
+            errors.add(
+                "passphrase",
+                "passphrase is required: the private key is encrypted.",
+            );
         }
         Some(Ok(false)) if passphrase => {
-            errors.add("passphrase", "passphrase is set but the private key is not encrypted; remove the passphrase.");
+            errors.add(
+                "passphrase",
+                "passphrase is set but the private key is not encrypted; remove the passphrase.",
+            );
         }
         _ => {}
     }
@@ -149,24 +194,32 @@ wrkgL5R1OR2cmaDlHKU6AAAAAAECAwQF
             ("host", "SSH.Example.com"),
             ("username", "deploy"),
             ("password", " pw "),
-            ("host_key_fingerprint", "sha256:Z4/3lQ3YToMJZAi6nDyEy1OT7kLsHE4DB+J0niELzhA"),
+            (
+                "host_key_fingerprint",
+                "sha256:Z4/3lQ3YToMJZAi6nDyEy1OT7kLsHE4DB+J0niELzhA",
+            ),
         ])
         .unwrap();
         let get = |n: &str| out.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
         assert_eq!(get("host"), Some("ssh.example.com"));
         assert_eq!(get("port"), Some("22"));
         assert_eq!(get("password"), Some(" pw "));
-        assert_eq!(get("host_key_fingerprint"), Some("SHA256:Z4/3lQ3YToMJZAi6nDyEy1OT7kLsHE4DB+J0niELzhA"));
+        assert_eq!(
+            get("host_key_fingerprint"),
+            Some("SHA256:Z4/3lQ3YToMJZAi6nDyEy1OT7kLsHE4DB+J0niELzhA")
+        );
     }
 
     #[test]
     fn wants_exactly_one_way_to_log_in() {
         let base = [("host", "h"), ("username", "u")];
-        let both = validate(&[base[0], base[1], ("password", "p"), ("private_key", KEY)]).unwrap_err();
+        let both =
+            validate(&[base[0], base[1], ("password", "p"), ("private_key", KEY)]).unwrap_err();
         assert_eq!(both[0].0, "password");
         let neither = validate(&base).unwrap_err();
         assert_eq!(neither[0].0, "password");
-        let stray = validate(&[base[0], base[1], ("private_key", KEY), ("passphrase", "x")]).unwrap_err();
+        let stray =
+            validate(&[base[0], base[1], ("private_key", KEY), ("passphrase", "x")]).unwrap_err();
         assert_eq!(stray[0].0, "passphrase");
         assert!(validate(&[base[0], base[1], ("private_key", KEY)]).is_ok());
     }
@@ -177,7 +230,10 @@ wrkgL5R1OR2cmaDlHKU6AAAAAAECAwQF
             ("host", "h"),
             ("username", "u"),
             ("port", "0"),
-            ("private_key", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJfOREsF7Ism user@host"),
+            (
+                "private_key",
+                "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJfOREsF7Ism user@host",
+            ),
         ])
         .unwrap_err();
         assert_eq!(errs[0].0, "port");

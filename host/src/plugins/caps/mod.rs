@@ -4,6 +4,7 @@
 mod http;
 mod log;
 mod net;
+pub(crate) mod netio;
 mod secrets;
 mod settings;
 mod sql;

@@ -129,13 +129,18 @@ fn accepts_pem_keys() {
 #[test]
 fn names_public_keys() {
     assert_eq!(check_private_key(ED25519_PUBLIC), Err(PUBLIC));
-    assert_eq!(check_private_key("-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA\n-----END PUBLIC KEY-----"), Err(PUBLIC));
+    assert_eq!(
+        check_private_key("-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA\n-----END PUBLIC KEY-----"),
+        Err(PUBLIC)
+    );
 }
 
 #[test]
 fn rejects_damaged_keys() {
     let truncated = &ED25519[..ED25519.len() - 40];
-    assert!(check_private_key(truncated).unwrap_err().contains("incomplete"));
+    assert!(check_private_key(truncated)
+        .unwrap_err()
+        .contains("incomplete"));
     // Flip one base64 character in the private half: the halves no longer match.
     let mut flipped = ED25519.to_string();
     let at = ED25519.len() / 2;
@@ -144,12 +149,18 @@ fn rejects_damaged_keys() {
     assert!(check_private_key(&flipped).is_err());
     let bad_der = PKCS1.replacen("MII", "AII", 1);
     assert!(check_private_key(&bad_der).unwrap_err().contains("damaged"));
-    assert!(check_private_key("-----BEGIN RSA PRIVATE KEY-----\n!!!!\n-----END RSA PRIVATE KEY-----")
-        .unwrap_err()
-        .contains("base64"));
-    assert!(check_private_key("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----").is_err());
+    assert!(check_private_key(
+        "-----BEGIN RSA PRIVATE KEY-----\n!!!!\n-----END RSA PRIVATE KEY-----"
+    )
+    .unwrap_err()
+    .contains("base64"));
+    assert!(
+        check_private_key("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----").is_err()
+    );
     assert_eq!(check_private_key("hunter2"), Err(NOT_A_KEY));
-    assert!(check_private_key("PuTTY-User-Key-File-3: ssh-ed25519").unwrap_err().contains("puttygen"));
+    assert!(check_private_key("PuTTY-User-Key-File-3: ssh-ed25519")
+        .unwrap_err()
+        .contains("puttygen"));
 }
 
 #[test]
