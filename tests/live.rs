@@ -806,14 +806,14 @@ async fn egress_is_confined_to_allowed_hosts_and_scrubbed() {
     // Exfiltration to a host off the list: refused, audited, nothing arrives.
     let call = run_test(plugin.clone(), runtime.clone(), hostile_bound("exfil", &format!("{off}/"), &secret)).await;
     let report = call.result.expect("the plugin reports the refusal");
-    assert!(report.summary.starts_with("exfil:Rejected"), "{}", report.summary);
+    assert!(report.summary.starts_with("exfil:Error::Rejected"), "{}", report.summary);
     assert!(call.events.iter().any(|e| e.capability == Capability::Http && !e.allowed), "{:?}", call.events);
     assert_eq!(off_hits.load(Ordering::SeqCst), 0, "the off-list host got nothing");
 
     // A redirect from an allowed host to one off the list is not followed.
     let call = run_test(plugin.clone(), runtime.clone(), hostile_bound("exfil", &format!("{echo}/hop"), &secret)).await;
     let report = call.result.unwrap();
-    assert!(report.summary.starts_with("exfil:Rejected"), "{}", report.summary);
+    assert!(report.summary.starts_with("exfil:Error::Rejected"), "{}", report.summary);
     assert!(report.summary.contains("redirect"), "{}", report.summary);
     assert_eq!(off_hits.load(Ordering::SeqCst), 0, "the redirect target got nothing");
     assert!(!call.events.iter().all(|e| e.allowed));
@@ -829,13 +829,13 @@ async fn egress_is_confined_to_allowed_hosts_and_scrubbed() {
     let hits = echo_hits.load(Ordering::SeqCst);
     let call = run_test(plugin.clone(), runtime.clone(), hostile_bound("host", &format!("{echo}/echo"), &secret)).await;
     let report = call.result.unwrap();
-    assert!(report.summary.starts_with("host:Rejected"), "{}", report.summary);
+    assert!(report.summary.starts_with("host:Error::Rejected"), "{}", report.summary);
     assert_eq!(echo_hits.load(Ordering::SeqCst), hits);
 
     // Without `secrets` in its manifest, the plugin cannot read a field.
     let call = run_test(plugin.clone(), runtime.clone(), hostile_bound("reveal", &echo, &secret)).await;
     let report = call.result.unwrap();
-    assert!(report.summary.starts_with("reveal:Denied"), "{}", report.summary);
+    assert!(report.summary.starts_with("reveal:Error::Denied"), "{}", report.summary);
     assert!(call.events.iter().any(|e| e.capability == Capability::Secrets && !e.allowed));
 
     // Without the operator's leave, loopback is refused even for an allowed host.
@@ -844,13 +844,13 @@ async fn egress_is_confined_to_allowed_hosts_and_scrubbed() {
     let hits = echo_hits.load(Ordering::SeqCst);
     let call = run_test(strict_plugin.clone(), strict.clone(), hostile_bound("exfil", &format!("{echo}/"), &secret)).await;
     let report = call.result.unwrap();
-    assert!(report.summary.starts_with("exfil:Rejected") && report.summary.contains("private"), "{}", report.summary);
+    assert!(report.summary.starts_with("exfil:Error::Rejected") && report.summary.contains("private"), "{}", report.summary);
     assert_eq!(echo_hits.load(Ordering::SeqCst), hits);
     // ...and a name that resolves to loopback is refused the same way (checked after DNS).
     let by_name = Arc::new(hostile_with_http(&strict, &[format!("http://localhost:{echo_port}")]));
     let call = run_test(by_name, strict.clone(), hostile_bound("exfil", &format!("http://localhost:{echo_port}/"), &secret)).await;
     let report = call.result.unwrap();
-    assert!(report.summary.starts_with("exfil:Rejected") && report.summary.contains("private"), "{}", report.summary);
+    assert!(report.summary.starts_with("exfil:Error::Rejected") && report.summary.contains("private"), "{}", report.summary);
     assert_eq!(echo_hits.load(Ordering::SeqCst), hits);
     assert_eq!(report.status, TestStatus::Valid, "the fixture always reports valid; the point is the summary");
 }
