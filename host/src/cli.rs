@@ -76,6 +76,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check a configuration file without touching data: prints every problem with its
+    /// line and exits 1, or prints `ok` and exits 0. Environment overrides apply.
+    CheckConfig {
+        /// The TOML file to check.
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -146,6 +152,9 @@ pub fn run(cli: Cli) -> ExitCode {
 }
 
 fn dispatch(cli: Cli) -> Result<ExitCode, String> {
+    if let Command::CheckConfig { file } = &cli.command {
+        return Ok(check_config(file));
+    }
     let config = Config::load(cli.config.as_deref())?;
     match cli.command {
         Command::Serve => {
@@ -215,6 +224,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode, String> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::CheckConfig { .. } => unreachable!("handled before the config is loaded"),
         Command::Validate { type_id, fields, environment } => {
             let registry = registry(&config)?;
             let plugin = registry.get(&type_id).map_err(|e| e.to_string())?;
@@ -251,6 +261,24 @@ fn dispatch(cli: Cli) -> Result<ExitCode, String> {
             }
         }
     }
+}
+
+/// `credhost check-config FILE`: every problem, one per line as `FILE:LINE: message`.
+fn check_config(file: &std::path::Path) -> ExitCode {
+    let problems = crate::provision::check_file(file);
+    if problems.is_empty() {
+        println!("ok");
+        return ExitCode::SUCCESS;
+    }
+    for (line, message) in &problems {
+        if *line > 0 {
+            println!("{}:{line}: {message}", file.display());
+        } else {
+            println!("{}: {message}", file.display());
+        }
+    }
+    eprintln!("{} problem(s) in {}", problems.len(), file.display());
+    ExitCode::from(1)
 }
 
 /// `NAME=VALUE`, or `NAME=@PATH` to read the value from a file (keys, long tokens).

@@ -16,6 +16,105 @@ pub struct Config {
     pub storage: StorageConfig,
     pub keys: KeysConfig,
     pub plugins: PluginsConfig,
+    /// `[provision]`: how start-up reconciles the declared users and credentials.
+    pub provision: ProvisionConfig,
+    /// `[[users]]`: users that must exist (created at start-up, without a token).
+    pub users: Vec<UserEntry>,
+    /// `[[credentials]]`: credentials that must exist with exactly these values.
+    pub credentials: Vec<CredentialEntry>,
+}
+
+/// `[provision]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProvisionConfig {
+    /// Soft-delete credentials of the users listed in `[[users]]` that the file no
+    /// longer declares. Off by default: start-up never deletes anything unless asked.
+    pub prune: bool,
+}
+
+/// One `[[users]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserEntry {
+    pub name: String,
+    #[serde(default)]
+    pub admin: bool,
+}
+
+/// One `[[credentials]]` entry. `description` and `tags` default to empty: the file is
+/// the truth for the credentials it declares.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialEntry {
+    /// Owner; must be declared in `[[users]]`.
+    pub user: String,
+    pub name: String,
+    /// Credential type id, e.g. `bearer_token`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub environment: Option<String>,
+    #[serde(default)]
+    pub fields: std::collections::BTreeMap<String, FieldSource>,
+}
+
+/// Where a credential field's value comes from: `env:VAR`, `file:/path` (trailing
+/// newlines trimmed) or a literal (allowed for non-secret fields only). TOML numbers and
+/// booleans are literals too.
+#[derive(Clone, PartialEq, Eq)]
+pub enum FieldSource {
+    Env(String),
+    File(PathBuf),
+    Literal(String),
+}
+
+impl FieldSource {
+    pub fn parse(s: &str) -> FieldSource {
+        if let Some(var) = s.strip_prefix("env:") {
+            FieldSource::Env(var.to_string())
+        } else if let Some(path) = s.strip_prefix("file:") {
+            FieldSource::File(PathBuf::from(path))
+        } else {
+            FieldSource::Literal(s.to_string())
+        }
+    }
+}
+
+/// Literals are not shown: a secret given as a literal by mistake must not reach a log.
+impl std::fmt::Debug for FieldSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FieldSource::Env(v) => write!(f, "env:{v}"),
+            FieldSource::File(p) => write!(f, "file:{}", p.display()),
+            FieldSource::Literal(_) => f.write_str("(literal)"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for FieldSource {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            S(String),
+            I(i64),
+            F(f64),
+            B(bool),
+        }
+        Ok(match Raw::deserialize(d).map_err(|_| {
+            serde::de::Error::custom("a field value must be a string (`env:VAR`, `file:/path` or a literal), number or boolean")
+        })? {
+            Raw::S(s) => FieldSource::parse(&s),
+            Raw::I(i) => FieldSource::Literal(i.to_string()),
+            Raw::F(x) => FieldSource::Literal(x.to_string()),
+            Raw::B(b) => FieldSource::Literal(b.to_string()),
+        })
+    }
 }
 
 /// `[server]`: the HTTP listener.
@@ -106,7 +205,7 @@ impl Config {
         toml::from_str(text).map_err(|e| e.to_string())
     }
 
-    fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), String> {
+    pub(crate) fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), String> {
         if let Some(v) = get("CREDHOST_LISTEN") {
             self.server.listen = v.parse().map_err(|e| format!("CREDHOST_LISTEN={v:?}: {e}"))?;
         }

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod plugins;
+pub mod provision;
 pub mod redact;
 pub mod server;
 pub mod service;

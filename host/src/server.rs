@@ -18,6 +18,9 @@ pub async fn serve(config: Config) -> Result<(), String> {
     if config.keys.dev {
         bootstrap_dev_admin(&service)?;
     }
+    // Declared users and credentials, before the first request can see them.
+    let (svc, cfg) = (service.clone(), config.clone());
+    tokio::task::spawn_blocking(move || crate::provision::reconcile(&svc, &cfg)).await.map_err(|e| e.to_string())??;
     let app = api::router(AppState::new(service.clone()), &config.server);
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await

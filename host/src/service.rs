@@ -236,6 +236,23 @@ pub struct TestView {
     pub report: TestReport,
 }
 
+/// Result of [`Service::compare_fields`]: names only, never values.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct FieldDiff {
+    /// The (normalised) environment differs.
+    pub environment: bool,
+    /// Fields (secret or not) whose value differs or that are not stored yet.
+    pub changed: Vec<String>,
+    /// Stored fields the candidate does not have.
+    pub removed: Vec<String>,
+}
+
+impl FieldDiff {
+    pub fn is_empty(&self) -> bool {
+        !self.environment && self.changed.is_empty() && self.removed.is_empty()
+    }
+}
+
 /// A new token: the plaintext is in here once and nowhere else.
 pub struct IssuedToken {
     pub info: TokenInfo,
@@ -357,6 +374,49 @@ impl Service {
             }
         }
         Ok(self.store.update_credential(&p.user, p.namespace, current.id, upd)?.into())
+    }
+
+    /// Compares a complete candidate (every field a credential should have, as the config
+    /// declares it) with the stored credential, after the type's `validate` normalised it
+    /// (defaults filled, values trimmed). Secret values are compared here, inside the
+    /// service (an audited reveal, purpose "provision compare"); only names come back.
+    /// Invalid candidates are refused with the field errors, before anything is revealed.
+    pub fn compare_fields(
+        &self,
+        p: &Principal,
+        id: &str,
+        environment: Option<String>,
+        fields: BTreeMap<String, FieldInput>,
+    ) -> Result<FieldDiff> {
+        let current = self.live(p, id)?;
+        let plugin = self.registry.get(&current.kind)?;
+        let mut input = Bound { environment: environment.clone(), ..Bound::default() };
+        for (name, value) in fields {
+            put_field(&plugin, &mut input, name, value.0);
+        }
+        let validated =
+            self.run_validate(p, Some(current.id), &plugin, input)?.map_err(ServiceError::InvalidFields)?;
+        let stored = self.store.reveal(&p.user, p.namespace, current.id, "provision compare")?;
+        let mut diff = FieldDiff {
+            environment: validated.environment.or(environment) != current.environment,
+            ..FieldDiff::default()
+        };
+        for (name, value) in &validated.fields {
+            if current.fields.get(name) != Some(value) {
+                diff.changed.push(name.clone());
+            }
+        }
+        for (name, value) in &validated.secrets {
+            if stored.get(name).map(ExposeSecret::expose_secret) != Some(value.expose_secret()) {
+                diff.changed.push(name.clone());
+            }
+        }
+        for name in current.fields.keys().chain(stored.keys()) {
+            if !validated.fields.contains_key(name) && !validated.secrets.contains_key(name) {
+                diff.removed.push(name.clone());
+            }
+        }
+        Ok(diff)
     }
 
     /// Soft delete (restorable), or with `purge` destroy every version.
