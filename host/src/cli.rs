@@ -40,6 +40,11 @@ pub enum Command {
         #[command(subcommand)]
         cmd: KeysCommand,
     },
+    /// Operator plugins: list what is loaded, verify the plugin dir, reload a server.
+    Plugins {
+        #[command(subcommand)]
+        cmd: PluginsCommand,
+    },
     /// Audit log operations.
     Audit {
         #[command(subcommand)]
@@ -135,6 +140,23 @@ pub enum KeysCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum PluginsCommand {
+    /// Load built-ins and the plugin dir as `serve` would; print them and any problems.
+    List,
+    /// Like `list`, but exit 1 when any plugin is refused.
+    Verify,
+    /// Ask a running server to reload its plugin dir (needs an admin token).
+    Reload {
+        /// Server base URL (default: http://<server.listen>).
+        #[arg(long)]
+        url: Option<String>,
+        /// Admin API token.
+        #[arg(long, env = "CREDHOST_TOKEN", hide_env_values = true)]
+        token: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum AuditCommand {
     /// Walk the hash chain; report the first broken link.
     Verify,
@@ -166,6 +188,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode, String> {
         Command::Test { credential_id, user, json } => test_credential(&config, &credential_id, &user, json),
         Command::Tokens { cmd } => tokens(&config, cmd),
         Command::Keys { cmd } => keys(&config, cmd),
+        Command::Plugins { cmd } => plugins(&config, cmd),
         Command::Audit { cmd: AuditCommand::Verify } => {
             let store = crate::app::open_store(&config)?;
             match store.verify_audit() {
@@ -393,4 +416,35 @@ fn write_new_key_file(path: &std::path::Path, key: &MasterKey) -> Result<(), Str
     let mut f = options.open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     f.write_all(key.to_base64().expose_secret().as_bytes()).map_err(|e| format!("{}: {e}", path.display()))?;
     f.sync_all().map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn plugins(config: &Config, cmd: PluginsCommand) -> Result<ExitCode, String> {
+    if let PluginsCommand::Reload { url, token } = cmd {
+        let base = url.unwrap_or_else(|| format!("http://{}", config.server.listen));
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+        let (status, body) = rt.block_on(async {
+            let resp = reqwest::Client::new()
+                .post(format!("{}/api/admin/plugins/reload", base.trim_end_matches('/')))
+                .bearer_auth(token)
+                .send()
+                .await
+                .map_err(|e| format!("cannot reach {base}: {e}"))?;
+            let status = resp.status();
+            Ok::<_, String>((status, resp.text().await.unwrap_or_default()))
+        })?;
+        println!("{body}");
+        return Ok(if status.is_success() { ExitCode::SUCCESS } else { ExitCode::from(1) });
+    }
+    let registry = registry(config)?;
+    println!("{:<16} {:<8} {:<14} {:<26} ORIGIN", "TYPE", "VERSION", "SHA256", "CAPABILITIES");
+    for p in registry.list() {
+        let caps: Vec<String> = p.manifest.capabilities.iter().map(|c| c.to_string()).collect();
+        println!("{:<16} {:<8} {:<14} {:<26} {}", p.manifest.id, p.manifest.version, &p.sha256[..12], caps.join(","), p.origin);
+    }
+    let problems = registry.problems();
+    for p in &problems {
+        println!("REFUSED {}: {}", p.origin, p.message);
+    }
+    let strict = matches!(cmd, PluginsCommand::Verify);
+    Ok(if strict && !problems.is_empty() { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }

@@ -598,3 +598,62 @@ pub fn rfc3339(ms: u64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
     humantime::format_rfc3339_millis(t).to_string()
 }
+
+/// A loaded plugin as shown to operators.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PluginView {
+    pub id: String,
+    pub version: String,
+    /// `builtin:<name>` or the `.wasm` path.
+    pub origin: String,
+    pub sha256: String,
+    pub capabilities: Vec<String>,
+    pub allowed_hosts: Vec<String>,
+    pub test_read_only: bool,
+}
+
+/// Loaded plugins and the ones refused at the last (re)load.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PluginsView {
+    pub plugins: Vec<PluginView>,
+    pub problems: Vec<crate::plugins::LoadProblem>,
+}
+
+impl Service {
+    /// Loaded plugins and load problems (admin only).
+    pub fn admin_plugins(&self, p: &Principal) -> Result<PluginsView> {
+        require_admin(p)?;
+        Ok(self.plugins_view())
+    }
+
+    /// Re-reads the plugin directory and swaps the catalog (admin only, audited).
+    pub fn admin_reload_plugins(&self, p: &Principal) -> Result<crate::plugins::LoadReport> {
+        require_admin(p)?;
+        let report = self.registry.reload()?;
+        let detail = format!("{} loaded, {} refused", report.loaded.len(), report.problems.len());
+        let mut entry = AuditEntry::ok(&p.user, "plugins.reload");
+        entry.detail = detail;
+        if let Err(e) = self.store.append_audit(entry) {
+            tracing::error!(error = %e, "could not write audit record");
+        }
+        Ok(report)
+    }
+
+    pub fn plugins_view(&self) -> PluginsView {
+        let plugins = self
+            .registry
+            .list()
+            .iter()
+            .map(|p| PluginView {
+                id: p.manifest.id.clone(),
+                version: p.manifest.version.clone(),
+                origin: p.origin.clone(),
+                sha256: p.sha256.clone(),
+                capabilities: p.manifest.capabilities.iter().map(|c| c.to_string()).collect(),
+                allowed_hosts: p.manifest.allowed_hosts.iter().map(|h| h.to_string()).collect(),
+                test_read_only: p.manifest.test_read_only,
+            })
+            .collect();
+        PluginsView { plugins, problems: self.registry.problems() }
+    }
+}

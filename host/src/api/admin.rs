@@ -2,7 +2,7 @@
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{delete, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
@@ -18,6 +18,8 @@ pub fn router() -> Router<AppState> {
         .route("/admin/users", post(add_user))
         .route("/admin/users/{name}/tokens", post(add_token))
         .route("/admin/tokens/{id}", delete(revoke_token))
+        .route("/admin/plugins", get(plugins))
+        .route("/admin/plugins/reload", post(reload_plugins))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -94,4 +96,18 @@ async fn add_token(
 async fn revoke_token(State(s): State<AppState>, Auth(p): Auth, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
     s.run(move |svc| svc.admin_revoke_token(&p, &id)).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Loaded plugins and the ones refused at the last (re)load.
+#[utoipa::path(get, path = "/api/admin/plugins", tag = "admin", security(("bearer" = [])),
+    responses((status = 200, body = crate::service::PluginsView), (status = 403, body = super::error::ErrorBody)))]
+async fn plugins(State(s): State<AppState>, Auth(p): Auth) -> Result<Json<crate::service::PluginsView>, ApiError> {
+    Ok(Json(s.run(move |svc| svc.admin_plugins(&p)).await?))
+}
+
+/// Re-read the plugin directory and swap plugins atomically; calls in flight finish on the old ones.
+#[utoipa::path(post, path = "/api/admin/plugins/reload", tag = "admin", security(("bearer" = [])),
+    responses((status = 200, body = crate::plugins::LoadReport), (status = 403, body = super::error::ErrorBody)))]
+async fn reload_plugins(State(s): State<AppState>, Auth(p): Auth) -> Result<Json<crate::plugins::LoadReport>, ApiError> {
+    Ok(Json(s.run(move |svc| svc.admin_reload_plugins(&p)).await?))
 }

@@ -16,6 +16,7 @@ use super::AppState;
         super::credentials::validate, super::credentials::test,
         super::types::list, super::audit::list,
         super::admin::add_user, super::admin::add_token, super::admin::revoke_token,
+        super::admin::plugins, super::admin::reload_plugins,
         super::health::healthz, super::health::readyz, super::health::metrics,
         spec,
     ),

@@ -1,0 +1,222 @@
+//! Operator plugins: a type that is not built in, installed into a running server's
+//! plugin dir and reloaded; refusals of bad plugins; reload under load; the cache.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use common::server::{Env, LeakGuard};
+use credhost::plugins::{HostServices, Registry, Runtime, Sources};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+/// The template crate's component (built by host/build.rs, not embedded) and manifest.
+fn template() -> (Vec<u8>, String) {
+    let wasm = std::fs::read(common::guest_dir().join("template.wasm")).expect("template.wasm built by build.rs");
+    let manifest =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/template/manifest.toml")).unwrap();
+    (wasm, manifest)
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Installs `<name>.wasm` + `<name>.toml` (with a pin, unless `pin` is None) into `dir`.
+fn install(dir: &Path, name: &str, wasm: &[u8], manifest: &str, pin: Option<&str>) {
+    std::fs::write(dir.join(format!("{name}.wasm")), wasm).unwrap();
+    let text = match pin {
+        Some(p) => format!("sha256 = \"{p}\"\n{manifest}"),
+        None => manifest.to_string(),
+    };
+    std::fs::write(dir.join(format!("{name}.toml")), text).unwrap();
+}
+
+fn plugin_dir(env: &Env) -> std::path::PathBuf {
+    let dir = env.dir.path().join("plugins.d");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn out_of_tree_plugin_installs_into_a_running_server() {
+    let env0 = Env::new();
+    let dir = plugin_dir(&env0);
+    let env = env0.set("CREDHOST_PLUGINS_DIR", dir.to_str().unwrap());
+    let admin = env.add_user("ops", true);
+    let user = env.add_user("alice", false);
+    let server = env.start(&[]);
+    let guard = LeakGuard::new();
+    let api = server.api(&guard);
+
+    let types = api.get("/api/credential-types", None).await.json();
+    assert!(!types.as_array().unwrap().iter().any(|t| t["id"] == "example_service"));
+
+    let (wasm, manifest) = template();
+    install(&dir, "example_service", &wasm, &manifest, Some(&sha256_hex(&wasm)));
+    // Only admins may reload.
+    api.post_empty("/api/admin/plugins/reload", Some(&user)).await.expect_error(403, "forbidden");
+    let report = api.post_empty("/api/admin/plugins/reload", Some(&admin)).await;
+    report.expect(200);
+    let report = report.json();
+    assert!(report["loaded"].as_array().unwrap().iter().any(|t| t == "example_service"), "{report}");
+    assert_eq!(report["problems"], json!([]));
+
+    let listed = api.get("/api/admin/plugins", Some(&admin)).await.json();
+    let entry = listed["plugins"].as_array().unwrap().iter().find(|p| p["id"] == "example_service").cloned().unwrap();
+    assert_eq!(entry["sha256"], sha256_hex(&wasm));
+    assert!(entry["origin"].as_str().unwrap().ends_with("example_service.wasm"));
+
+    let token = guard.secret("ex_0123456789abcdefghij");
+    let created = api
+        .post(
+            "/api/credentials",
+            Some(&user),
+            json!({"name": "ex", "type": "example_service", "fields": {"account": "acme", "api_token": token}}),
+        )
+        .await;
+    created.expect(201);
+    let created = created.json();
+    assert_eq!(created["fields"]["api_token"]["set"], true);
+    assert_eq!(created["fields"]["base_url"], "https://api.example.com");
+    let id = created["id"].as_str().unwrap();
+    let v = api.post_empty(&format!("/api/credentials/{id}/validate"), Some(&user)).await;
+    v.expect(200);
+    assert_eq!(v.json()["valid"], true);
+
+    let bad = api
+        .post(
+            "/api/credentials",
+            Some(&user),
+            json!({"name": "ex2", "type": "example_service", "fields": {"account": "ACME!", "api_token": guard.secret("short-token-xyz")}}),
+        )
+        .await;
+    let body = bad.expect_error(422, "invalid_fields");
+    let mut fields: Vec<&str> = body["error"]["fields"].as_array().unwrap().iter().map(|f| f["field"].as_str().unwrap()).collect();
+    fields.sort();
+    assert_eq!(fields, ["account", "api_token"]);
+    guard.check("server log", &server.stderr());
+}
+
+#[test]
+fn bad_plugins_are_refused_with_clear_messages_while_good_ones_load() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("plugins.d");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (wasm, manifest) = template();
+    let pin = sha256_hex(&wasm);
+    install(&dir, "good", &wasm, &manifest, Some(&pin));
+    install(&dir, "tampered", &wasm, &manifest.replace("example_service", "tampered_service"), Some(&"0".repeat(64)));
+    install(&dir, "unpinned", &wasm, &manifest.replace("example_service", "unpinned_service"), None);
+    let core_module = b"\0asm\x01\0\0\0".to_vec();
+    install(&dir, "core", &core_module, &manifest.replace("example_service", "core_service"), Some(&sha256_hex(&core_module)));
+    install(&dir, "fs", &wasm, &manifest.replace("[\"http\"]", "[\"http\", \"filesystem\"]"), Some(&pin));
+    install(&dir, "clash", &wasm, &manifest.replace("example_service", "bearer_token"), Some(&pin));
+    install(&dir, "mismatch", &wasm, &manifest.replace("example_service", "not_what_describe_says"), Some(&pin));
+
+    let runtime = Arc::new(Runtime::new(HostServices::default()).unwrap());
+    let registry = Registry::load(runtime, Sources { dir: Some(dir.clone()), ..Sources::default() }).unwrap();
+    let ids: Vec<String> = registry.list().iter().map(|p| p.manifest.id.clone()).collect();
+    assert!(ids.contains(&"example_service".to_string()), "{ids:?}");
+    assert_eq!(ids.len(), 7, "six built-ins plus the good plugin: {ids:?}");
+    let problems = registry.problems();
+    let find = |file: &str| {
+        problems
+            .iter()
+            .find(|p| p.origin.ends_with(&format!("{file}.wasm")))
+            .unwrap_or_else(|| panic!("no problem reported for {file}: {problems:?}"))
+            .message
+            .clone()
+    };
+    assert!(find("tampered").contains("sha256 mismatch"), "{}", find("tampered"));
+    assert!(find("unpinned").contains("`sha256` is required"), "{}", find("unpinned"));
+    assert!(find("core").contains("not a valid component"), "{}", find("core"));
+    assert!(find("fs").contains("filesystem"), "{}", find("fs"));
+    assert!(find("clash").contains("built-in type"), "{}", find("clash"));
+    assert!(find("mismatch").contains("describe() says type id"), "{}", find("mismatch"));
+    assert_eq!(problems.len(), 6, "{problems:?}");
+}
+
+#[test]
+fn precompiled_cache_is_used_and_corrupt_entries_are_recompiled() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let sources = || Sources { cache_dir: Some(cache.clone()), ..Sources::default() };
+    let runtime = Arc::new(Runtime::new(HostServices::default()).unwrap());
+    let cold = std::time::Instant::now();
+    Registry::load(runtime.clone(), sources()).unwrap();
+    let cold = cold.elapsed();
+    let mut entries: Vec<_> = std::fs::read_dir(&cache).unwrap().map(|e| e.unwrap().path()).collect();
+    entries.sort();
+    assert_eq!(entries.len(), 6, "one entry per built-in: {entries:?}");
+
+    // Corrupt one entry (flip a byte of its body) and truncate another: both are recompiled.
+    let mut bytes = std::fs::read(&entries[0]).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&entries[0], &bytes).unwrap();
+    std::fs::write(&entries[1], b"short").unwrap();
+    let registry = Registry::load(runtime.clone(), sources()).unwrap();
+    assert_eq!(registry.list().len(), 6);
+    let healed = std::fs::read(&entries[0]).unwrap();
+    assert_ne!(healed, bytes, "the corrupt entry was rewritten");
+    assert!(std::fs::metadata(&entries[1]).unwrap().len() > 1000, "the truncated entry was rewritten");
+
+    let warm = std::time::Instant::now();
+    let registry = Registry::load(runtime, sources()).unwrap();
+    let warm = warm.elapsed();
+    let v = registry.runtime().validate(&registry.get("api_key").unwrap(), credhost::plugins::Bound {
+        secrets: [("key".to_string(), secrecy::SecretString::from("k_0123456789abcdef"))].into(),
+        ..Default::default()
+    });
+    assert!(v.result.unwrap().is_ok(), "a cached plugin works");
+    // Not a benchmark: only that the cache is really taken (compiling is far slower).
+    assert!(warm < cold, "warm {warm:?} vs cold {cold:?}");
+}
+
+#[tokio::test]
+async fn reload_under_concurrent_calls_loses_no_request() {
+    let env0 = Env::new();
+    let dir = plugin_dir(&env0);
+    let (wasm, manifest) = template();
+    install(&dir, "example_service", &wasm, &manifest, Some(&sha256_hex(&wasm)));
+    let env = env0.set("CREDHOST_PLUGINS_DIR", dir.to_str().unwrap());
+    let admin = env.add_user("ops", true);
+    let server = env.start(&[]);
+    let guard = LeakGuard::new();
+    let api = server.api(&guard);
+    let created = api
+        .post(
+            "/api/credentials",
+            Some(&admin),
+            json!({"name": "ex", "type": "example_service", "fields": {"account": "acme", "api_token": guard.secret("ex_0123456789abcdefghij")}}),
+        )
+        .await;
+    created.expect(201);
+    let id = created.json()["id"].as_str().unwrap().to_string();
+
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let (api, admin, id) = (api.clone(), admin.clone(), id.clone());
+        workers.push(tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            for _ in 0..40 {
+                let r = api.post_empty(&format!("/api/credentials/{id}/validate"), Some(&admin)).await;
+                statuses.push((r.status, r.json()["valid"] == true));
+            }
+            statuses
+        }));
+    }
+    for _ in 0..5 {
+        api.post_empty("/api/admin/plugins/reload", Some(&admin)).await.expect(200);
+    }
+    let mut total = 0;
+    for w in workers {
+        for (status, valid) in w.await.unwrap() {
+            assert_eq!((status, valid), (200, true));
+            total += 1;
+        }
+    }
+    assert_eq!(total, 160);
+}
