@@ -6,14 +6,17 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use credhost::plugins::registry::builtin_sources;
-use credhost::plugins::{Bound, HostServices, Manifest, Runtime};
+use credhost::plugins::{Bound, HostServices, Manifest, Registry, Runtime, Sources};
 use secrecy::SecretString;
 use wasmtime::component::Component;
 
 /// The db_dsn plugin's parser, compiled natively: the baseline for the sandboxed call.
-#[path = "../plugins/db-dsn/src/dsn.rs"]
+#[path = "../plugins/db-dsn/src"]
 #[allow(dead_code)]
-mod dsn;
+mod db_dsn {
+    pub mod dsn;
+}
+use db_dsn::dsn;
 
 const DSN: &str = "postgres://app:s3cr3t-pw@db.internal:5432/app?sslmode=require&application_name=bench";
 
@@ -69,6 +72,31 @@ fn main() {
         total_load.as_secs_f64() * 1e3,
         total_compile.as_secs_f64() / total_load.as_secs_f64()
     );
+
+    // Start-up: the whole registry (all built-ins: compile or cache read, link, describe).
+    let runtime = std::sync::Arc::new(runtime);
+    let n = builtin_sources().len() as f64;
+    let mut cold = Vec::new();
+    let mut warm = Vec::new();
+    for _ in 0..3 {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let sources = || Sources { cache_dir: Some(dir.path().to_path_buf()), ..Sources::default() };
+        let t = Instant::now();
+        black_box(Registry::load(runtime.clone(), sources()).expect("cold load"));
+        cold.push(t.elapsed());
+        for _ in 0..5 {
+            let t = Instant::now();
+            black_box(Registry::load(runtime.clone(), sources()).expect("warm load"));
+            warm.push(t.elapsed());
+        }
+    }
+    let (cold50, _) = stats(cold);
+    let (warm50, _) = stats(warm);
+    println!("\n== registry start-up, all {n} built-ins (compiled in parallel on {} cores when cold)", std::thread::available_parallelism().map_or(1, |p| p.get()));
+    println!("cold (empty cache): {:>9.2} ms  ({:.2} ms per plugin)", cold50.as_secs_f64() * 1e3, cold50.as_secs_f64() * 1e3 / n);
+    println!("warm (cache hit):   {:>9.2} ms  ({:.3} ms per plugin)", warm50.as_secs_f64() * 1e3, warm50.as_secs_f64() * 1e3 / n);
+    println!("ratio cold/warm: {:.0}x", cold50.as_secs_f64() / warm50.as_secs_f64());
+    let runtime = &*runtime;
 
     let (_, manifest, wasm) = builtin_sources().iter().find(|(n, _, _)| *n == "db-dsn").expect("db-dsn built-in");
     let plugin = runtime.load(wasm, Manifest::parse(manifest).unwrap(), "builtin:db-dsn".into()).expect("load");
