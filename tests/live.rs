@@ -138,9 +138,14 @@ struct Credhost {
 impl Credhost {
     /// Starts `credhost serve` with `extra_config` appended to the `[plugins]` section.
     fn start(extra_config: &str) -> Credhost {
+        Self::start_with(true, extra_config)
+    }
+
+    fn start_with(allow_private_networks: bool, extra_config: &str) -> Credhost {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("credhost.toml");
-        std::fs::write(&config, format!("[plugins]\nallow_private_networks = true\n{extra_config}")).unwrap();
+        let plugins = format!("[plugins]\nallow_private_networks = {allow_private_networks}\n{extra_config}");
+        std::fs::write(&config, plugins).unwrap();
         let mut key = [0u8; 32];
         getrandom::fill(&mut key).unwrap();
         let master_key = base64::engine::general_purpose::STANDARD.encode(key);
@@ -473,6 +478,37 @@ async fn bearer_basic_and_api_key_against_a_local_server() {
     assert!(v["summary"].as_str().unwrap().contains("could not reach"), "{v}");
 
     assert_no_secrets(&ch.logs(), &[expect.bearer, password, expect.key, wrong], "the server log");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_targets_are_refused_without_the_operators_leave() {
+    let expect = Expect { bearer: random_hex(24), basic: "u:p".into(), key: random_hex(24) };
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    let app = Router::new().fallback(move || {
+        h.fetch_add(1, Ordering::SeqCst);
+        async { StatusCode::OK }
+    });
+    let port = serve_router(app).await;
+    let ch = Credhost::start_with(false, "");
+    for (name, body) in [
+        ("bearer", json!({"type": "bearer_token", "fields": {"token": expect.bearer, "test_url": format!("http://127.0.0.1:{port}/")}})),
+        ("by-name", json!({"type": "api_key", "fields": {"key": expect.key, "test_url": format!("http://localhost:{port}/")}})),
+        ("dsn", json!({"type": "db_dsn", "fields": {"dsn": format!("postgres://admin:{}@127.0.0.1:{port}/x", expect.key)}})),
+        ("ssh", json!({"type": "ssh", "fields": {"host": "127.0.0.1", "port": port, "username": "u", "password": expect.bearer}})),
+    ] {
+        let mut body = body;
+        body["name"] = json!(name);
+        let id = ch.create(body).await;
+        let (status, v) = ch.test(&id).await;
+        assert_eq!(status, 502, "{name}: {v}");
+        assert_eq!(v["error"]["code"], "capability_denied", "{name}: {v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains("private"), "{name}: {v}");
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 0, "nothing reached the private address");
+    let (_, audit) = ch.call(reqwest::Method::GET, "/api/audit?limit=200", None).await;
+    assert!(audit.to_string().contains("private address"), "refusals are audited: {audit}");
+    assert_no_secrets(&ch.logs(), &[expect.bearer, expect.key], "the server log");
 }
 
 // ---------------------------------------------------------------- SSH

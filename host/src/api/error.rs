@@ -84,6 +84,12 @@ impl ApiError {
                     S::UnknownType(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unknown_type", message, None),
                     S::NotImplemented(_) => (StatusCode::NOT_IMPLEMENTED, "not_implemented", message, None),
                     S::Busy => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", message, None),
+                    // The plugin asked for something its manifest does not grant (or the host
+                    // refused it, e.g. a host off its allow-list): a fault of the plugin, said as such.
+                    S::Plugin(crate::plugins::PluginError::Reported {
+                        kind: crate::plugins::ReportedKind::Denied | crate::plugins::ReportedKind::Rejected,
+                        ..
+                    }) => (StatusCode::BAD_GATEWAY, "capability_denied", message, None),
                     S::Plugin(_) => (StatusCode::BAD_GATEWAY, "plugin_error", message, None),
                     S::Internal(detail) => {
                         // Details go to the log only; the client gets a generic message.

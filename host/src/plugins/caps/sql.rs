@@ -6,8 +6,9 @@
 //! dropping the encryption the DSN asks for. MySQL/MariaDB DSNs answer `unsupported`.
 //!
 //! The DSN is held in a secret field and names its own target: there is no allow-list
-//! entry to match, but the host refuses Unix sockets and, unless the operator allows
-//! private networks, private/loopback/link-local addresses. The name is resolved here
+//! entry to match, but the host refuses (`denied`, since `rejected` means a refused
+//! login here) Unix sockets and, unless the operator allows private networks,
+//! private/loopback/link-local addresses. The name is resolved here
 //! and the connection goes to a checked address.
 
 use std::time::{Duration, Instant};
@@ -58,7 +59,7 @@ impl sql::Host for CallState {
                 #[allow(unreachable_patterns)]
                 _ => {
                     self.refuse(Capability::Sql, format!("{dsn_field}: unix socket"));
-                    return Err(Error::Rejected("Unix-socket hosts are not allowed; give a TCP host".into()));
+                    return Err(Error::Denied("Unix-socket hosts are not allowed; give a TCP host".into()));
                 }
             }
         }
@@ -83,9 +84,10 @@ impl sql::Host for CallState {
                 server_version,
                 latency_ms: started.elapsed().as_millis().min(u128::from(u32::MAX)) as u32,
             }),
+            // Policy refusals are `denied`: `rejected` means the server refused the login.
             Err(Error::Rejected(m)) if m.starts_with(REFUSED) => {
                 self.refuse(Capability::Sql, format!("{dsn_field}: private address"));
-                Err(Error::Rejected(scrub(m)))
+                Err(Error::Denied(scrub(m[REFUSED.len()..].to_string())))
             }
             Err(Error::Rejected(m)) => Err(Error::Rejected(scrub(m))),
             Err(Error::Unreachable(m)) => Err(Error::Unreachable(scrub(m))),
