@@ -86,7 +86,7 @@ pub fn resolve(source: &FieldSource) -> Result<SecretString, String> {
                 }
                 Err(_) => Err(format!("file `{}` is not valid UTF-8", path.display())),
             },
-            Err(e) => Err(format!("cannot read file `{}`: {}", path.display(), e.kind())),
+            Err(e) => Err(format!("cannot read file `{}`: {e}", path.display())),
         },
         FieldSource::Literal(s) => Ok(SecretString::from(s.clone())),
     }
@@ -197,8 +197,9 @@ pub fn reconcile(service: &Service, config: &Config) -> Result<Report, String> {
     if config.users.is_empty() && config.credentials.is_empty() {
         return Ok(report);
     }
-    // 1. Check and resolve everything before writing anything.
-    let problems = check(config, Some(service.registry()), false);
+    // 1. Check, resolve and validate (the type's offline checks) everything before
+    //    writing anything, so a bad entry changes nothing at all.
+    let problems = check(config, Some(service.registry()), true);
     if !problems.is_empty() {
         let list: Vec<String> = problems.into_iter().map(|p| p.message).collect();
         return Err(format!("provisioning from the config failed, nothing was changed:\n  {}", list.join("\n  ")));
@@ -422,12 +423,16 @@ struct Lines {
 fn parse_all(text: &str) -> (Config, Lines, Vec<Problem>) {
     use toml::de::{DeTable, DeValue, ValueDeserializer};
 
-    fn de<T: serde::de::DeserializeOwned>(v: &toml::Spanned<DeValue<'_>>, problems: &mut Vec<Problem>) -> Option<T> {
+    fn de<T: serde::de::DeserializeOwned>(
+        section: &str,
+        v: &toml::Spanned<DeValue<'_>>,
+        problems: &mut Vec<Problem>,
+    ) -> Option<T> {
         match T::deserialize(ValueDeserializer::from(v.clone())) {
             Ok(t) => Some(t),
             Err(e) => {
                 let at = e.span().map_or(v.span().start, |s| s.start);
-                problems.push(Problem::new(Loc::Offset(at), e.message().trim().to_string()));
+                problems.push(Problem::new(Loc::Offset(at), format!("[{section}]: {}", e.message().trim())));
                 None
             }
         }
@@ -444,11 +449,11 @@ fn parse_all(text: &str) -> (Config, Lines, Vec<Problem>) {
     for (key, value) in root.get_ref().iter() {
         let p = &mut problems;
         match key.get_ref().as_ref() {
-            "server" => config.server = de(value, p).unwrap_or(config.server),
-            "storage" => config.storage = de(value, p).unwrap_or(config.storage),
-            "keys" => config.keys = de(value, p).unwrap_or(config.keys),
-            "plugins" => config.plugins = de(value, p).unwrap_or(config.plugins),
-            "provision" => config.provision = de(value, p).unwrap_or(config.provision),
+            "server" => config.server = de("server", value, p).unwrap_or(config.server),
+            "storage" => config.storage = de("storage", value, p).unwrap_or(config.storage),
+            "keys" => config.keys = de("keys", value, p).unwrap_or(config.keys),
+            "plugins" => config.plugins = de("plugins", value, p).unwrap_or(config.plugins),
+            "provision" => config.provision = de("provision", value, p).unwrap_or(config.provision),
             "users" | "credentials" => {
                 let DeValue::Array(items) = value.get_ref() else {
                     p.push(Problem::new(Loc::Offset(key.span().start), format!("`{}` must be an array of tables ([[{}]])", key.get_ref(), key.get_ref())));
@@ -457,11 +462,11 @@ fn parse_all(text: &str) -> (Config, Lines, Vec<Problem>) {
                 for item in items.iter() {
                     let at = line_of(text, item.span().start);
                     if key.get_ref() == "users" {
-                        if let Some(u) = de(item, p) {
+                        if let Some(u) = de("[users]", item, p) {
                             config.users.push(u);
                             lines.users.push(at);
                         }
-                    } else if let Some(c) = de::<CredentialEntry>(item, p) {
+                    } else if let Some(c) = de::<CredentialEntry>("[credentials]", item, p) {
                         let mut field_lines = BTreeMap::new();
                         if let Some(DeValue::Table(f)) = item.get_ref().get("fields").map(|v| v.get_ref()) {
                             for (k, v) in f.iter() {
