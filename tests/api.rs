@@ -31,6 +31,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/admin/users"),
     ("post", "/api/admin/users/{name}/tokens"),
     ("delete", "/api/admin/tokens/{id}"),
+    ("get", "/api/admin/plugins"),
+    ("post", "/api/admin/plugins/reload"),
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/metrics"),

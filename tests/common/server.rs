@@ -307,10 +307,9 @@ impl LeakGuard {
 
     /// Panics if `text` contains any registered secret.
     pub fn check(&self, what: &str, text: &str) {
-        for s in self.secrets.lock().unwrap().iter() {
-            if text.contains(s.as_str()) {
-                panic!("{what} contains a secret value that was sent ({}…):\n{text}", &s[..6]);
-            }
+        let hit = self.secrets.lock().unwrap().iter().find(|s| text.contains(s.as_str())).cloned();
+        if let Some(s) = hit {
+            panic!("{what} contains a secret value that was sent ({}…):\n{text}", &s[..6]);
         }
         self.checked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }

@@ -73,7 +73,7 @@ async fn list(
 #[utoipa::path(get, path = "/api/credentials/{id}", tag = "credentials", security(("bearer" = [])),
     responses((status = 200, body = CredentialView), (status = 404, body = super::error::ErrorBody)))]
 async fn show(State(s): State<AppState>, Auth(p): Auth, Path(id): Path<String>) -> Result<Json<CredentialView>, ApiError> {
-    Ok(Json(s.run(move |svc| svc.get(&p, &id)).await?))
+    Ok(Json(s.read(|svc| svc.get(&p, &id))?))
 }
 
 /// Partial update: absent members and secret fields stay as they are.

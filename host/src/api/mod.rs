@@ -22,8 +22,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use tower::limit::ConcurrencyLimitLayer;
 use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
-use tracing::Level;
 
 use crate::config::ServerConfig;
 use crate::service::{Result as ServiceResult, Service, ServiceError};
@@ -52,6 +50,14 @@ impl AppState {
             .await
             .map_err(|e| ApiError::Service(ServiceError::Internal(format!("task failed: {e}"))))?
             .map_err(ApiError::Service)
+    }
+}
+
+impl AppState {
+    /// Runs a quick read-only service operation (one store read, no plugin call) on the
+    /// calling task: handing it to the blocking pool would cost more than it does.
+    pub(crate) fn read<T>(&self, f: impl FnOnce(&Service) -> ServiceResult<T>) -> Result<T, ApiError> {
+        f(&self.service).map_err(ApiError::Service)
     }
 }
 
@@ -93,16 +99,6 @@ pub fn router(state: AppState, server: &ServerConfig) -> Router {
         ))
         .layer(ConcurrencyLimitLayer::new(server.max_concurrency.max(1)))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(|req: &axum::http::Request<_>| {
-                    // Method and path only: query strings and headers stay out of the log.
-                    let id = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
-                    tracing::info_span!("request", id, method = %req.method(), path = %req.uri().path())
-                })
-                // One line per request (status, latency) at info.
-                .on_response(DefaultOnResponse::new().level(Level::INFO)),
-        )
         .layer(SetRequestIdLayer::new(REQUEST_ID, ids))
         .with_state(state)
 }
@@ -115,14 +111,27 @@ struct Finish {
 
 /// Outermost per-request step: the request time limit, the one error shape for every
 /// error (axum's own 405s and extractor rejections answer with plain text or nothing),
-/// and the response metrics.
+/// the response metrics, and one log line per request (request id, method, path — never
+/// the query string or headers — status and time taken).
 async fn finish(State(f): State<Finish>, req: Request, next: Next) -> Response {
     let started = std::time::Instant::now();
+    let id = req.headers().get(REQUEST_ID).cloned();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
     let response = match tokio::time::timeout(f.timeout, next.run(req)).await {
         Ok(r) => json_errors(r),
         Err(_) => ApiError::Timeout.into_response(),
     };
-    f.metrics.record(response.status().as_u16(), started.elapsed());
+    let took = started.elapsed();
+    let status = response.status().as_u16();
+    f.metrics.record(status, took);
+    let id = id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-");
+    let ms = took.as_secs_f64() * 1000.0;
+    if status >= 500 {
+        tracing::warn!(target: "credhost::request", id, %method, path, status, ms, "request failed");
+    } else {
+        tracing::info!(target: "credhost::request", id, %method, path, status, ms, "request");
+    }
     response
 }
 
