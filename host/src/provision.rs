@@ -512,7 +512,15 @@ pub fn check_file(path: &Path) -> Vec<(usize, String)> {
         }
     }
     let registry = match crate::app::registry(&config) {
-        Ok(r) => Some(r),
+        Ok(r) => {
+            for lp in r.problems() {
+                // A missing plugins.dir is reported above already.
+                if !config.plugins.dir.as_ref().is_some_and(|d| !d.is_dir()) {
+                    problems.push(Problem::new(Loc::File, format!("plugin {} not loaded: {}", lp.origin, lp.message)));
+                }
+            }
+            Some(r)
+        }
         Err(e) => {
             problems.push(Problem::new(Loc::File, format!("plugins: {e}")));
             None
