@@ -806,10 +806,10 @@ fn hostile_bound(mode: &str, target: &str, secret: &str) -> Bound {
     b
 }
 
-/// The hostile fixture with `http` granted towards `allowed` only.
+/// The hostile fixture with `http` and `net` granted towards `allowed` only.
 fn hostile_with_http(runtime: &Runtime, allowed: &[String]) -> credhost::plugins::Plugin {
     let (mut manifest, wasm) = common::fixture("hostile");
-    manifest.capabilities.push(Capability::Http);
+    manifest.capabilities.extend([Capability::Http, Capability::Net]);
     manifest.allowed_hosts = allowed.iter().map(|h| h.parse_allowed()).collect();
     runtime.load(&wasm, manifest, "fixture:hostile".into()).expect("hostile loads")
 }
@@ -873,6 +873,20 @@ async fn egress_is_confined_to_allowed_hosts_and_scrubbed() {
     let report = call.result.unwrap();
     assert!(report.summary.starts_with("reveal:Error::Denied"), "{}", report.summary);
     assert!(call.events.iter().any(|e| e.capability == Capability::Secrets && !e.allowed));
+
+    // net.tcp-probe: an allowed endpoint answers, one off the list is refused, a closed
+    // port is unreachable.
+    let call = run_test(plugin.clone(), runtime.clone(), hostile_bound("probe", &echo, &secret)).await;
+    assert!(call.result.unwrap().summary.starts_with("probe:ok"));
+    let call = run_test(plugin.clone(), runtime.clone(), hostile_bound("probe", &off, &secret)).await;
+    let report = call.result.unwrap();
+    assert!(report.summary.starts_with("probe:Error::Rejected"), "{}", report.summary);
+    assert!(call.events.iter().any(|e| e.capability == Capability::Net && !e.allowed));
+    let closed = free_port();
+    let probe_plugin = Arc::new(hostile_with_http(&runtime, &[format!("http://127.0.0.1:{closed}")]));
+    let call = run_test(probe_plugin, runtime.clone(), hostile_bound("probe", &format!("http://127.0.0.1:{closed}"), &secret)).await;
+    let report = call.result.unwrap();
+    assert!(report.summary.starts_with("probe:Error::Unreachable"), "{}", report.summary);
 
     // Without the operator's leave, loopback is refused even for an allowed host.
     let strict = Arc::new(Runtime::new(HostServices { allow_private_networks: false }).unwrap());

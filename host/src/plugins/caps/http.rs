@@ -70,7 +70,7 @@ impl http::Host for CallState {
         let allow_private = self.host.allow_private_networks;
         let timeout = self.call_timeout(prepared.timeout_ms)?;
         let started = Instant::now();
-        let outcome = netio::run(transfer(prepared, allowed, fields, allow_private, timeout));
+        let outcome = netio::run(transfer(prepared, allowed, fields, allow_private, timeout)).unwrap_or_else(|e| Err(Fail::Other(e)));
         let owned: Vec<SecretString> = self.bound.secrets.values().cloned().collect();
         let secrets: Vec<&SecretString> = owned.iter().collect();
         match outcome {

@@ -24,7 +24,8 @@ impl net::Host for CallState {
         let result = netio::run(async move {
             let addrs = netio::resolve_checked(&target, port, allow_private).await?;
             netio::connect_checked(&addrs, timeout).await.map(drop)
-        });
+        })
+        .and_then(|r| r);
         match result {
             Ok(()) => Ok(started.elapsed().as_millis().min(u128::from(u32::MAX)) as u32),
             Err(e @ Error::Rejected(_)) => {

@@ -42,7 +42,8 @@ pub fn io_runtime() -> &'static tokio::runtime::Runtime {
 }
 
 /// Runs `fut` on the I/O runtime and waits for it from this (synchronous) thread.
-pub fn run<F>(fut: F) -> F::Output
+/// A panic in the task (a client library bug) becomes `Err(internal)`, never a host panic.
+pub fn run<F>(fut: F) -> Result<F::Output, Error>
 where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
@@ -51,7 +52,7 @@ where
     io_runtime().spawn(async move {
         let _ = tx.send(fut.await);
     });
-    rx.recv().expect("capability I/O task ended without a result (it panicked)")
+    rx.recv().map_err(|_| Error::Internal("the host's network task failed unexpectedly".into()))
 }
 
 impl CallState {
@@ -216,9 +217,9 @@ mod tests {
 
     #[test]
     fn resolution_refuses_loopback_unless_allowed() {
-        let r = run(resolve_checked("127.0.0.1", 80, false));
+        let r = run(resolve_checked("127.0.0.1", 80, false)).unwrap();
         assert!(matches!(r, Err(ResolveError::Refused(_))), "{r:?}");
-        let r = run(resolve_checked("[::1]", 80, true)).unwrap();
+        let r = run(resolve_checked("[::1]", 80, true)).unwrap().unwrap();
         assert_eq!(r[0].port(), 80);
     }
 }

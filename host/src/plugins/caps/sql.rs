@@ -77,7 +77,8 @@ impl sql::Host for CallState {
                 Ok(r) => r,
                 Err(_) => Err(Error::Unreachable(format!("timed out after {} ms", timeout.as_millis()))),
             }
-        });
+        })
+        .and_then(|r| r);
         let scrub = |m: String| redact::scrub(&m, [&dsn]);
         match result {
             Ok(server_version) => Ok(sql::PingResult {

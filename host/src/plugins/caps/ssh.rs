@@ -63,7 +63,8 @@ impl ssh::Host for CallState {
                 Ok(r) => r,
                 Err(_) => Err(Error::Unreachable(format!("SSH login timed out after {} ms", timeout.as_millis()))),
             }
-        });
+        })
+        .and_then(|r| r);
         match result {
             Err(e @ Error::Rejected(_)) => {
                 self.refuse(Capability::Ssh, format!("{shown} private address"));
