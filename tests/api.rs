@@ -960,3 +960,149 @@ async fn config_file_sets_listen_data_dir_and_body_cap() {
     create(&api, &alice, bearer("small", &[])).await;
     guard.check("stderr", &server.stderr());
 }
+
+/// An HTTP/1.1 request sent by hand whose body arrives in two parts, so a test can hold a
+/// request in flight (a slow client) for as long as it likes.
+struct SlowRequest {
+    stream: std::net::TcpStream,
+    rest: Vec<u8>,
+}
+
+impl SlowRequest {
+    /// Sends the headers and the first half of `body`.
+    fn start(base: &str, path: &str, token: &str, body: &Value) -> SlowRequest {
+        use std::io::Write;
+        let addr = base.strip_prefix("http://").unwrap();
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let body = serde_json::to_vec(body).unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        let half = body.len() / 2;
+        stream.write_all(head.as_bytes()).unwrap();
+        stream.write_all(&body[..half]).unwrap();
+        stream.flush().unwrap();
+        SlowRequest { stream, rest: body[half..].to_vec() }
+    }
+
+    /// Sends the rest of the body (if `send_rest`) and reads the response: status, body.
+    fn finish(mut self, send_rest: bool) -> (u16, String) {
+        use std::io::{Read, Write};
+        if send_rest {
+            self.stream.write_all(&self.rest).unwrap();
+        }
+        let mut raw = Vec::new();
+        let _ = self.stream.read_to_end(&mut raw);
+        let text = String::from_utf8_lossy(&raw).to_string();
+        let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no response: {text:?}"));
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        (status, body)
+    }
+}
+
+/// Limits from the config file hold (one request at a time, a request time limit), a
+/// request in flight at SIGTERM completes before the server exits 0, and
+/// `CREDHOST_LOG_FORMAT=json` logs one JSON object per line, one per request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_graceful_drain_and_json_logs() {
+    let key = Env::new().var("CREDHOST_MASTER_KEY").unwrap().to_string();
+    let env = Env::bare().set("CREDHOST_MASTER_KEY", &key).set("CREDHOST_LOG_FORMAT", "json");
+    let config = env.dir.path().join("credhost.toml");
+    let data = env.dir.path().join("data");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nmax_concurrency = 1\nrequest_timeout_secs = 2\n\n[storage]\ndata_dir = {:?}\n",
+            data.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let cfg = config.to_str().unwrap();
+    let out = env.cli(&["--config", cfg, "users", "add", "alice"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let alice = String::from_utf8_lossy(&out.stdout).lines().last().unwrap().trim().to_string();
+    let mut server = env.start(&["--config", cfg]);
+    let guard = LeakGuard::new();
+    let api = server.api(&guard);
+    api.learn_secret_fields().await;
+    let quick = reqwest::Client::builder().timeout(Duration::from_millis(600)).build().unwrap();
+    let healthz = format!("{}/healthz", server.base);
+
+    // One request at a time: while a slow upload holds the only slot, others wait.
+    let body = bearer("slow-1", &[]);
+    guard.scan_request(&body);
+    let slow = SlowRequest::start(&server.base, "/api/credentials", &alice, &body);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let waited = quick.get(&healthz).send().await;
+    assert!(waited.is_err_and(|e| e.is_timeout()), "a second request was served beside the first");
+    let (status, text) = tokio::task::spawn_blocking(move || slow.finish(true)).await.unwrap();
+    guard.check("slow response", &text);
+    assert_eq!(status, 201, "{text}");
+    assert_eq!(quick.get(&healthz).send().await.unwrap().status(), 200);
+
+    // The request time limit: an upload that stalls is answered 503 in the error shape.
+    let body = bearer("slow-2", &[]);
+    guard.scan_request(&body);
+    let stalled = SlowRequest::start(&server.base, "/api/credentials", &alice, &body);
+    let started = std::time::Instant::now();
+    let (status, text) = tokio::task::spawn_blocking(move || stalled.finish(false)).await.unwrap();
+    guard.check("timeout response", &text);
+    assert_eq!(status, 503, "{text}");
+    assert_eq!(serde_json::from_str::<Value>(&text).unwrap()["error"]["code"], "timeout", "{text}");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(1900) && took < Duration::from_secs(10), "time limit took {took:?}");
+
+    // Graceful shutdown: a request in flight at SIGTERM still completes.
+    let body = bearer("in-flight", &[]);
+    guard.scan_request(&body);
+    let in_flight = SlowRequest::start(&server.base, "/api/credentials", &alice, &body);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, text) = tokio::task::spawn_blocking(move || in_flight.finish(true)).await.unwrap();
+    assert_eq!(status, 201, "request in flight at SIGTERM: {text}");
+    let exit = server.wait_exit(Duration::from_secs(20)).expect("exits after draining");
+    assert_eq!(exit.code(), Some(0), "{exit}");
+    // ... and it was stored: a new server on the same data sees it.
+    let again = env.start(&["--config", cfg]);
+    let listed = again.api(&guard).get("/api/credentials", Some(&alice)).await.json();
+    assert_eq!(names(&listed), ["in-flight", "slow-1"]);
+
+    // JSON logs: every line parses; each request is one event with its fields.
+    let stderr = server.stderr();
+    guard.check("json logs", &stderr);
+    let events: Vec<Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("log line is not JSON ({e}): {l}")))
+        .collect();
+    let requests: Vec<&Value> = events.iter().filter(|e| e["target"] == "credhost::request").collect();
+    let created = requests
+        .iter()
+        .find(|e| e["fields"]["status"] == 201 && e["fields"]["path"] == "/api/credentials")
+        .unwrap_or_else(|| panic!("no request event for the create: {stderr}"));
+    assert_eq!(created["fields"]["method"], "POST");
+    assert!(created["fields"]["id"].as_str().is_some_and(|id| id.len() > 4), "{created}");
+    assert!(requests.iter().any(|e| e["fields"]["status"] == 503 && e["level"] == "WARN"), "timeout not logged as a warning");
+    guard.check("json logs (second server)", &again.stderr());
+}
+
+/// `CREDHOST_LISTEN` and `CREDHOST_DATA_DIR` override the config file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn environment_overrides_the_config_file() {
+    let env = Env::new();
+    let config = env.dir.path().join("credhost.toml");
+    let ignored = env.dir.path().join("ignored-data");
+    // Port 1 would need privileges: a server that used it could not start.
+    std::fs::write(&config, format!("[server]\nlisten = \"127.0.0.1:1\"\n\n[storage]\ndata_dir = {:?}\n", ignored.to_str().unwrap()))
+        .unwrap();
+    let cfg = config.to_str().unwrap();
+    let alice = env.add_user("alice", false);
+    let server = env.start(&["--config", cfg]);
+    assert!(!ignored.exists(), "the config file's data dir was used");
+    let guard = LeakGuard::new();
+    let r = server.api(&guard).get("/api/credentials", Some(&alice)).await;
+    r.expect(200);
+}

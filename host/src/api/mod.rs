@@ -20,7 +20,7 @@ use axum::http::{header, HeaderName, HeaderValue};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use tower::limit::ConcurrencyLimitLayer;
+use tower::limit::GlobalConcurrencyLimitLayer;
 use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
 
 use crate::config::ServerConfig;
@@ -97,7 +97,9 @@ pub fn router(state: AppState, server: &ServerConfig) -> Router {
             Finish { metrics: state.metrics.clone(), timeout: Duration::from_secs(server.request_timeout_secs.max(1)) },
             finish,
         ))
-        .layer(ConcurrencyLimitLayer::new(server.max_concurrency.max(1)))
+        // Global: `Router::layer` wraps each route on its own, and a plain
+        // `ConcurrencyLimitLayer` would give every route its own limit.
+        .layer(GlobalConcurrencyLimitLayer::new(server.max_concurrency.max(1)))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, ids))
         .with_state(state)
