@@ -31,7 +31,7 @@ fn stats(mut v: Vec<Duration>) -> (Duration, Duration) {
 
 fn main() {
     let runtime = Runtime::new(HostServices::default()).expect("runtime");
-    println!("== plugin load ({} built-ins, wasmtime {})", builtin_sources().len(), env!("CARGO_PKG_VERSION"));
+    println!("== plugin load ({} built-ins, wasmtime {})", builtin_sources().len(), credhost::plugins::cache::wasmtime_version());
     println!("{:<14} {:>10} {:>12} {:>14} {:>10}", "plugin", "wasm KiB", "compile ms", "deserialize ms", "ratio");
     let (mut total_compile, mut total_load) = (Duration::ZERO, Duration::ZERO);
     for (name, _, wasm) in builtin_sources() {

@@ -38,7 +38,7 @@ pub fn entry_path(runtime: &Runtime, dir: &Path, sha256: &str) -> PathBuf {
     dir.join(format!("{sha256}-{}-{:016x}.cwasm", wasmtime_version(), h.finish()))
 }
 
-fn wasmtime_version() -> &'static str {
+pub fn wasmtime_version() -> &'static str {
     // Pinned in Cargo.toml; part of the key so an upgrade never reads old entries.
     "48.0.8"
 }
