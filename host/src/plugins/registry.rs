@@ -112,14 +112,6 @@ impl Registry {
         Ok(report)
     }
 
-    /// Adds or replaces one plugin atomically (tests, fixtures).
-    pub fn insert(&self, plugin: Plugin) {
-        let mut guard = self.catalog.write().unwrap_or_else(|p| p.into_inner());
-        let mut plugins = guard.plugins.clone();
-        plugins.insert(plugin.manifest.id.clone(), Arc::new(plugin));
-        *guard = Arc::new(Catalog { plugins, problems: guard.problems.clone() });
-    }
-
     fn snapshot(&self) -> Arc<Catalog> {
         self.catalog.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -160,8 +152,9 @@ fn build_catalog(runtime: &Runtime, sources: &Sources, previous: Option<&Catalog
     }
 
     // Type ids: built-ins win unless the operator explicitly replaces one.
-    let builtin_ids: Vec<String> = todo.iter().filter(|c| c.builtin).map(|c| c.manifest.id.clone()).collect();
-    let builtin_ids: Vec<String> = builtin_ids.into_iter().chain(plugins.keys().cloned()).collect();
+    // Built-ins still to compile plus those reused from the previous catalog.
+    let builtin_ids: Vec<String> =
+        todo.iter().filter(|c| c.builtin).map(|c| c.manifest.id.clone()).chain(plugins.keys().cloned()).collect();
     let mut accepted: BTreeMap<String, Candidate> = BTreeMap::new();
     let mut failed_ids = Vec::new();
     for c in todo {
