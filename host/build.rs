@@ -26,14 +26,15 @@ fn run() -> Result<(), String> {
     let out_dir = PathBuf::from(env::var("OUT_DIR").map_err(|e| e.to_string())?);
     let target_dir = guest_target_dir(&out_dir);
 
-    println!("cargo:rerun-if-changed={}", root.join("wit").display());
-    for p in ["Cargo.toml", "Cargo.lock", ".cargo/config.toml"] {
-        println!("cargo:rerun-if-changed={}", plugins.join(p).display());
-    }
+    // Cargo treats a watched path that does not exist as always stale, which would
+    // rerun this script (and recompile credhost) on every build: watch only what exists.
+    let mut watched = vec![root.join("wit")];
+    watched.extend(["Cargo.toml", "Cargo.lock", ".cargo/config.toml"].map(|p| plugins.join(p)));
     for dir in guest_crates(&plugins)? {
-        println!("cargo:rerun-if-changed={}", dir.join("src").display());
-        println!("cargo:rerun-if-changed={}", dir.join("Cargo.toml").display());
-        println!("cargo:rerun-if-changed={}", dir.join("manifest.toml").display());
+        watched.extend(["src", "Cargo.toml", "manifest.toml", "wit"].map(|p| dir.join(p)));
+    }
+    for path in watched.iter().filter(|p| p.exists()) {
+        println!("cargo:rerun-if-changed={}", path.display());
     }
 
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
