@@ -80,7 +80,11 @@ fn main() {
     let mut warm = Vec::new();
     for _ in 0..3 {
         let dir = tempfile::tempdir().expect("temp dir");
-        let sources = || Sources { cache_dir: Some(dir.path().to_path_buf()), ..Sources::default() };
+        let key = zeroize::Zeroizing::new([7u8; 32]);
+        let sources = || Sources {
+            cache: Some(credhost::plugins::cache::CompileCache::new(dir.path().to_path_buf(), key.clone())),
+            ..Sources::default()
+        };
         let t = Instant::now();
         black_box(Registry::load(runtime.clone(), sources()).expect("cold load"));
         cold.push(t.elapsed());

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use common::server::{Env, LeakGuard};
+use credhost::plugins::cache::CompileCache;
 use credhost::plugins::{HostServices, Registry, Runtime, Sources};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -142,7 +143,12 @@ fn bad_plugins_are_refused_with_clear_messages_while_good_ones_load() {
 fn precompiled_cache_is_used_and_corrupt_entries_are_recompiled() {
     let tmp = tempfile::tempdir().unwrap();
     let cache = tmp.path().join("cache");
-    let sources = || Sources { cache_dir: Some(cache.clone()), ..Sources::default() };
+    let key = zeroize::Zeroizing::new([7u8; 32]);
+    let cached = |key: &zeroize::Zeroizing<[u8; 32]>| Sources {
+        cache: Some(CompileCache::new(cache.clone(), key.clone())),
+        ..Sources::default()
+    };
+    let sources = || cached(&key);
     let runtime = Arc::new(Runtime::new(HostServices::default()).unwrap());
     let cold = std::time::Instant::now();
     Registry::load(runtime.clone(), sources()).unwrap();
@@ -162,6 +168,19 @@ fn precompiled_cache_is_used_and_corrupt_entries_are_recompiled() {
     let healed = std::fs::read(&entries[0]).unwrap();
     assert_ne!(healed, bytes, "the corrupt entry was rewritten");
     assert!(std::fs::metadata(&entries[1]).unwrap().len() > 1000, "the truncated entry was rewritten");
+
+    // An entry copied over another (a valid entry, but for a different component) is
+    // refused and recompiled: the MAC binds the entry's name.
+    let other = std::fs::read(&entries[2]).unwrap();
+    std::fs::write(&entries[3], &other).unwrap();
+    let registry = Registry::load(runtime.clone(), sources()).unwrap();
+    assert_eq!(registry.list().len(), 6);
+    assert_ne!(std::fs::read(&entries[3]).unwrap(), other, "the swapped entry was rewritten");
+    // Under another key (another master key), every entry is rewritten.
+    let before = std::fs::read(&entries[4]).unwrap();
+    Registry::load(runtime.clone(), cached(&zeroize::Zeroizing::new([8u8; 32]))).unwrap();
+    assert_ne!(std::fs::read(&entries[4]).unwrap(), before, "entries under another key are not trusted");
+    Registry::load(runtime.clone(), sources()).unwrap();
 
     let warm = std::time::Instant::now();
     let registry = Registry::load(runtime, sources()).unwrap();

@@ -3,8 +3,11 @@
 
 use std::sync::Arc;
 
+use zeroize::Zeroizing;
+
 use crate::config::Config;
 use crate::crypto::MasterKey;
+use crate::plugins::cache::CompileCache;
 use crate::plugins::{HostServices, Registry, Runtime, Sources};
 use crate::service::Service;
 use crate::store::Store;
@@ -13,8 +16,7 @@ use crate::store::Store;
 /// data dir on first use, with a loud warning.
 pub fn master_key(config: &Config) -> Result<MasterKey, String> {
     if config.keys.dev && config.keys.master_key_file.is_none() && std::env::var_os(crate::crypto::MASTER_KEY_ENV).is_none() {
-        std::fs::create_dir_all(&config.storage.data_dir)
-            .map_err(|e| format!("creating data dir {}: {e}", config.storage.data_dir.display()))?;
+        data_dir(config)?;
         let path = config.storage.data_dir.join("master.key");
         let (key, generated) = MasterKey::load_or_generate_dev(&path).map_err(|e| e.to_string())?;
         if generated {
@@ -28,30 +30,62 @@ pub fn master_key(config: &Config) -> Result<MasterKey, String> {
     MasterKey::load(config.keys.master_key_file.as_deref()).map_err(|e| e.to_string())
 }
 
+/// Label of the master key's subkey that authenticates compile-cache entries.
+const CACHE_KEY_LABEL: &str = "credhost plugin cache v1";
+
+/// Creates the data dir (0700) and warns when an existing one is open to other users.
+fn data_dir(config: &Config) -> Result<(), String> {
+    let dir = &config.storage.data_dir;
+    crate::fsperm::private_dir(dir).map_err(|e| format!("creating data dir {}: {e}", dir.display()))?;
+    if let Some(warning) = crate::fsperm::looser_than_private(dir) {
+        tracing::warn!("data dir: {warning}");
+    }
+    Ok(())
+}
+
 /// Opens (or creates) the store in the configured data dir.
 pub fn open_store(config: &Config) -> Result<Store, String> {
     let key = master_key(config)?;
-    std::fs::create_dir_all(&config.storage.data_dir)
-        .map_err(|e| format!("creating data dir {}: {e}", config.storage.data_dir.display()))?;
-    let path = config.db_path();
-    Store::open(&path, key).map_err(|e| format!("opening {}: {e}", path.display()))
+    open_store_with(config, key)
 }
 
-/// The plugin registry: built-ins, the plugin dir, overrides, the compile cache.
-pub fn registry(config: &Config) -> Result<Registry, String> {
+fn open_store_with(config: &Config, key: MasterKey) -> Result<Store, String> {
+    data_dir(config)?;
+    let path = config.db_path();
+    let existed = path.exists();
+    let store = Store::open(&path, key).map_err(|e| format!("opening {}: {e}", path.display()))?;
+    // redb creates the file with the umask; the database is the server's alone.
+    if !existed {
+        crate::fsperm::restrict_file(&path).map_err(|e| format!("restricting {}: {e}", path.display()))?;
+    } else if let Some(warning) = crate::fsperm::looser_than_private(&path) {
+        tracing::warn!("database: {warning}");
+    }
+    Ok(store)
+}
+
+/// The plugin registry: built-ins, the plugin dir, overrides, and the compile cache when
+/// a cache key (derived from the master key) is given; without one every plugin is compiled.
+pub fn registry(config: &Config, cache_key: Option<Zeroizing<[u8; 32]>>) -> Result<Registry, String> {
     let host = HostServices { allow_private_networks: config.plugins.allow_private_networks, ..HostServices::default() };
     let runtime = Runtime::new(host).map_err(|e| e.to_string())?;
-    let sources = Sources {
-        dir: config.plugins.dir.clone(),
-        cache_dir: config.plugin_cache_dir(),
-        overrides: config.plugins.overrides.clone(),
+    let cache = match (config.plugin_cache_dir(), cache_key) {
+        (Some(dir), Some(key)) => {
+            if let Some(warning) = crate::fsperm::looser_than_private(&dir) {
+                tracing::warn!("plugin cache dir: {warning}");
+            }
+            Some(CompileCache::new(dir, key))
+        }
+        _ => None,
     };
+    let sources = Sources { dir: config.plugins.dir.clone(), cache, overrides: config.plugins.overrides.clone() };
     Registry::load(Arc::new(runtime), sources).map_err(|e| e.to_string())
 }
 
 /// Store + registry + service, ready for requests.
 pub fn service(config: &Config) -> Result<Arc<Service>, String> {
-    let store = open_store(config)?;
-    let registry = registry(config)?;
+    let key = master_key(config)?;
+    let cache_key = key.subkey(CACHE_KEY_LABEL);
+    let store = open_store_with(config, key)?;
+    let registry = registry(config, Some(cache_key))?;
     Ok(Arc::new(Service::new(Arc::new(store), Arc::new(registry))))
 }

@@ -114,7 +114,7 @@ pub enum TokensCommand {
         user: String,
         #[arg(long, default_value = "")]
         label: String,
-        /// Lifetime in seconds (default: no expiry).
+        /// Lifetime in seconds, at most 10 years (default: no expiry).
         #[arg(long)]
         expires_in_secs: Option<u64>,
     },
@@ -191,13 +191,23 @@ fn dispatch(cli: Cli) -> Result<ExitCode, String> {
         Command::Plugins { cmd } => plugins(&config, cmd),
         Command::Audit { cmd: AuditCommand::Verify } => {
             let store = crate::app::open_store(&config)?;
+            // Every keyed hash is checked with the master key this command was given.
             match store.verify_audit() {
                 Ok(n) => {
-                    println!("audit chain intact: {n} records");
+                    let legacy = store.audit_legacy_records().map_err(|e| e.to_string())?;
+                    if legacy > 0 {
+                        println!(
+                            "audit chain intact: {n} records, keyed with the master key from seq {} \
+                             ({legacy} older records were written before the chain was keyed)",
+                            legacy + 1
+                        );
+                    } else {
+                        println!("audit chain intact: {n} records, keyed with the master key");
+                    }
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(e) => {
-                    println!("{e}");
+                    println!("audit chain BROKEN: {e}");
                     Ok(ExitCode::from(1))
                 }
             }
@@ -316,7 +326,7 @@ fn parse_field_arg(raw: &str) -> Result<(String, String), String> {
 }
 
 fn registry(config: &Config) -> Result<Registry, String> {
-    crate::app::registry(config)
+    crate::app::registry(config, None)
 }
 
 const CLI_ACTOR: &str = "cli";
@@ -361,7 +371,13 @@ fn tokens(config: &Config, cmd: TokensCommand) -> Result<ExitCode, String> {
     let store = crate::app::open_store(config)?;
     match cmd {
         TokensCommand::Create { user, label, expires_in_secs } => {
-            let expires = expires_in_secs.map(|s| crate::store::now_ms() + s * 1000);
+            // Same bound as the API, checked before anything is written.
+            let expires = crate::service::token_expiry(expires_in_secs).map_err(|e| match e {
+                crate::service::ServiceError::InvalidFields(f) => {
+                    f.iter().map(|f| format!("--{}: {}", f.field.replace('_', "-"), f.message)).collect::<Vec<_>>().join("; ")
+                }
+                e => e.to_string(),
+            })?;
             let (info, token) = store.create_token(CLI_ACTOR, &user, None, expires, &label).map_err(|e| e.to_string())?;
             eprintln!("created token {} for {}", info.id, info.user);
             println!("{}", token.expose_secret());

@@ -129,6 +129,32 @@ pub struct ServerConfig {
     pub max_concurrency: usize,
     /// Per-request time limit, seconds (live tests included).
     pub request_timeout_secs: u64,
+    /// Time a client has to send a request's head (request line and headers), seconds.
+    /// The clock also runs while a keep-alive connection waits for its next request, so it
+    /// bounds idle keep-alive connections too (slowloris).
+    pub header_timeout_secs: u64,
+    /// A connection on which no byte moves either way while no request is being handled
+    /// (e.g. a client that stops reading its response) is closed after this, seconds.
+    pub idle_timeout_secs: u64,
+    /// Open connections at most. Beyond it the server stops accepting: new connections
+    /// wait in the kernel's backlog until a slot frees (never refused outright).
+    pub max_connections: usize,
+}
+
+impl ServerConfig {
+    /// Refuses limits that would disable themselves; errors name the key.
+    pub fn check(&self) -> Result<(), String> {
+        for (key, v) in [
+            ("header_timeout_secs", self.header_timeout_secs),
+            ("idle_timeout_secs", self.idle_timeout_secs),
+            ("max_connections", self.max_connections as u64),
+        ] {
+            if v == 0 {
+                return Err(format!("[server] {key} must be at least 1"));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for ServerConfig {
@@ -138,6 +164,9 @@ impl Default for ServerConfig {
             max_body_kib: 64,
             max_concurrency: 64,
             request_timeout_secs: 60,
+            header_timeout_secs: 10,
+            idle_timeout_secs: 60,
+            max_connections: 1024,
         }
     }
 }

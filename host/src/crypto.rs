@@ -121,7 +121,8 @@ pub fn hex(bytes: &[u8]) -> String {
     s
 }
 
-fn hmac256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+/// HMAC-SHA256 of the concatenation of `parts` under `key`.
+pub fn hmac256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
     let mut mac =
         <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes any key length");
     for p in parts {
@@ -294,6 +295,12 @@ impl MasterKey {
         hmac256(&self.bytes[..], &[LABEL_CHECK])
     }
 
+    /// A key for another purpose, derived from this one: HMAC-SHA256(key, `label`).
+    /// Labels name the purpose and a version, e.g. `"credhost plugin cache v1"`.
+    pub fn subkey(&self, label: &str) -> Zeroizing<[u8; KEY_LEN]> {
+        Zeroizing::new(hmac256(&self.bytes[..], &[label.as_bytes()]))
+    }
+
     /// Constant-time comparison of `stored` against this key's check value.
     pub fn matches_check_value(&self, stored: &[u8]) -> bool {
         stored.len() == 32 && bool::from(self.check_value().ct_eq(stored))
@@ -332,6 +339,32 @@ impl fmt::Debug for MasterKey {
         f.debug_struct("MasterKey")
             .field("id", &self.id)
             .finish_non_exhaustive()
+    }
+}
+
+impl MasterKey {
+    /// The audit chain's MAC key: HMAC-SHA256(master key, "credhost audit chain v1"), so
+    /// only a holder of the master key can extend or rewrite the chain.
+    pub fn audit_key(&self) -> AuditKey {
+        AuditKey { bytes: Zeroizing::new(hmac256(&self.bytes[..], &[b"credhost audit chain v1"])) }
+    }
+}
+
+/// Keys the audit hash chain. Zeroized on drop; `Debug` shows nothing.
+pub struct AuditKey {
+    bytes: Zeroizing<[u8; 32]>,
+}
+
+impl AuditKey {
+    /// HMAC-SHA256 over the concatenation of `parts`.
+    pub fn mac(&self, parts: &[&[u8]]) -> [u8; 32] {
+        hmac256(&self.bytes[..], parts)
+    }
+}
+
+impl fmt::Debug for AuditKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AuditKey(..)")
     }
 }
 
@@ -423,14 +456,21 @@ pub struct FingerprintKey {
 }
 
 impl FingerprintKey {
-    /// A short keyed fingerprint (16 hex digits) of `value` for field `field`:
-    /// HMAC-SHA256(key, len(field) | field | value), truncated. Equal values in the same
-    /// namespace and field give equal fingerprints; nothing else can be learnt from it.
-    pub fn fingerprint(&self, field: &str, value: &SecretString) -> String {
+    /// A short keyed fingerprint (16 hex digits) of `value` for field `field` of credential
+    /// `credential`: HMAC-SHA256(key, credential | len(field) | field | value), truncated.
+    /// It tells whether one credential's secret changed. It is per credential so that a
+    /// user cannot confirm a guess of one credential's secret by storing the guess in
+    /// another credential and comparing fingerprints.
+    pub fn fingerprint(&self, credential: &Uuid, field: &str, value: &SecretString) -> String {
         let len = (field.len() as u32).to_be_bytes();
         hex(&hmac256(
             &self.bytes[..],
-            &[&len, field.as_bytes(), value.expose_secret().as_bytes()],
+            &[
+                credential.as_bytes(),
+                &len,
+                field.as_bytes(),
+                value.expose_secret().as_bytes(),
+            ],
         )[..8])
     }
 }
@@ -546,11 +586,14 @@ mod tests {
     fn fingerprints_are_keyed() {
         let (a, b) = (DataKey::generate().unwrap(), DataKey::generate().unwrap());
         let v = SecretString::from("hunter2");
-        let fa = a.fingerprint_key().fingerprint("password", &v);
+        let (c1, c2) = (Uuid::now_v7(), Uuid::now_v7());
+        let fa = a.fingerprint_key().fingerprint(&c1, "password", &v);
         assert_eq!(fa.len(), 16);
-        assert_eq!(fa, a.fingerprint_key().fingerprint("password", &v));
-        assert_ne!(fa, b.fingerprint_key().fingerprint("password", &v));
-        assert_ne!(fa, a.fingerprint_key().fingerprint("token", &v));
+        assert_eq!(fa, a.fingerprint_key().fingerprint(&c1, "password", &v));
+        assert_ne!(fa, b.fingerprint_key().fingerprint(&c1, "password", &v));
+        assert_ne!(fa, a.fingerprint_key().fingerprint(&c1, "token", &v));
+        // Equal secrets in two credentials of one namespace do not match.
+        assert_ne!(fa, a.fingerprint_key().fingerprint(&c2, "password", &v));
     }
 
     #[test]

@@ -511,7 +511,7 @@ pub fn check_file(path: &Path) -> Vec<(usize, String)> {
             }
         }
     }
-    let registry = match crate::app::registry(&config) {
+    let registry = match crate::app::registry(&config, None) {
         Ok(r) => {
             for lp in r.problems() {
                 // A missing plugins.dir is reported above already.

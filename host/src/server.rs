@@ -1,17 +1,36 @@
 //! `credhost serve`: the HTTP server with graceful shutdown.
+//!
+//! Our own accept loop instead of `axum::serve` (issue 11, slowloris): every connection
+//! gets a header-read deadline, an idle deadline, and holds one of `max_connections`
+//! slots. At the cap the loop stops accepting, so new connections wait in the kernel's
+//! backlog (FIFO) until a slot frees — at the latest when the header deadline reclaims a
+//! stalled one — rather than being refused: refusing would let anyone who fills the cap
+//! lock every health check out, while waiting delays it by at most the header timeout.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use secrecy::ExposeSecret;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::api::{self, AppState};
-use crate::config::Config;
+use crate::config::{Config, ServerConfig};
 use crate::service::Service;
 use crate::store::Role;
 
 /// Serves until SIGINT/SIGTERM, then drains requests in flight.
 pub async fn serve(config: Config) -> Result<(), String> {
     let started = std::time::Instant::now();
+    config.server.check()?;
+    install_panic_hook();
     let cfg = config.clone();
     let service: Arc<Service> =
         tokio::task::spawn_blocking(move || crate::app::service(&cfg)).await.map_err(|e| e.to_string())??;
@@ -29,9 +48,211 @@ pub async fn serve(config: Config) -> Result<(), String> {
     tracing::info!(%addr, types = service.types().len(), startup_ms = started.elapsed().as_millis() as u64, "credhost listening");
     // A line tests and scripts can wait for (the port may have been chosen by the OS).
     println!("listening on http://{addr}");
-    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.map_err(|e| e.to_string())?;
+    accept_loop(listener, app, &config.server, shutdown_signal()).await;
     tracing::info!("shut down cleanly");
     Ok(())
+}
+
+/// Panics are logged as one line with their location only: the default hook prints the
+/// payload, and a payload can quote anything the panicking code held (request data,
+/// secrets). Handler panics become JSON 500s in the API layer.
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let location = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
+        let thread = std::thread::current();
+        tracing::error!(%location, thread = thread.name().unwrap_or("-"), "panicked (message withheld from the log)");
+    }));
+}
+
+/// Accepts until `shutdown` resolves, then lets every open connection finish its request
+/// in flight (up to [`api::SHUTDOWN_GRACE`]).
+async fn accept_loop(listener: TcpListener, app: axum::Router, limits: &ServerConfig, shutdown: impl Future<Output = ()>) {
+    let max = limits.max_connections.clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
+    let slots = Arc::new(Semaphore::new(max));
+    let idle = Duration::from_secs(limits.idle_timeout_secs.max(1));
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(limits.header_timeout_secs.max(1)))
+        .keep_alive(true);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::pin!(shutdown);
+    loop {
+        // A slot first, then accept: at the cap, new connections queue in the backlog.
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            _ = &mut shutdown => break,
+        };
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // E.g. out of file descriptors: back off instead of spinning or exiting.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(connection(stream, app.clone(), builder.clone(), idle, stop_rx.clone(), permit));
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    // Every connection holds a slot until it ends: all slots back means drained.
+    let drained = tokio::time::timeout(api::SHUTDOWN_GRACE, slots.acquire_many(max as u32)).await;
+    if drained.is_err() {
+        let open = max - slots.available_permits();
+        tracing::warn!(open, grace_secs = api::SHUTDOWN_GRACE.as_secs(), "connections still open after the grace period; closing them");
+    }
+}
+
+/// Serves one connection until the client closes it, a deadline closes it, or shutdown
+/// has let its request in flight finish. Holds its slot (`_permit`) throughout.
+async fn connection(
+    stream: TcpStream,
+    app: axum::Router,
+    builder: http1::Builder,
+    idle: Duration,
+    mut stop: watch::Receiver<bool>,
+    _permit: OwnedSemaphorePermit,
+) {
+    let activity = Arc::new(Activity::new());
+    let io = TokioIo::new(Tracked { inner: stream, activity: activity.clone() });
+    let seen = activity.clone();
+    let svc = hyper::service::service_fn(move |req| {
+        let busy = seen.begin();
+        let app = app.clone();
+        async move {
+            let _busy = busy;
+            tower::ServiceExt::oneshot(app, req).await
+        }
+    });
+    let conn = builder.serve_connection(io, svc);
+    tokio::pin!(conn);
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    // Header timeouts, resets, malformed requests: routine, not errors of ours.
+                    tracing::debug!(error = %e, "connection ended");
+                }
+                break;
+            }
+            _ = stop.changed(), if !draining => {
+                draining = true;
+                // Finishes the request in flight, then closes; closes an idle one now.
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = tokio::time::sleep_until(activity.idle_deadline(idle).into()) => {
+                if activity.is_idle(idle) {
+                    // Nothing moved either way and no handler runs (e.g. a client that
+                    // stopped reading its response): drop the socket.
+                    tracing::debug!("closing idle connection");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// When bytes last moved on a connection, and how many of its requests are being handled.
+struct Activity {
+    base: Instant,
+    last_ms: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity { base: Instant::now(), last_ms: AtomicU64::new(0), in_flight: AtomicUsize::new(0) }
+    }
+
+    fn touch(&self) {
+        self.last_ms.store(self.base.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        Busy(self.clone())
+    }
+
+    /// When the connection counts as idle if nothing happens until then.
+    fn idle_deadline(&self, idle: Duration) -> Instant {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            // A handler is running (bounded by the request timeout): look again later.
+            return Instant::now() + idle;
+        }
+        self.base + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + idle
+    }
+
+    fn is_idle(&self, idle: Duration) -> bool {
+        self.in_flight.load(Ordering::Relaxed) == 0
+            && self.base.elapsed() >= Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + idle
+    }
+}
+
+/// Marks a request as being handled until dropped.
+struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A TCP stream that records when bytes last moved.
+struct Tracked {
+    inner: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Tracked {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.touch();
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Tracked {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// First dev start: a `dev` admin whose token is printed once.

@@ -40,6 +40,9 @@ pub enum ServiceError {
     NotImplemented(String),
     #[error("the plugin sandbox is busy; retry shortly")]
     Busy,
+    /// The caller's time ran out before the operation committed; nothing was written.
+    #[error("the request took longer than the server allows; nothing was changed")]
+    Timeout,
     #[error("{0}")]
     Plugin(PluginError),
     /// Details are logged, not shown.
@@ -72,6 +75,33 @@ impl From<PluginError> for ServiceError {
 }
 
 pub type Result<T, E = ServiceError> = std::result::Result<T, E>;
+
+thread_local! {
+    /// When the current caller stops waiting (the API's request time limit).
+    static DEADLINE: std::cell::Cell<Option<std::time::Instant>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` with a deadline: an operation whose caller has given up by the time it would
+/// commit refuses to commit ([`ServiceError::Timeout`]). The API sets it per request.
+pub fn with_deadline<T>(deadline: Option<std::time::Instant>, f: impl FnOnce() -> T) -> T {
+    // Restored on unwind too: blocking-pool threads are reused by later requests.
+    struct Restore(Option<std::time::Instant>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            DEADLINE.with(|d| d.set(self.0));
+        }
+    }
+    let _restore = Restore(DEADLINE.with(|d| d.replace(deadline)));
+    f()
+}
+
+/// Called right before a write that follows a plugin call.
+fn before_commit() -> Result<()> {
+    match DEADLINE.with(|d| d.get()) {
+        Some(deadline) if std::time::Instant::now() >= deadline => Err(ServiceError::Timeout),
+        _ => Ok(()),
+    }
+}
 
 /// A field value as given by a caller. Held as a secret until the type says it is not one.
 pub struct FieldInput(pub SecretString);
@@ -311,6 +341,7 @@ impl Service {
             fields: validated.fields,
             secrets: validated.secrets,
         };
+        before_commit()?;
         Ok(self.store.create_credential(&p.user, p.namespace, new)?.into())
     }
 
@@ -373,6 +404,7 @@ impl Service {
                 }
             }
         }
+        before_commit()?;
         Ok(self.store.update_credential(&p.user, p.namespace, current.id, upd)?.into())
     }
 
@@ -464,6 +496,7 @@ impl Service {
             self.audit(p, Some(c.id), "credential.test", Outcome::Failed, e.to_string());
         })?;
         let result = TestResult { at: crate::store::now_ms(), ok: report.ok(), summary: report.summary.clone() };
+        before_commit()?;
         self.store.record_test_result(&p.user, p.namespace, c.id, result)?;
         Ok(TestView { ok: report.ok(), report })
     }
@@ -487,7 +520,10 @@ impl Service {
         Ok((user, token))
     }
 
-    pub fn issue_token(&self, actor: &str, user: &str, expires_at: Option<u64>, label: &str) -> Result<IssuedToken> {
+    /// `expires_in_secs`: lifetime from now (at most [`MAX_TOKEN_LIFETIME_SECS`]); `None`
+    /// means no expiry. Checked before anything is written.
+    pub fn issue_token(&self, actor: &str, user: &str, expires_in_secs: Option<u64>, label: &str) -> Result<IssuedToken> {
+        let expires_at = token_expiry(expires_in_secs)?;
         let (info, token) = self.store.create_token(actor, user, None, expires_at, label)?;
         Ok(IssuedToken { info, token })
     }
@@ -498,10 +534,11 @@ impl Service {
         self.add_user(&p.user, name, role)
     }
 
-    pub fn admin_issue_token(&self, p: &Principal, user: &str, expires_at: Option<u64>, label: &str) -> Result<IssuedToken> {
+    pub fn admin_issue_token(&self, p: &Principal, user: &str, expires_in_secs: Option<u64>, label: &str) -> Result<IssuedToken> {
         require_admin(p)?;
+        token_expiry(expires_in_secs)?;
         self.store.get_user(user)?;
-        self.issue_token(&p.user, user, expires_at, label)
+        self.issue_token(&p.user, user, expires_in_secs, label)
     }
 
     pub fn admin_revoke_token(&self, p: &Principal, token_id: &str) -> Result<TokenInfo> {
@@ -549,10 +586,21 @@ impl Service {
     }
 
     /// Capability uses worth keeping: denials always, allowed network/secret uses too.
+    /// One write transaction for all of a call's events (the runtime caps how many).
     fn audit_events(&self, p: &Principal, cred: Option<CredentialId>, events: &[CapabilityEvent]) {
-        for e in events {
-            let outcome = if e.allowed { Outcome::Ok } else { Outcome::Denied };
-            self.audit(p, cred, &format!("plugin.{}", e.capability), outcome, e.detail.clone());
+        let entries: Vec<AuditEntry> = events
+            .iter()
+            .map(|e| {
+                let mut entry = AuditEntry::ok(&p.user, &format!("plugin.{}", e.capability));
+                entry.namespace = Some(p.namespace);
+                entry.credential = cred;
+                entry.outcome = if e.allowed { Outcome::Ok } else { Outcome::Denied };
+                entry.detail = e.detail.clone();
+                entry
+            })
+            .collect();
+        if let Err(e) = self.store.append_audit_batch(entries) {
+            tracing::error!(error = %e, "could not write audit records of a plugin call");
         }
     }
 
@@ -593,9 +641,29 @@ fn parse_id(id: &str) -> Result<CredentialId> {
     id.parse().map_err(|_| ServiceError::NotFound)
 }
 
-/// Unix ms as RFC 3339 UTC with milliseconds.
+/// The longest token lifetime accepted: 10 years (a bound, so an absurd value is a clear
+/// 422 instead of an expiry no date format can show).
+pub const MAX_TOKEN_LIFETIME_SECS: u64 = 10 * 366 * 24 * 3600;
+
+/// A token's expiry (unix ms) from `expires_in_secs`, refused with a field error naming
+/// `expires_in_secs` when zero or over [`MAX_TOKEN_LIFETIME_SECS`]. Shared by API and CLI.
+pub fn token_expiry(expires_in_secs: Option<u64>) -> Result<Option<u64>> {
+    let Some(secs) = expires_in_secs else { return Ok(None) };
+    if secs == 0 || secs > MAX_TOKEN_LIFETIME_SECS {
+        return Err(ServiceError::InvalidFields(vec![FieldError {
+            field: "expires_in_secs".into(),
+            message: format!("must be between 1 and {MAX_TOKEN_LIFETIME_SECS} seconds (10 years)"),
+        }]));
+    }
+    Ok(Some(crate::store::now_ms() + secs * 1000))
+}
+
+/// Unix ms as RFC 3339 UTC with milliseconds. Total: RFC 3339 has four-digit years, so
+/// anything after 9999-12-31T23:59:59.999Z is shown as that instant (the formatter
+/// panics beyond it).
 pub fn rfc3339(ms: u64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    const MAX_MS: u64 = 253_402_300_799_999;
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.min(MAX_MS));
     humantime::format_rfc3339_millis(t).to_string()
 }
 

@@ -35,7 +35,7 @@ pub struct NewUser {
 pub struct NewToken {
     #[serde(default)]
     pub label: String,
-    /// Lifetime in seconds; absent means no expiry.
+    /// Lifetime in seconds (1 to 10 years); absent means no expiry.
     pub expires_in_secs: Option<u64>,
 }
 
@@ -85,8 +85,8 @@ async fn add_token(
     // The body is optional: no body means no label and no expiry.
     OptionalJson(req): OptionalJson<NewToken>,
 ) -> Result<(StatusCode, Json<TokenIssued>), ApiError> {
-    let expires_at = req.expires_in_secs.map(|s| crate::store::now_ms().saturating_add(s.saturating_mul(1000)));
-    let token = s.run(move |svc| svc.admin_issue_token(&p, &name, expires_at, &req.label)).await?;
+    // The service bounds the lifetime (422 naming `expires_in_secs`) before creating anything.
+    let token = s.run(move |svc| svc.admin_issue_token(&p, &name, req.expires_in_secs, &req.label)).await?;
     Ok((StatusCode::CREATED, Json(token.into())))
 }
 

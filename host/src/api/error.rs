@@ -84,6 +84,7 @@ impl ApiError {
                     S::UnknownType(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unknown_type", message, None),
                     S::NotImplemented(_) => (StatusCode::NOT_IMPLEMENTED, "not_implemented", message, None),
                     S::Busy => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", message, None),
+                    S::Timeout => (StatusCode::SERVICE_UNAVAILABLE, "timeout", message, None),
                     // The plugin asked for something its manifest does not grant (or the host
                     // refused it, e.g. a host off its allow-list): a fault of the plugin, said as such.
                     S::Plugin(crate::plugins::PluginError::Reported {
@@ -106,5 +107,42 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, message, fields) = self.parts();
         (status, Json(ErrorBody { error: ErrorDetail { code, message, fields } })).into_response()
+    }
+}
+
+/// The answer to a handler that panicked: the API's JSON 500. The payload is dropped
+/// unread (it may quote request data or secrets); the panic hook logged its location.
+pub fn panic_response(_payload: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    ApiError::Status(StatusCode::INTERNAL_SERVER_ERROR).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use axum::routing::get;
+    use axum::Router;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    /// A panicking handler answers the one error shape, status 500, and the panic
+    /// message (standing in for a secret) appears nowhere in the reply.
+    #[tokio::test]
+    async fn a_handler_panic_becomes_a_json_500_without_its_message() {
+        let app = Router::new()
+            .route("/boom", get(|| async { panic!("PANIC-PAYLOAD-s3cr3t") }))
+            .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response));
+        let res = app.clone().oneshot(Request::get("/boom").body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(res.headers()[axum::http::header::CONTENT_TYPE], "application/json");
+        let bytes = axum::body::to_bytes(res.into_body(), 1 << 16).await.unwrap();
+        let text = String::from_utf8(bytes.to_vec()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["error"]["code"], "internal", "{text}");
+        assert!(!text.contains("s3cr3t"), "{text}");
+        // The same service keeps answering.
+        let again = app.oneshot(Request::get("/boom").body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(again.status(), StatusCode::INTERNAL_SERVER_ERROR);
     }
 }

@@ -46,10 +46,15 @@ impl AppState {
         f: impl FnOnce(&Service) -> ServiceResult<T> + Send + 'static,
     ) -> Result<T, ApiError> {
         let service = self.service.clone();
-        tokio::task::spawn_blocking(move || f(&service))
-            .await
-            .map_err(|e| ApiError::Service(ServiceError::Internal(format!("task failed: {e}"))))?
-            .map_err(ApiError::Service)
+        // The blocking task outlives a timed-out request; the deadline stops it committing.
+        let deadline = REQUEST_DEADLINE.try_with(|d| *d).ok();
+        match tokio::task::spawn_blocking(move || crate::service::with_deadline(deadline, || f(&service))).await {
+            Ok(r) => r.map_err(ApiError::Service),
+            // Re-raised so the catch-panic layer answers it; the JoinError's text would
+            // quote the panic message (which may hold request data) into the log.
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(ApiError::Service(ServiceError::Internal("task cancelled".into()))),
+        }
     }
 }
 
@@ -59,6 +64,11 @@ impl AppState {
     pub(crate) fn read<T>(&self, f: impl FnOnce(&Service) -> ServiceResult<T>) -> Result<T, ApiError> {
         f(&self.service).map_err(ApiError::Service)
     }
+}
+
+tokio::task_local! {
+    /// When the current request times out; operations check it before committing.
+    static REQUEST_DEADLINE: std::time::Instant;
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -92,6 +102,9 @@ pub fn router(state: AppState, server: &ServerConfig) -> Router {
         .merge(health::router())
         .merge(openapi::router())
         .fallback(|| async { ApiError::Service(ServiceError::NotFound) })
+        // Innermost, so a handler panic becomes the JSON 500 that `finish` logs and counts
+        // (without it the connection just drops and nothing is logged).
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(error::panic_response))
         .layer(DefaultBodyLimit::max(server.max_body_kib * 1024))
         .layer(middleware::from_fn_with_state(
             Finish { metrics: state.metrics.clone(), timeout: Duration::from_secs(server.request_timeout_secs.max(1)) },
@@ -120,7 +133,8 @@ async fn finish(State(f): State<Finish>, req: Request, next: Next) -> Response {
     let id = req.headers().get(REQUEST_ID).cloned();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let response = match tokio::time::timeout(f.timeout, next.run(req)).await {
+    let deadline = std::time::Instant::now() + f.timeout;
+    let response = match tokio::time::timeout(f.timeout, REQUEST_DEADLINE.scope(deadline, next.run(req))).await {
         Ok(r) => json_errors(r),
         Err(_) => ApiError::Timeout.into_response(),
     };

@@ -1,33 +1,62 @@
 //! The precompiled-artefact cache: compiled components on disk, keyed by the
 //! component's sha256 and the engine (wasmtime version + compilation settings).
 //!
-//! Deserialising machine code is only as safe as the file, so an entry carries
-//! the SHA-256 of its body and is checked before use; a corrupt, truncated or
-//! incompatible entry is recompiled and rewritten, never trusted. The cache dir
-//! must be as well protected as the plugin dir (the data dir, mode 0700).
+//! Deserialising machine code is only as safe as the file. Each entry carries an
+//! HMAC-SHA256 under a key derived from the master key, over the entry's identity
+//! (component sha256, engine fingerprint) and its body: a file written by anyone without
+//! the master key, or an entry copied over another one (a hostile plugin's artefact
+//! renamed to a built-in's), fails the check and is recompiled, never run. Entries
+//! are written 0600 in a 0700 directory; a looser directory is tightened with a warning.
 
 use std::hash::{Hash, Hasher};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 use wasmtime::component::Component;
+use zeroize::Zeroizing;
 
 use super::manifest::Manifest;
-use super::runtime::{hex, Plugin, Runtime};
+use super::runtime::{Plugin, Runtime};
 use super::PluginError;
 
-/// Loads a plugin, through the cache in `cache_dir` when given.
+/// A cache directory and the key that authenticates its entries.
+#[derive(Clone)]
+pub struct CompileCache {
+    pub dir: PathBuf,
+    key: Zeroizing<[u8; 32]>,
+}
+
+impl std::fmt::Debug for CompileCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompileCache").field("dir", &self.dir).finish_non_exhaustive()
+    }
+}
+
+impl CompileCache {
+    /// `key`: 32 bytes only the host knows (the master key's `"credhost plugin cache v1"` subkey).
+    pub fn new(dir: PathBuf, key: Zeroizing<[u8; 32]>) -> CompileCache {
+        CompileCache { dir, key }
+    }
+
+    fn mac(&self, path: &Path, body: &[u8]) -> [u8; 32] {
+        // The file name is the entry's identity (component sha256 + engine fingerprint).
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        crate::crypto::hmac256(&self.key[..], &[&(name.len() as u64).to_be_bytes(), name.as_bytes(), body])
+    }
+}
+
+/// Loads a plugin, through the cache when given.
 pub fn load(
     runtime: &Runtime,
     wasm: &[u8],
     manifest: Manifest,
     origin: String,
-    cache_dir: Option<&Path>,
+    cache: Option<&CompileCache>,
 ) -> Result<Plugin, PluginError> {
-    match cache_dir {
+    match cache {
         None => runtime.load(wasm, manifest, origin),
-        Some(dir) => runtime.load_with(wasm, manifest, origin, |sha| compile_cached(runtime, wasm, sha, dir)),
+        Some(c) => runtime.load_with(wasm, manifest, origin, |sha| compile_cached(runtime, wasm, sha, c)),
     }
 }
 
@@ -43,9 +72,9 @@ pub fn wasmtime_version() -> &'static str {
     "48.0.8"
 }
 
-fn compile_cached(runtime: &Runtime, wasm: &[u8], sha256: &str, dir: &Path) -> Result<Component, String> {
-    let path = entry_path(runtime, dir, sha256);
-    match read_entry(runtime, &path) {
+fn compile_cached(runtime: &Runtime, wasm: &[u8], sha256: &str, cache: &CompileCache) -> Result<Component, String> {
+    let path = entry_path(runtime, &cache.dir, sha256);
+    match read_entry(runtime, cache, &path) {
         Ok(Some(c)) => return Ok(c),
         Ok(None) => {}
         Err(why) => tracing::warn!(path = %path.display(), "precompiled cache entry ignored ({why}); recompiling"),
@@ -53,7 +82,7 @@ fn compile_cached(runtime: &Runtime, wasm: &[u8], sha256: &str, dir: &Path) -> R
     let component = runtime.compile(wasm)?;
     match component.serialize() {
         Ok(body) => {
-            if let Err(e) = write_entry(dir, &path, &body) {
+            if let Err(e) = write_entry(cache, &path, &body) {
                 tracing::warn!(path = %path.display(), error = %e, "could not write precompiled cache entry");
             }
         }
@@ -63,7 +92,7 @@ fn compile_cached(runtime: &Runtime, wasm: &[u8], sha256: &str, dir: &Path) -> R
 }
 
 /// `Ok(None)`: no entry. `Err`: an entry that must not be used.
-fn read_entry(runtime: &Runtime, path: &Path) -> Result<Option<Component>, String> {
+fn read_entry(runtime: &Runtime, cache: &CompileCache, path: &Path) -> Result<Option<Component>, String> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -72,22 +101,25 @@ fn read_entry(runtime: &Runtime, path: &Path) -> Result<Option<Component>, Strin
     if bytes.len() < 32 {
         return Err("truncated".into());
     }
-    let (digest, body) = bytes.split_at(32);
-    if Sha256::digest(body).as_slice() != digest {
-        return Err(format!("checksum mismatch (expected {})", hex(digest)));
+    let (tag, body) = bytes.split_at(32);
+    if !bool::from(cache.mac(path, body).ct_eq(tag)) {
+        return Err("authentication failed: not written by this host for this component (tampered, \
+                    copied from another entry, or written under another master key)"
+            .into());
     }
-    // SAFETY: the body is exactly what `Component::serialize` wrote for an engine with
-    // the same compatibility hash (checked by the digest above and by wasmtime's own
-    // header check, which rejects other versions and settings).
+    // SAFETY: the body is exactly what this host's `Component::serialize` wrote for this
+    // component and an engine with the same compatibility hash: the keyed MAC above binds
+    // body and entry name, and wasmtime's own header check rejects other versions/settings.
     unsafe { Component::deserialize(runtime.engine(), body) }.map(Some).map_err(|e| format!("{e:#}"))
 }
 
-/// Writes atomically (temp file + rename) so a crash never leaves a half entry.
-fn write_entry(dir: &Path, path: &Path, body: &[u8]) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
+/// Writes atomically (temp file + rename) so a crash never leaves a half entry; the
+/// directory is 0700 and entries 0600 (machine code other local users must not swap).
+fn write_entry(cache: &CompileCache, path: &Path, body: &[u8]) -> std::io::Result<()> {
+    crate::fsperm::private_dir(&cache.dir)?;
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&Sha256::digest(body))?;
+    let mut f = crate::fsperm::private_file(&tmp)?;
+    f.write_all(&cache.mac(path, body))?;
     f.write_all(body)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)

@@ -31,7 +31,7 @@ pub struct Sources {
     /// Operator plugin directory; `None` loads the built-ins only.
     pub dir: Option<PathBuf>,
     /// Precompiled-artefact cache; `None` compiles every time.
-    pub cache_dir: Option<PathBuf>,
+    pub cache: Option<cache::CompileCache>,
     /// `[plugins.overrides.<type_id>]` from the config.
     pub overrides: BTreeMap<String, PluginOverride>,
 }
@@ -198,7 +198,7 @@ fn build_catalog(runtime: &Runtime, sources: &Sources, previous: Option<&Catalog
                 continue;
             }
         }
-        match cache::load(runtime, &c.wasm, c.manifest, c.origin.clone(), sources.cache_dir.as_deref()) {
+        match cache::load(runtime, &c.wasm, c.manifest, c.origin.clone(), sources.cache.as_ref()) {
             Ok(p) => {
                 plugins.insert(p.manifest.id.clone(), Arc::new(p));
             }
@@ -223,6 +223,8 @@ fn build_catalog(runtime: &Runtime, sources: &Sources, previous: Option<&Catalog
 /// before anything is compiled: regular files only, not writable by others,
 /// a sha256 pin that matches.
 fn scan_dir(dir: &Path) -> Result<(Vec<Candidate>, Vec<LoadProblem>), String> {
+    // Whoever can write the directory chooses the code we run: it must be ours or root's.
+    crate::fsperm::check_trusted(dir)?;
     let entries = std::fs::read_dir(dir).map_err(|e| format!("cannot read plugin directory: {e}"))?;
     let mut manifests: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -253,18 +255,12 @@ fn read_candidate(toml_path: &Path, wasm_path: &Path) -> Result<(Manifest, Vec<u
     Ok((manifest, wasm))
 }
 
-/// A plugin file must be a regular file (no symlink tricks) not writable by group or others.
+/// A plugin file must be a regular file (no symlink tricks), owned by us or root and not
+/// writable by group or others.
 fn check_file(path: &Path) -> Result<(), String> {
     let meta = std::fs::symlink_metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
     if !meta.file_type().is_file() {
         return Err(format!("{}: not a regular file", path.display()));
     }
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        if meta.permissions().mode() & 0o022 != 0 {
-            return Err(format!("{}: writable by group or others; chmod go-w it", path.display()));
-        }
-    }
-    Ok(())
+    crate::fsperm::check_trusted(path)
 }

@@ -29,6 +29,13 @@ const TICK: Duration = Duration::from_millis(10);
 const POOL_INSTANCES: u32 = 128;
 /// Largest linear memory any plugin may have (manifests cap lower).
 const POOL_MAX_MEMORY: usize = super::manifest::MAX_LIMITS.memory_mib as usize * 1024 * 1024;
+/// Per-component bounds, so one plugin cannot take a large share of the pool's slots.
+/// The built-ins and the hostile fixture (Rust, wasm32-wasip2) each have 3 core
+/// instances, 1 memory and 2 tables; toolchains with a preview1 adapter add one memory.
+/// Checked when a component is compiled or loaded from the cache, and again per store.
+pub(crate) const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 16;
+pub(crate) const MAX_MEMORIES_PER_COMPONENT: u32 = 4;
+pub(crate) const MAX_TABLES_PER_COMPONENT: u32 = 8;
 
 /// Host-side services capabilities use (network clients, policies).
 #[derive(Debug, Default)]
@@ -83,6 +90,9 @@ impl Runtime {
             .total_memories(POOL_INSTANCES * 2)
             .total_tables(POOL_INSTANCES * 4)
             .total_stacks(POOL_INSTANCES)
+            .max_core_instances_per_component(MAX_CORE_INSTANCES_PER_COMPONENT)
+            .max_memories_per_component(MAX_MEMORIES_PER_COMPONENT)
+            .max_tables_per_component(MAX_TABLES_PER_COMPONENT)
             .max_memory_size(POOL_MAX_MEMORY);
         let mut config = Config::new();
         config
@@ -173,7 +183,39 @@ impl Runtime {
 
     /// Runs the plugin's offline checks on `input` (secret fields included).
     /// `Ok(Err(errors))` is a field-level verdict; `Err` is a fault of the plugin.
+    ///
+    /// `validate` is the one export that sees secrets in plaintext, so its clear output is
+    /// checked for information taken from them (see [`Runtime::check_clear_output`]).
     pub fn validate(&self, plugin: &Plugin, input: Bound) -> Call<Result<Validated, Vec<FieldError>>> {
+        let given = Bound {
+            environment: input.environment.clone(),
+            fields: input.fields.clone(),
+            secrets: input.secrets.clone(),
+        };
+        let secrets: Vec<SecretString> = input.secrets.values().cloned().collect();
+        let call = self.validate_raw(plugin, input);
+        let mut events = call.events;
+        let id = &plugin.manifest.id;
+        let result = call.result.and_then(|r| match r {
+            Ok(values) => split_validated(plugin, values, &secrets).and_then(|mut v| {
+                // Types may normalise the environment; those that don't keep the given one.
+                v.environment = v.environment.or(given.environment.clone());
+                self.check_clear_output(plugin, &given, &v, &mut events)?;
+                Ok(Ok(v))
+            }),
+            Err(errors) => Ok(Err(errors
+                .into_iter()
+                .map(|e| FieldError { field: e.field, message: redact::scrub(&e.message, &secrets) })
+                .collect())),
+        });
+        if let Err(PluginError::Contract { .. }) = &result {
+            tracing::warn!(plugin = %id, "validate output broke the contract");
+        }
+        Call { result, events }
+    }
+
+    /// One `validate` call with `input` on the wire; plaintext copies are zeroized after.
+    fn validate_raw(&self, plugin: &Plugin, input: Bound) -> Call<Result<Vec<wit::FieldValue>, Vec<wit::FieldError>>> {
         let mut wire: Vec<wit::FieldValue> = input
             .fields
             .iter()
@@ -186,31 +228,78 @@ impl Runtime {
         if let Some(env) = &input.environment {
             wire.push(wit::FieldValue { name: "environment".into(), value: env.clone() });
         }
-        let secrets: Vec<SecretString> = input.secrets.values().cloned().collect();
-        let environment = input.environment.clone();
-        let call = self.run(&plugin.pre, &plugin.manifest, Phase::Validate, input, move |ct, store| {
+        self.run(&plugin.pre, &plugin.manifest, Phase::Validate, input, move |ct, store| {
             let r = ct.call_validate(store, &wire);
             for fv in &mut wire {
                 zeroize::Zeroize::zeroize(&mut fv.value);
             }
             r
-        });
-        let id = &plugin.manifest.id;
-        let result = call.result.and_then(|r| match r {
-            Ok(values) => split_validated(plugin, values, &secrets).map(|mut v| {
-                // Types may normalise the environment; those that don't keep the given one.
-                v.environment = v.environment.or(environment);
-                Ok(v)
-            }),
-            Err(errors) => Ok(Err(errors
-                .into_iter()
-                .map(|e| FieldError { field: e.field, message: redact::scrub(&e.message, &secrets) })
-                .collect())),
-        });
-        if let Err(PluginError::Contract { .. }) = &result {
-            tracing::warn!(plugin = %id, "validate output broke the contract");
+        })
+    }
+
+    /// Clear output (non-secret fields, the environment) may depend on clear input only:
+    /// it is stored and shown in clear, so a plugin must not be able to copy a secret
+    /// there in any encoding. A value that is the given one up to trimming, case or
+    /// number/boolean spelling, or the declared default, is accepted as is. Any other
+    /// value is checked by running `validate` again with every secret replaced by a
+    /// random decoy of the same shape: the value must come out the same. If it differs,
+    /// or the decoy run cannot tell, the output is refused and nothing is stored.
+    fn check_clear_output(
+        &self,
+        plugin: &Plugin,
+        given: &Bound,
+        out: &Validated,
+        events: &mut Vec<CapabilityEvent>,
+    ) -> Result<(), PluginError> {
+        let contract = |message: String| PluginError::Contract { plugin: plugin.manifest.id.clone(), message };
+        let mut unexplained: Vec<(&str, Option<&str>)> = out
+            .fields
+            .iter()
+            .filter(|(name, value)| {
+                let spec = plugin.descriptor.field(name);
+                !explained(spec.and_then(|s| s.default.as_deref()), given.fields.get(*name).map(String::as_str), value)
+            })
+            .map(|(name, value)| (name.as_str(), Some(value.as_str())))
+            .collect();
+        if !explained(None, given.environment.as_deref(), out.environment.as_deref().unwrap_or("")) {
+            unexplained.push(("environment", out.environment.as_deref()));
         }
-        Call { result, events: call.events }
+        if unexplained.is_empty() || given.secrets.is_empty() {
+            return Ok(());
+        }
+        let decoy = Bound {
+            environment: given.environment.clone(),
+            fields: given.fields.clone(),
+            secrets: given.secrets.iter().map(|(k, v)| (k.clone(), decoy_of(v))).collect(),
+        };
+        let decoy_secrets: Vec<SecretString> = decoy.secrets.values().cloned().collect();
+        let call = self.validate_raw(plugin, decoy);
+        events.extend(call.events);
+        let again = match call.result {
+            Ok(Ok(values)) => split_validated(plugin, values, &decoy_secrets).ok(),
+            _ => None,
+        };
+        for (name, value) in unexplained {
+            let Some(again) = &again else {
+                return Err(contract(format!(
+                    "validate changed the non-secret field `{name}` in a way that may depend on a secret \
+                     (only trimming, case, number or boolean spelling and declared defaults are accepted \
+                     without a check, and the check could not run); nothing was stored"
+                )));
+            };
+            let value_again = if name == "environment" {
+                again.environment.as_deref().or(given.environment.as_deref())
+            } else {
+                again.fields.get(name).map(String::as_str)
+            };
+            if value_again != value {
+                return Err(contract(format!(
+                    "validate derived the non-secret field `{name}` from a secret value (it changed when only \
+                     the secrets did); refusing to store it in clear"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Runs the plugin's live test against the credential in `bound`.
@@ -284,7 +373,7 @@ impl Runtime {
                 Err(PluginError::Trap { plugin: plugin.into(), message })
             }
         };
-        let events = std::mem::take(&mut store.data_mut().events);
+        let events = store.data_mut().take_events();
         Call { result, events }
     }
 }
@@ -305,13 +394,14 @@ fn split_validated(
     for fv in values {
         if fv.name == "environment" && !plugin.descriptor.environments.is_empty() {
             if !plugin.descriptor.environments.contains(&fv.value) {
-                return Err(contract(format!("validate returned unknown environment {:?}", fv.value)));
+                // The value is the plugin's text: never echoed (it could carry a secret).
+                return Err(contract("validate returned an environment the type does not declare".into()));
             }
             out.environment = Some(fv.value);
             continue;
         }
         let Some(spec) = plugin.descriptor.field(&fv.name) else {
-            return Err(contract(format!("validate returned undeclared field `{}`", fv.name)));
+            return Err(contract("validate returned a field the type does not declare".into()));
         };
         if spec.secret {
             out.secrets.insert(fv.name, SecretString::from(fv.value));
@@ -324,6 +414,41 @@ fn split_validated(
         }
     }
     Ok(out)
+}
+
+/// Whether clear `output` is `input` up to trimming, ASCII case, number or boolean
+/// spelling, or (with no input) empty or the declared `default`.
+fn explained(default: Option<&str>, input: Option<&str>, output: &str) -> bool {
+    match input.map(str::trim).filter(|v| !v.is_empty()) {
+        Some(i) => {
+            let number = |v: &str| v.trim().parse::<f64>().ok();
+            let boolean = |v: &str| match v.trim().to_ascii_lowercase().as_str() {
+                "true" | "yes" | "on" | "1" => Some(true),
+                "false" | "no" | "off" | "0" => Some(false),
+                _ => None,
+            };
+            output == i
+                || output.eq_ignore_ascii_case(i)
+                || number(i).is_some_and(|n| number(output) == Some(n))
+                || boolean(i).is_some_and(|b| boolean(output) == Some(b))
+        }
+        None => output.is_empty() || default == Some(output),
+    }
+}
+
+/// A random value of the same shape as `secret`: every ASCII letter or digit replaced by
+/// a random one, everything else kept (so format checks on separators and length pass).
+fn decoy_of(secret: &SecretString) -> SecretString {
+    const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let v = secret.expose_secret();
+    let mut random = vec![0u8; v.len()];
+    let _ = getrandom::fill(&mut random);
+    let out: String = v
+        .chars()
+        .zip(random.iter().chain(std::iter::repeat(&0)))
+        .map(|(c, r)| if c.is_ascii_alphanumeric() { ALNUM[*r as usize % ALNUM.len()] as char } else { c })
+        .collect();
+    SecretString::from(out)
 }
 
 /// Load-time checks of `describe` against the manifest: ids, field names, grants.

@@ -50,16 +50,30 @@ impl std::fmt::Debug for Bound {
     }
 }
 
+/// Capability calls one plugin call may make; beyond this every call is denied at once,
+/// unrecorded (a loop of denied calls must not turn into a flood of audit records).
+pub const MAX_CAPABILITY_CALLS: u32 = 1_000;
+/// Capability events recorded (audited and logged) per plugin call; the rest are
+/// counted in one summary event.
+pub const MAX_RECORDED_EVENTS: usize = 64;
+
 pub struct CallState {
     pub(crate) manifest: Arc<Manifest>,
     pub(crate) phase: Phase,
     pub(crate) bound: Bound,
     pub(crate) host: Arc<HostServices>,
-    pub(crate) events: Vec<CapabilityEvent>,
+    events: Vec<CapabilityEvent>,
+    /// Capability calls so far, and those not recorded as events (over the caps above).
+    capability_calls: u32,
+    unrecorded: u32,
     pub(crate) log_lines: u32,
     /// When the call started; network capabilities fit their timeouts in what is left.
     pub(crate) started: Instant,
+    /// `memory_mib` in bytes: the cap on all linear memories of the call together.
     memory_cap: usize,
+    /// Bytes granted to all memories so far (never lowered on a failed growth: a plugin
+    /// could otherwise walk the count down by failing growths on purpose).
+    memory_used: usize,
     pub(crate) memory_exceeded: bool,
     wasi: WasiCtx,
     table: ResourceTable,
@@ -81,9 +95,12 @@ impl CallState {
             bound,
             host,
             events: Vec::new(),
+            capability_calls: 0,
+            unrecorded: 0,
             log_lines: 0,
             started: Instant::now(),
             memory_cap,
+            memory_used: 0,
             memory_exceeded: false,
             wasi,
             table: ResourceTable::new(),
@@ -93,6 +110,13 @@ impl CallState {
     /// The single check every capability call passes through. Fails closed: an
     /// undeclared capability, or a network one outside `test`, is denied and recorded.
     pub(crate) fn gate(&mut self, cap: Capability, detail: &str) -> Result<(), types::Error> {
+        self.capability_calls = self.capability_calls.saturating_add(1);
+        if self.capability_calls > MAX_CAPABILITY_CALLS {
+            self.unrecorded = self.unrecorded.saturating_add(1);
+            return Err(types::Error::Denied(format!(
+                "this call has used its budget of {MAX_CAPABILITY_CALLS} capability calls"
+            )));
+        }
         let denial = if !self.manifest.has(cap) {
             Some(format!("capability `{cap}` is not declared in the manifest of `{}`", self.manifest.id))
         } else if cap.is_network() && self.phase != Phase::Test {
@@ -102,12 +126,13 @@ impl CallState {
         };
         let allowed = denial.is_none();
         // `log`/`settings` uses are too frequent and harmless to record when allowed.
-        if !allowed || !matches!(cap, Capability::Log | Capability::Settings) {
-            self.events.push(CapabilityEvent { capability: cap, detail: detail.to_string(), allowed });
-        }
+        let recorded = (!allowed || !matches!(cap, Capability::Log | Capability::Settings))
+            && self.record(CapabilityEvent { capability: cap, detail: detail.to_string(), allowed });
         match denial {
             Some(msg) => {
-                tracing::warn!(plugin = %self.manifest.id, capability = %cap, detail, "capability denied");
+                if recorded {
+                    tracing::warn!(plugin = %self.manifest.id, capability = %cap, detail, "capability denied");
+                }
                 Err(types::Error::Denied(msg))
             }
             None => Ok(()),
@@ -123,7 +148,36 @@ impl CallState {
                 return;
             }
         }
-        self.events.push(CapabilityEvent { capability: cap, detail, allowed: false });
+        self.record(CapabilityEvent { capability: cap, detail, allowed: false });
+    }
+
+    /// Keeps `event` if the call is under [`MAX_RECORDED_EVENTS`]; counts it otherwise.
+    fn record(&mut self, event: CapabilityEvent) -> bool {
+        if self.events.len() < MAX_RECORDED_EVENTS {
+            self.events.push(event);
+            true
+        } else {
+            self.unrecorded = self.unrecorded.saturating_add(1);
+            false
+        }
+    }
+
+    /// The call's events, with one summary event for those over the caps.
+    pub(crate) fn take_events(&mut self) -> Vec<CapabilityEvent> {
+        let mut events = std::mem::take(&mut self.events);
+        if self.unrecorded > 0 {
+            let capability = events.last().map_or(Capability::Log, |e| e.capability);
+            events.push(CapabilityEvent {
+                capability,
+                detail: format!(
+                    "{} more capability calls not recorded one by one (at most {MAX_RECORDED_EVENTS} events \
+                     and {MAX_CAPABILITY_CALLS} calls per plugin call)",
+                    self.unrecorded
+                ),
+                allowed: false,
+            });
+        }
+        events
     }
 }
 
@@ -133,14 +187,32 @@ impl WasiView for CallState {
     }
 }
 
+/// The cap is per call: the sum of every memory in the store (a component may hold
+/// several), so many small memories cannot add up past `memory_mib`. Creating a memory
+/// is reported as growth from 0; the counts below back up the pool's per-component
+/// limits (see `runtime::MAX_MEMORIES_PER_COMPONENT`).
 impl wasmtime::ResourceLimiter for CallState {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
-        if desired > self.memory_cap {
+    fn memory_growing(&mut self, current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        let total = self.memory_used.saturating_add(desired.saturating_sub(current));
+        if total > self.memory_cap {
             self.memory_exceeded = true;
             // An error traps the guest: a memory bomb ends the call instead of limping on.
             wasmtime::bail!("memory limit of {} MiB exceeded", self.memory_cap / (1024 * 1024));
         }
+        self.memory_used = total;
         Ok(true)
+    }
+
+    fn instances(&self) -> usize {
+        super::runtime::MAX_CORE_INSTANCES_PER_COMPONENT as usize
+    }
+
+    fn memories(&self) -> usize {
+        super::runtime::MAX_MEMORIES_PER_COMPONENT as usize
+    }
+
+    fn tables(&self) -> usize {
+        super::runtime::MAX_TABLES_PER_COMPONENT as usize
     }
 
     fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {

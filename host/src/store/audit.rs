@@ -1,19 +1,32 @@
-//! Append-only, hash-chained audit log.
+//! Append-only, hash-chained audit log, keyed with the master key.
 //!
-//! Record `n` stores `hash = SHA-256(prev_hash | canonical JSON of the record without its
-//! hash)`, with `prev_hash` of record 1 all zeros. `meta.audit_head` holds the last seq and
-//! hash, so deleting the tail is detected too. Every store write appends its record in
-//! the same transaction as the change it describes.
+//! Record `n` stores `hash = HMAC-SHA256(audit key, prev_hash | canonical JSON of the
+//! record without its hash)`, with `prev_hash` of record 1 all zeros and the audit key
+//! derived from the master key ([`crate::crypto::MasterKey::audit_key`]): whoever can
+//! write the file but lacks the master key cannot rewrite the chain. `meta.audit_head`
+//! holds the last seq and hash, so deleting the tail is detected too. Every store write
+//! appends its record in the same transaction as the change it describes.
+//!
+//! Migration: databases written before the chain was keyed hold plain
+//! `SHA-256(prev_hash | canonical)` records. At the first open by this version,
+//! `meta.audit_keyed_from` is set to the next seq and an `audit.keyed` record is appended
+//! there; records from it on are keyed, and since its MAC covers the last legacy hash,
+//! the legacy records can no longer be rewritten either. A new database is keyed from
+//! seq 1 (`store.init`). `audit_by_namespace` indexes `(namespace, seq)` so one user's
+//! page is read directly; it is built at that same first open.
 
-use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction};
+use std::sync::Arc;
+
+use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 
 use super::error::{Result, StoreError};
 use super::schema::{
-    dec, enc, hex32, AuditHead, CredentialId, NamespaceId, AUDIT, META, META_AUDIT_HEAD,
+    dec, enc, hex32, AuditHead, CredentialId, NamespaceId, AUDIT, AUDIT_BY_NS, META, META_AUDIT_HEAD,
+    META_AUDIT_INDEX, META_AUDIT_KEYED_FROM,
 };
-use super::{now_ms, Store};
-use crate::crypto::sha256;
+use super::{now_ms, Store, Txn};
+use crate::crypto::{sha256, AuditKey};
 
 /// How an audited operation ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,9 +108,8 @@ struct Canonical<'a> {
 }
 
 impl AuditRecord {
-    /// The hash this record should carry given its content and `prev_hash`.
-    pub fn compute_hash(&self) -> [u8; 32] {
-        let body = enc(&Canonical {
+    fn canonical(&self) -> Vec<u8> {
+        enc(&Canonical {
             seq: self.seq,
             at: self.at,
             actor: &self.actor,
@@ -106,11 +118,21 @@ impl AuditRecord {
             credential: self.credential,
             outcome: self.outcome,
             detail: &self.detail,
-        });
+        })
+    }
+
+    /// The unkeyed hash of a record written before the chain was keyed (legacy).
+    pub fn compute_hash(&self) -> [u8; 32] {
+        let body = self.canonical();
         let mut buf = Vec::with_capacity(32 + body.len());
         buf.extend_from_slice(&self.prev_hash);
         buf.extend_from_slice(&body);
         sha256(&buf)
+    }
+
+    /// The keyed hash this record should carry given its content and `prev_hash`.
+    pub fn compute_mac(&self, key: &AuditKey) -> [u8; 32] {
+        key.mac(&[&self.prev_hash, &self.canonical()])
     }
 }
 
@@ -127,36 +149,145 @@ pub struct AuditQuery {
 }
 
 /// Appends `entry` inside `txn`; the caller commits.
-pub(crate) fn append(txn: &WriteTransaction, entry: AuditEntry) -> Result<AuditRecord> {
+pub(crate) fn append(txn: &Txn, entry: AuditEntry) -> Result<AuditRecord> {
+    let mut recs = append_many(txn, vec![entry])?;
+    Ok(recs.pop().expect("one record appended"))
+}
+
+/// Appends `entries` in order inside `txn`, each chained to the one before.
+pub(crate) fn append_many(txn: &Txn, entries: Vec<AuditEntry>) -> Result<Vec<AuditRecord>> {
     let mut meta = txn.open_table(META)?;
+    let mut audit = txn.open_table(AUDIT)?;
+    let mut by_ns = txn.open_table(AUDIT_BY_NS)?;
+    let mut head: AuditHead = match meta.get(META_AUDIT_HEAD)? {
+        Some(v) => dec(v.value(), "audit head")?,
+        None => AuditHead::default(),
+    };
+    let at = now_ms();
+    let mut out = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let mut rec = AuditRecord {
+            seq: head.seq + 1,
+            at,
+            actor: entry.actor,
+            namespace: entry.namespace,
+            action: entry.action,
+            credential: entry.credential,
+            outcome: entry.outcome,
+            detail: entry.detail,
+            prev_hash: head.hash,
+            hash: [0; 32],
+        };
+        rec.hash = rec.compute_mac(&txn.audit_key);
+        audit.insert(rec.seq, enc(&rec).as_slice())?;
+        if let Some(ns) = rec.namespace {
+            by_ns.insert((ns.key(), rec.seq), ())?;
+        }
+        head = AuditHead { seq: rec.seq, hash: rec.hash };
+        out.push(rec);
+    }
+    meta.insert(META_AUDIT_HEAD, enc(&head).as_slice())?;
+    Ok(out)
+}
+
+/// Walks the chain in `audit` against `meta`'s head and key marker. Returns the number
+/// of records, or [`StoreError::AuditBroken`] naming the first bad seq and why.
+fn check_chain(
+    audit: &impl ReadableTable<u64, &'static [u8]>,
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &AuditKey,
+) -> Result<u64> {
+    let broken = |seq, reason: &str| StoreError::AuditBroken { seq, reason: reason.to_owned() };
+    let keyed_from: u64 = match meta.get(META_AUDIT_KEYED_FROM)? {
+        Some(v) => dec(v.value(), "audit key marker")?,
+        None => return Err(broken(1, "the chain's key marker (meta audit_keyed_from) is missing")),
+    };
+    let mut prev = AuditHead::default();
+    for row in audit.iter()? {
+        let (k, v) = row?;
+        let seq = k.value();
+        let rec: AuditRecord =
+            serde_json::from_slice(v.value()).map_err(|e| broken(seq, &format!("unreadable record: {e}")))?;
+        if seq != prev.seq + 1 {
+            return Err(broken(prev.seq + 1, &format!("record missing (next present is {seq})")));
+        }
+        if rec.seq != seq {
+            return Err(broken(seq, "record seq differs from its key"));
+        }
+        if rec.prev_hash != prev.hash {
+            return Err(broken(seq, "prev_hash does not match the previous record's hash"));
+        }
+        if seq >= keyed_from {
+            if rec.compute_mac(key) != rec.hash {
+                return Err(broken(
+                    seq,
+                    "content does not match its keyed hash (record edited, or the chain rewritten \
+                     without the master key)",
+                ));
+            }
+            // The marker cannot be moved: the record it points at must be the keyed start.
+            let start = if keyed_from == 1 { "store.init" } else { "audit.keyed" };
+            if seq == keyed_from && rec.action != start {
+                return Err(broken(seq, "the keyed chain does not start here (key marker moved)"));
+            }
+        } else if rec.compute_hash() != rec.hash {
+            return Err(broken(seq, "content does not match its hash (legacy record edited)"));
+        }
+        prev = AuditHead { seq, hash: rec.hash };
+    }
+    if keyed_from > prev.seq {
+        return Err(broken(keyed_from, "the keyed chain's first record is missing (key marker moved)"));
+    }
     let head: AuditHead = match meta.get(META_AUDIT_HEAD)? {
         Some(v) => dec(v.value(), "audit head")?,
         None => AuditHead::default(),
     };
-    let mut rec = AuditRecord {
-        seq: head.seq + 1,
-        at: now_ms(),
-        actor: entry.actor,
-        namespace: entry.namespace,
-        action: entry.action,
-        credential: entry.credential,
-        outcome: entry.outcome,
-        detail: entry.detail,
-        prev_hash: head.hash,
-        hash: [0; 32],
-    };
-    rec.hash = rec.compute_hash();
-    txn.open_table(AUDIT)?
-        .insert(rec.seq, enc(&rec).as_slice())?;
-    meta.insert(
-        META_AUDIT_HEAD,
-        enc(&AuditHead {
-            seq: rec.seq,
-            hash: rec.hash,
-        })
-        .as_slice(),
-    )?;
-    Ok(rec)
+    if head.seq != prev.seq || head.hash != prev.hash {
+        return Err(broken(
+            prev.seq + 1,
+            &format!(
+                "log ends at seq {} but the head records seq {} (tail removed or replaced)",
+                prev.seq, head.seq
+            ),
+        ));
+    }
+    debug_assert_eq!(audit.len()?, prev.seq);
+    Ok(prev.seq)
+}
+
+/// Re-keys the chain inside `txn` (key rotation): checks it under `txn`'s current key,
+/// then recomputes every keyed record's hash under `new` and makes `new` the key for
+/// the rest of `txn`. A broken chain is refused, never laundered under a new key.
+pub(crate) fn rekey(txn: &mut Txn, new: Arc<AuditKey>) -> Result<()> {
+    {
+        let mut meta = txn.open_table(META)?;
+        let mut audit = txn.open_table(AUDIT)?;
+        check_chain(&audit, &meta, &txn.audit_key)?;
+        let keyed_from: u64 = match meta.get(META_AUDIT_KEYED_FROM)? {
+            Some(v) => dec(v.value(), "audit key marker")?,
+            None => return Err(StoreError::Corrupt("audit key marker missing".into())),
+        };
+        let mut prev = match keyed_from {
+            1 => [0u8; 32],
+            n => dec::<AuditRecord>(audit.get(n - 1)?.ok_or(StoreError::NotFound)?.value(), "audit record")?.hash,
+        };
+        let mut head = AuditHead::default();
+        let last = audit.last()?.map(|(k, _)| k.value()).unwrap_or(0);
+        for seq in keyed_from..=last {
+            let mut rec: AuditRecord =
+                dec(audit.get(seq)?.ok_or(StoreError::NotFound)?.value(), "audit record")?;
+            rec.prev_hash = prev;
+            rec.hash = rec.compute_mac(&new);
+            audit.insert(seq, enc(&rec).as_slice())?;
+            prev = rec.hash;
+            head = AuditHead { seq, hash: rec.hash };
+        }
+        if last >= keyed_from {
+            meta.insert(META_AUDIT_HEAD, enc(&head).as_slice())?;
+        }
+    }
+    txn.audit_key = new;
+    Ok(())
 }
 
 impl Store {
@@ -169,23 +300,55 @@ impl Store {
         Ok(rec)
     }
 
-    /// Audit records matching `query`, newest first.
+    /// Appends many records in one durable transaction (one fsync), chained in order
+    /// exactly as single appends would be. Nothing is written for an empty batch.
+    pub fn append_audit_batch(&self, entries: Vec<AuditEntry>) -> Result<Vec<AuditRecord>> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let txn = self.begin_write()?;
+        let recs = append_many(&txn, entries)?;
+        txn.commit()?;
+        Ok(recs)
+    }
+
+    /// Audit records matching `query`, newest first. With a namespace, only that
+    /// namespace's records are read (through the `(namespace, seq)` index).
     pub fn list_audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>> {
         let limit = match query.limit {
             0 => 100,
             n => n.min(1000),
         };
+        let before = query.before_seq.unwrap_or(u64::MAX);
         let txn = self.db.begin_read()?;
         let table = txn.open_table(AUDIT)?;
+        let keep = |rec: &AuditRecord| {
+            query.namespace.is_none_or(|n| rec.namespace == Some(n))
+                && query.actor.as_ref().is_none_or(|a| &rec.actor == a)
+                && query.credential.is_none_or(|c| rec.credential == Some(c))
+        };
         let mut out = Vec::new();
-        let range = table.range(..query.before_seq.unwrap_or(u64::MAX))?;
-        for row in range.rev() {
+        if let Some(ns) = query.namespace {
+            let index = txn.open_table(AUDIT_BY_NS)?;
+            for row in index.range((ns.key(), 0)..(ns.key(), before))?.rev() {
+                let seq = row?.0.value().1;
+                let v = table
+                    .get(seq)?
+                    .ok_or_else(|| StoreError::Corrupt(format!("audit index names missing record {seq}")))?;
+                let rec: AuditRecord = dec(v.value(), "audit record")?;
+                if keep(&rec) {
+                    out.push(rec);
+                    if out.len() == limit {
+                        break;
+                    }
+                }
+            }
+            return Ok(out);
+        }
+        for row in table.range(..before)?.rev() {
             let (_, v) = row?;
             let rec: AuditRecord = dec(v.value(), "audit record")?;
-            let keep = query.namespace.is_none_or(|n| rec.namespace == Some(n))
-                && query.actor.as_ref().is_none_or(|a| &rec.actor == a)
-                && query.credential.is_none_or(|c| rec.credential == Some(c));
-            if keep {
+            if keep(&rec) {
                 out.push(rec);
                 if out.len() == limit {
                     break;
@@ -195,61 +358,80 @@ impl Store {
         Ok(out)
     }
 
-    /// Walks the whole audit chain. Returns the number of records, or
-    /// [`StoreError::AuditBroken`] naming the first bad seq and why.
+    /// Walks the whole audit chain, checking every keyed hash with the master key.
+    /// Returns the number of records, or [`StoreError::AuditBroken`] naming the first bad
+    /// seq and why.
     pub fn verify_audit(&self) -> Result<u64> {
         let txn = self.db.begin_read()?;
-        let table = txn.open_table(AUDIT)?;
-        let broken = |seq, reason: &str| StoreError::AuditBroken {
-            seq,
-            reason: reason.to_owned(),
+        check_chain(&txn.open_table(AUDIT)?, &txn.open_table(META)?, &self.audit_key)
+    }
+
+    /// How many records predate the keyed chain (written by a version that did not key
+    /// it; see the module docs). 0 for a database created keyed.
+    pub fn audit_legacy_records(&self) -> Result<u64> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let from: u64 = match meta.get(META_AUDIT_KEYED_FROM)? {
+            Some(v) => dec(v.value(), "audit key marker")?,
+            None => 1,
         };
-        let mut prev = AuditHead::default();
-        for row in table.iter()? {
-            let (k, v) = row?;
-            let seq = k.value();
-            let rec: AuditRecord = serde_json::from_slice(v.value())
-                .map_err(|e| broken(seq, &format!("unreadable record: {e}")))?;
-            if seq != prev.seq + 1 {
-                return Err(broken(
-                    prev.seq + 1,
-                    &format!("record missing (next present is {seq})"),
-                ));
+        Ok(from.saturating_sub(1))
+    }
+
+    /// First open by this version of a database whose chain is not keyed or not indexed:
+    /// keys the chain from the next seq and builds the namespace index, in one transaction.
+    pub(crate) fn migrate_audit(&self) -> Result<()> {
+        {
+            let txn = self.db.begin_read()?;
+            let meta = txn.open_table(META)?;
+            if meta.get(META_AUDIT_KEYED_FROM)?.is_some() && meta.get(META_AUDIT_INDEX)?.is_some() {
+                return Ok(());
             }
-            if rec.seq != seq {
-                return Err(broken(seq, "record seq differs from its key"));
+        }
+        let txn = self.begin_write()?;
+        let (keyed, indexed) = {
+            let meta = txn.open_table(META)?;
+            let keyed = meta.get(META_AUDIT_KEYED_FROM)?.is_some();
+            let indexed = meta.get(META_AUDIT_INDEX)?.is_some();
+            (keyed, indexed)
+        };
+        if !indexed {
+            let audit = txn.open_table(AUDIT)?;
+            let mut by_ns = txn.open_table(AUDIT_BY_NS)?;
+            let mut n = 0u64;
+            for row in audit.iter()? {
+                let (k, v) = row?;
+                let rec: AuditRecord = dec(v.value(), "audit record")?;
+                if let Some(ns) = rec.namespace {
+                    by_ns.insert((ns.key(), k.value()), ())?;
+                    n += 1;
+                }
             }
-            if rec.prev_hash != prev.hash {
-                return Err(broken(
-                    seq,
-                    "prev_hash does not match the previous record's hash",
-                ));
-            }
-            if rec.compute_hash() != rec.hash {
-                return Err(broken(
-                    seq,
-                    "content does not match its hash (record edited)",
-                ));
-            }
-            prev = AuditHead {
-                seq,
-                hash: rec.hash,
+            txn.open_table(META)?.insert(META_AUDIT_INDEX, enc(&1u32).as_slice())?;
+            tracing::info!(records = n, "audit: built the per-namespace index");
+        }
+        if !keyed {
+            let next = {
+                let meta = txn.open_table(META)?;
+                let head: AuditHead = match meta.get(META_AUDIT_HEAD)? {
+                    Some(v) => dec(v.value(), "audit head")?,
+                    None => AuditHead::default(),
+                };
+                head.seq + 1
             };
+            txn.open_table(META)?.insert(META_AUDIT_KEYED_FROM, enc(&next).as_slice())?;
+            let legacy = next - 1;
+            append(
+                &txn,
+                AuditEntry::ok("system", "audit.keyed")
+                    .detail(format!("chain keyed with the master key from here; records 1..={legacy} predate it")),
+            )?;
+            tracing::warn!(
+                legacy,
+                "audit: the chain is keyed from now on; the {legacy} older records were written unkeyed"
+            );
         }
-        let head: AuditHead = match txn.open_table(META)?.get(META_AUDIT_HEAD)? {
-            Some(v) => dec(v.value(), "audit head")?,
-            None => AuditHead::default(),
-        };
-        if head.seq != prev.seq || head.hash != prev.hash {
-            return Err(broken(
-                prev.seq + 1,
-                &format!(
-                    "log ends at seq {} but the head records seq {} (tail removed or replaced)",
-                    prev.seq, head.seq
-                ),
-            ));
-        }
-        debug_assert_eq!(table.len()?, prev.seq);
-        Ok(prev.seq)
+        txn.commit()?;
+        Ok(())
     }
 }

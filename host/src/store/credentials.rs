@@ -246,7 +246,7 @@ impl Store {
                     (
                         k.clone(),
                         SecretField {
-                            fingerprint: fpk.fingerprint(k, v),
+                            fingerprint: fpk.fingerprint(id.as_uuid(), k, v),
                             version: 1,
                         },
                     )
@@ -453,7 +453,7 @@ impl Store {
                     cred.secrets.insert(
                         k.clone(),
                         SecretField {
-                            fingerprint: fpk.fingerprint(&k, &v),
+                            fingerprint: fpk.fingerprint(id.as_uuid(), &k, &v),
                             version,
                         },
                     );

@@ -61,7 +61,9 @@ pub use error::{Result, StoreError};
 pub use schema::{CredentialId, NamespaceId, SCHEMA_VERSION};
 pub use tokens::{Principal, TokenInfo, TOKEN_PREFIX};
 
-use crate::crypto::{DataKey, MasterKey};
+use std::sync::Arc;
+
+use crate::crypto::{AuditKey, DataKey, MasterKey};
 use schema::*;
 
 /// What a user may do. Admins manage users, tokens and plugins.
@@ -93,7 +95,35 @@ pub struct KeyReport {
 pub struct Store {
     db: Database,
     kek: MasterKey,
+    /// Keys the audit chain; derived from `kek`.
+    audit_key: Arc<AuditKey>,
     path: PathBuf,
+}
+
+/// A durable write transaction that knows the audit key, so every audit record appended
+/// in it is keyed. Derefs to redb's transaction.
+pub(crate) struct Txn {
+    inner: WriteTransaction,
+    audit_key: Arc<AuditKey>,
+}
+
+impl std::ops::Deref for Txn {
+    type Target = WriteTransaction;
+    fn deref(&self) -> &WriteTransaction {
+        &self.inner
+    }
+}
+
+impl std::ops::DerefMut for Txn {
+    fn deref_mut(&mut self) -> &mut WriteTransaction {
+        &mut self.inner
+    }
+}
+
+impl Txn {
+    pub(crate) fn commit(self) -> std::result::Result<(), redb::CommitError> {
+        self.inner.commit()
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -174,10 +204,12 @@ impl Store {
         }
         // Opens an existing file, or initialises a missing or empty one.
         let db = Database::create(&path)?;
-        let store = Store { db, kek, path };
+        let audit_key = Arc::new(kek.audit_key());
+        let store = Store { db, kek, audit_key, path };
         if let MetaState::Empty = check_meta(&store.db.begin_read()?, &store.kek)? {
             store.init()?;
         }
+        store.migrate_audit()?;
         Ok(store)
     }
 
@@ -193,6 +225,9 @@ impl Store {
             meta.insert(META_SCHEMA_VERSION, enc(&SCHEMA_VERSION).as_slice())?;
             meta.insert(META_KEK_ID, enc(&self.kek.id()).as_slice())?;
             meta.insert(META_KEY_CHECK, self.kek.check_value().as_slice())?;
+            // Keyed and indexed from the first record.
+            meta.insert(META_AUDIT_KEYED_FROM, enc(&1u64).as_slice())?;
+            meta.insert(META_AUDIT_INDEX, enc(&1u32).as_slice())?;
         }
         // Create every table so read transactions never meet a missing one.
         txn.open_table(NAMESPACES)?;
@@ -201,6 +236,7 @@ impl Store {
         txn.open_table(NAMES)?;
         txn.open_table(VERSIONS)?;
         txn.open_table(AUDIT)?;
+        txn.open_table(AUDIT_BY_NS)?;
         txn.open_table(TOKENS)?;
         audit::append(
             &txn,
@@ -222,10 +258,10 @@ impl Store {
 
     /// A write transaction with durable (fsync-on-commit) durability, set explicitly even
     /// though it is redb 4's default.
-    pub(crate) fn begin_write(&self) -> Result<WriteTransaction> {
+    pub(crate) fn begin_write(&self) -> Result<Txn> {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
-        Ok(txn)
+        Ok(Txn { inner: txn, audit_key: self.audit_key.clone() })
     }
 
     fn namespace_dek(&self, rec: &NamespaceRecord) -> Result<DataKey> {
@@ -321,7 +357,7 @@ impl Store {
                 "the new master key is the current one".into(),
             ));
         }
-        let txn = self.begin_write()?;
+        let mut txn = self.begin_write()?;
         let count = {
             let mut table = txn.open_table(NAMESPACES)?;
             let mut recs = Vec::new();
@@ -344,9 +380,14 @@ impl Store {
             self.kek.id(),
             new_kek.id()
         );
+        // The audit key derives from the master key: re-key the chain in this same
+        // transaction (refused if the chain is broken), then record the rotation under it.
+        let new_audit_key = Arc::new(new_kek.audit_key());
+        audit::rekey(&mut txn, new_audit_key.clone())?;
         audit::append(&txn, AuditEntry::ok(actor, "keys.rotate").detail(detail))?;
         txn.commit()?;
         self.kek = new_kek;
+        self.audit_key = new_audit_key;
         Ok(count)
     }
 

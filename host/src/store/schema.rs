@@ -2,13 +2,14 @@
 //!
 //! | table         | key                                  | value                                        |
 //! |---------------|--------------------------------------|----------------------------------------------|
-//! | `meta`        | `&str`: `schema_version`, `kek_id`, `key_check`, `audit_head` | JSON / raw bytes (`key_check`) |
+//! | `meta`        | `&str`: `schema_version`, `kek_id`, `key_check`, `audit_head`, `audit_keyed_from`, `audit_index` | JSON / raw bytes (`key_check`) |
 //! | `namespaces`  | `u128` namespace id                  | [`NamespaceRecord`] (user, wrapped DEK)      |
 //! | `users`       | `&str` user name                     | [`User`](super::User)                        |
 //! | `credentials` | `u128` credential id                 | [`Credential`](super::Credential) metadata   |
 //! | `names`       | `(u128 namespace, &str name)`        | `u128` credential id                         |
 //! | `versions`    | `(u128 credential, u32 version)`     | raw sealed blob: version byte 1, nonce, ciphertext+tag       |
 //! | `audit`       | `u64` seq (from 1, contiguous)       | [`AuditRecord`](super::AuditRecord)          |
+//! | `audit_by_namespace` | `(u128 namespace, u64 seq)`   | `()`: index of `audit` by namespace          |
 //! | `tokens`      | `&[u8]` SHA-256 of the token text    | [`TokenInfo`](super::TokenInfo)              |
 //!
 //! The table definitions are public so that tools and tests can inspect a file with redb
@@ -34,11 +35,18 @@ pub const NAMES: TableDefinition<(u128, &str), u128> = TableDefinition::new("nam
 pub const VERSIONS: TableDefinition<(u128, u32), &[u8]> = TableDefinition::new("versions");
 pub const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 pub const TOKENS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tokens");
+/// Index of `audit` by namespace, so one user's page is read without scanning the log.
+pub const AUDIT_BY_NS: TableDefinition<(u128, u64), ()> = TableDefinition::new("audit_by_namespace");
 
 pub const META_SCHEMA_VERSION: &str = "schema_version";
 pub const META_KEK_ID: &str = "kek_id";
 pub const META_KEY_CHECK: &str = "key_check";
 pub const META_AUDIT_HEAD: &str = "audit_head";
+/// First seq whose hash is keyed (HMAC with the audit key); older records are legacy
+/// unkeyed SHA-256 links (see `store::audit`).
+pub const META_AUDIT_KEYED_FROM: &str = "audit_keyed_from";
+/// Present once `audit_by_namespace` holds every record.
+pub const META_AUDIT_INDEX: &str = "audit_index";
 
 /// A namespace: one per user, with its data key wrapped by the master key.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -15,6 +15,11 @@ const PEM_LABELS: &[&str] = &[
     "ENCRYPTED PRIVATE KEY",
 ];
 
+/// Highest bcrypt rounds (`ssh-keygen -a`) of an encrypted OpenSSH key; mirrors
+/// `MAX_BCRYPT_ROUNDS` in host/src/plugins/caps/keys.rs, which the host enforces.
+const MAX_BCRYPT_ROUNDS: u32 = 256;
+const TOO_MANY_ROUNDS: &str = "private_key is encrypted with more than 256 bcrypt rounds, which the host refuses to \
+     decrypt; re-encrypt it with `ssh-keygen -p -a 100 -f KEY`.";
 const PUBLIC: &str = "private_key holds a public key; paste the private key instead (the key file without .pub, such as ~/.ssh/id_ed25519).";
 const NOT_A_KEY: &str = "private_key must be an OpenSSH or PEM private key, starting with -----BEGIN … PRIVATE KEY-----.";
 const BAD_BASE64: &str =
@@ -120,7 +125,11 @@ fn tlv(der: &[u8]) -> Option<(u8, usize, usize)> {
 
 fn check_openssh(text: &str) -> Result<bool, &'static str> {
     match PrivateKey::from_openssh(text) {
-        Ok(key) => Ok(key.is_encrypted()),
+        Ok(key) => match key.kdf() {
+            // Refused here for a clear message at create; the host enforces the same limit.
+            ssh_key::Kdf::Bcrypt { rounds, .. } if *rounds > MAX_BCRYPT_ROUNDS => Err(TOO_MANY_ROUNDS),
+            _ => Ok(key.is_encrypted()),
+        },
         Err(ssh_key::Error::AlgorithmUnknown | ssh_key::Error::AlgorithmUnsupported { .. }) => {
             Err("private_key uses a key type that is not supported; use an Ed25519, ECDSA or RSA key.")
         }

@@ -2,6 +2,7 @@
 //! [`CallState::gate`](super::state::CallState::gate) first.
 
 mod http;
+pub mod keys;
 mod log;
 mod net;
 pub(crate) mod netio;

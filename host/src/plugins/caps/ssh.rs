@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use russh::keys::{HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use secrecy::{ExposeSecret, SecretString};
 
+use super::keys::{self, KeyError};
 use super::netio;
 use crate::plugins::bindings::credhost::provider::ssh::{self, Auth};
 use crate::plugins::bindings::credhost::provider::types::{Error, FieldError};
@@ -42,13 +43,17 @@ impl ssh::Host for CallState {
             Auth::PrivateKey((kf, pf)) => {
                 let key = self.secret_of(kf)?;
                 let pass = pf.as_deref().map(|p| self.secret_of(p)).transpose()?;
-                let decoded = russh::keys::decode_secret_key(key.expose_secret(), pass.as_ref().map(|p| p.expose_secret()));
+                // The KDF cost is checked before anything is decrypted (see `keys`).
+                let decoded = keys::decode_private_key(kf, key.expose_secret(), pass.as_ref().map(|p| p.expose_secret()));
                 let key = decoded.map_err(|e| {
-                    let why = redact::scrub(&e.to_string(), self.bound.secrets.values());
-                    Error::Invalid(vec![FieldError {
-                        field: kf.clone(),
-                        message: format!("the private key cannot be used (wrong passphrase or unsupported key): {why}"),
-                    }])
+                    let message = match e {
+                        KeyError::Refused(why) => why,
+                        KeyError::Undecodable(why) => format!(
+                            "the private key cannot be used (wrong passphrase or unsupported key): {}",
+                            redact::scrub(&why, self.bound.secrets.values())
+                        ),
+                    };
+                    Error::Invalid(vec![FieldError { field: kf.clone(), message }])
                 })?;
                 Method::Key(Arc::new(key))
             }

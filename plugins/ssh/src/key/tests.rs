@@ -172,3 +172,30 @@ fn der_lengths() {
     assert!(der_outline_ok(&[0x30, 0x03, 0x02, 0x01, 0x00], 0x02));
     assert!(!der_outline_ok(&[0x30, 0x03, 0x02, 0x01, 0x00, 0x00], 0x02));
 }
+
+/// `ED25519_ENCRYPTED` with its bcrypt rounds field set to `rounds`.
+fn with_rounds(rounds: u32) -> String {
+    let body: String = ED25519_ENCRYPTED.lines().filter(|l| !l.starts_with("-----")).collect();
+    let mut bin = Base64::decode_vec(&body).unwrap();
+    // magic, then the cipher and KDF name strings, the options length and the salt string.
+    let mut at = b"openssh-key-v1\0".len();
+    for _ in 0..2 {
+        let len = u32::from_be_bytes(bin[at..at + 4].try_into().unwrap()) as usize;
+        at += 4 + len;
+    }
+    at += 4;
+    at += 4 + u32::from_be_bytes(bin[at..at + 4].try_into().unwrap()) as usize;
+    bin[at..at + 4].copy_from_slice(&rounds.to_be_bytes());
+    let b64 = Base64::encode_string(&bin);
+    let lines: Vec<&str> = b64.as_bytes().chunks(70).map(|c| std::str::from_utf8(c).unwrap()).collect();
+    format!("-----BEGIN OPENSSH PRIVATE KEY-----\n{}\n-----END OPENSSH PRIVATE KEY-----\n", lines.join("\n"))
+}
+
+#[test]
+fn refuses_absurd_bcrypt_rounds() {
+    assert_eq!(check_private_key(&with_rounds(16)), Ok(true), "the unpatched rounds");
+    assert_eq!(check_private_key(&with_rounds(MAX_BCRYPT_ROUNDS)), Ok(true));
+    for rounds in [MAX_BCRYPT_ROUNDS + 1, u32::MAX] {
+        assert_eq!(check_private_key(&with_rounds(rounds)), Err(TOO_MANY_ROUNDS));
+    }
+}

@@ -1,0 +1,1 @@
+//! Placeholder; filled in by the hardening work (issue 11).
