@@ -335,7 +335,7 @@ const CLI_ACTOR: &str = "cli";
 fn test_credential(config: &Config, id: &str, user: &str, json: bool) -> Result<ExitCode, String> {
     let service = crate::app::service(config)?;
     let u = service.store().get_user(user).map_err(|e| format!("user `{user}`: {e}"))?;
-    let principal = crate::store::Principal { user: u.name, role: u.role, namespace: u.namespace, token_id: CLI_ACTOR.into() };
+    let principal = crate::store::Principal::operator(&u, CLI_ACTOR);
     let view = service.test(&principal, id).map_err(|e| format!("testing credential {id}: {e}"))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&view).map_err(|e| e.to_string())?);

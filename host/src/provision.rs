@@ -383,7 +383,7 @@ fn describe(e: ServiceError) -> String {
 
 fn principal(service: &Service, user: &str) -> Result<Principal, String> {
     let u = service.store().get_user(user).map_err(|e| format!("user `{user}`: {e}"))?;
-    Ok(Principal { user: u.name, role: u.role, namespace: u.namespace, token_id: ACTOR.into() })
+    Ok(Principal::operator(&u, ACTOR))
 }
 
 /// Every credential of the user, soft-deleted ones included.

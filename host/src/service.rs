@@ -9,13 +9,17 @@ use std::sync::Arc;
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
+
+use crate::crypto::SecretMap;
+use crate::plugins::manifest::AllowedHost;
 
 use crate::plugins::{
     Bound, CapabilityEvent, FieldError, Plugin, PluginError, Registry, ReportedKind, TestReport, TypeDescriptor,
 };
 use crate::store::{
     AuditEntry, AuditQuery, AuditRecord, Credential, CredentialId, CredentialUpdate, ListQuery, NewCredential,
-    Outcome, Principal, Role, Store, StoreError, TestResult, TokenInfo, User,
+    Outcome, Principal, Role, Scope, Store, StoreError, TestResult, TokenInfo, TokenRefusal, User, BINDING_KEY,
 };
 
 /// Why an operation was refused. The API maps each variant to one status.
@@ -25,6 +29,21 @@ pub enum ServiceError {
     Unauthorized,
     #[error("this operation needs the admin role")]
     Forbidden,
+    /// The token lacks the scope the operation needs.
+    #[error("this token lacks the `{0}` scope")]
+    InsufficientScope(Scope),
+    /// A grant may only read its own credential and use it through the proxy.
+    #[error("a grant can only read its own credential and use it through the proxy")]
+    GrantOnly,
+    #[error("this grant has expired; ask for a new one")]
+    GrantExpired,
+    #[error("this grant was revoked")]
+    GrantRevoked,
+    #[error("this grant has used all of its calls")]
+    GrantExhausted,
+    /// The credential's destination fields differ from those its secrets were sealed for.
+    #[error("the credential's destination was changed outside the API; its secrets are not used until they are re-entered")]
+    DestinationMismatch,
     /// Missing, another user's, or deleted: indistinguishable on purpose.
     #[error("not found")]
     NotFound,
@@ -316,7 +335,11 @@ impl Service {
 
     /// The principal behind a bearer token.
     pub fn authenticate(&self, token: &str) -> Result<Principal> {
-        self.store.authenticate(token)?.ok_or(ServiceError::Unauthorized)
+        self.store.authenticate_detailed(token)?.map_err(|why| match why {
+            TokenRefusal::Unknown => ServiceError::Unauthorized,
+            TokenRefusal::GrantExpired => ServiceError::GrantExpired,
+            TokenRefusal::GrantRevoked => ServiceError::GrantRevoked,
+        })
     }
 
     /// Every loaded credential type.
@@ -325,19 +348,22 @@ impl Service {
     }
 
     pub fn create(&self, p: &Principal, req: CreateCredential) -> Result<CredentialView> {
+        require(p, Scope::Write)?;
         let plugin = self.registry.get(&req.kind)?;
         let mut input = Bound { environment: req.environment.clone(), ..Bound::default() };
         for (name, value) in req.fields {
             put_field(&plugin, &mut input, name, value.0);
         }
         let validated = self.run_validate(p, None, &plugin, input)?.map_err(ServiceError::InvalidFields)?;
+        // A type may normalise the environment; one that does not echo it keeps the caller's.
+        let environment = validated.environment.or(req.environment);
         let new = NewCredential {
             name: req.name,
             kind: req.kind,
             description: req.description,
             tags: req.tags,
-            // A type may normalise the environment; one that does not echo it keeps the caller's.
-            environment: validated.environment.or(req.environment),
+            binding: binding_of(&plugin, environment.as_deref(), &validated.fields),
+            environment,
             fields: validated.fields,
             secrets: validated.secrets,
         };
@@ -346,10 +372,12 @@ impl Service {
     }
 
     pub fn get(&self, p: &Principal, id: &str) -> Result<CredentialView> {
+        require(p, Scope::Read)?;
         Ok(self.live(p, id)?.into())
     }
 
     pub fn list(&self, p: &Principal, query: &ListQuery) -> Result<CredentialPage> {
+        require_unbound(p, Scope::Read)?;
         let page = self.store.list_credentials(p.namespace, query)?;
         Ok(CredentialPage { items: page.items.into_iter().map(Into::into).collect(), next_cursor: page.next_cursor })
     }
@@ -357,6 +385,7 @@ impl Service {
     /// Partial update. Field or environment changes are re-validated by the type against
     /// the merged credential; secrets not named keep their value.
     pub fn update(&self, p: &Principal, id: &str, req: UpdateCredential) -> Result<CredentialView> {
+        require(p, Scope::Write)?;
         let current = self.live(p, id)?;
         let mut upd = CredentialUpdate {
             name: req.name,
@@ -367,8 +396,14 @@ impl Service {
         if !req.fields.is_empty() || req.environment.is_some() {
             let plugin = self.registry.get(&current.kind)?;
             // Validation sees the whole merged credential, so it needs the stored secrets.
-            let stored = self.store.reveal(&p.user, p.namespace, current.id, "validate update")?;
+            let stored = self.secrets_of(p, &plugin, &current, "validate update")?;
             let environment = req.environment.clone().unwrap_or_else(|| current.environment.clone());
+            let re_entered: BTreeSet<String> = req
+                .fields
+                .iter()
+                .filter(|(name, v)| v.is_some() && plugin.descriptor.field(name).is_some_and(|f| f.secret))
+                .map(|(name, _)| name.clone())
+                .collect();
             let mut merged = Bound {
                 environment: environment.clone(),
                 fields: current.fields.clone(),
@@ -384,7 +419,7 @@ impl Service {
             let validated =
                 self.run_validate(p, Some(current.id), &plugin, merged)?.map_err(ServiceError::InvalidFields)?;
             let environment = validated.environment.or(environment);
-            upd.environment = (environment != current.environment).then_some(environment);
+            upd.environment = (environment != current.environment).then(|| environment.clone());
             let names: BTreeSet<&String> = current.fields.keys().chain(validated.fields.keys()).collect();
             for name in names {
                 let new = validated.fields.get(name);
@@ -396,6 +431,28 @@ impl Service {
                 if !validated.secrets.contains_key(name) {
                     upd.clear_secrets.insert(name.clone());
                 }
+            }
+            // Where the secrets may go changes only together with the secrets themselves:
+            // otherwise anyone who may edit metadata could send them elsewhere.
+            let old_binding = binding_of(&plugin, current.environment.as_deref(), &current.fields);
+            let new_binding = binding_of(&plugin, environment.as_deref(), &validated.fields);
+            if new_binding != old_binding {
+                let missing: Vec<FieldError> = validated
+                    .secrets
+                    .keys()
+                    .filter(|name| !re_entered.contains(*name))
+                    .map(|name| FieldError {
+                        field: name.clone(),
+                        message: format!(
+                            "re-enter this secret in the same request to change where it may be sent ({})",
+                            destination_names(&plugin).join(", ")
+                        ),
+                    })
+                    .collect();
+                if !missing.is_empty() {
+                    return Err(ServiceError::InvalidFields(missing));
+                }
+                upd.binding = new_binding;
             }
             // Only changed secrets make a new version.
             for (name, value) in validated.secrets {
@@ -428,7 +485,7 @@ impl Service {
         }
         let validated =
             self.run_validate(p, Some(current.id), &plugin, input)?.map_err(ServiceError::InvalidFields)?;
-        let stored = self.store.reveal(&p.user, p.namespace, current.id, "provision compare")?;
+        let stored = self.secrets_of(p, &plugin, &current, "provision compare")?;
         let mut diff = FieldDiff {
             environment: validated.environment.or(environment) != current.environment,
             ..FieldDiff::default()
@@ -453,6 +510,7 @@ impl Service {
 
     /// Soft delete (restorable), or with `purge` destroy every version.
     pub fn delete(&self, p: &Principal, id: &str, purge: bool) -> Result<()> {
+        require_unbound(p, Scope::Write)?;
         let id = parse_id(id)?;
         if purge {
             // Purge works on soft-deleted credentials too: that is how a name is freed.
@@ -466,6 +524,7 @@ impl Service {
     }
 
     pub fn restore(&self, p: &Principal, id: &str) -> Result<CredentialView> {
+        require_unbound(p, Scope::Write)?;
         let id = parse_id(id)?;
         let c = self.store.get_credential(p.namespace, id)?;
         if c.deleted_at.is_none() {
@@ -476,9 +535,10 @@ impl Service {
 
     /// Re-runs the type's offline checks on the stored credential.
     pub fn validate(&self, p: &Principal, id: &str) -> Result<ValidationReport> {
+        require(p, Scope::Test)?;
         let c = self.live(p, id)?;
         let plugin = self.registry.get(&c.kind)?;
-        let bound = self.bound(p, &c, "validate")?;
+        let bound = self.bound(p, &plugin, &c, "validate")?;
         Ok(match self.run_validate(p, Some(c.id), &plugin, bound)? {
             Ok(_) => ValidationReport { valid: true, errors: Vec::new() },
             Err(errors) => ValidationReport { valid: false, errors },
@@ -487,9 +547,10 @@ impl Service {
 
     /// Runs the type's live test, records the result on the credential and in the audit log.
     pub fn test(&self, p: &Principal, id: &str) -> Result<TestView> {
+        require(p, Scope::Test)?;
         let c = self.live(p, id)?;
         let plugin = self.registry.get(&c.kind)?;
-        let bound = self.bound(p, &c, "test")?;
+        let bound = self.bound(p, &plugin, &c, "test")?;
         let call = self.registry.runtime().test(&plugin, bound);
         self.audit_events(p, Some(c.id), &call.events);
         let report = call.result.inspect_err(|e| {
@@ -503,6 +564,7 @@ impl Service {
 
     /// The caller's audit records, newest first; admins may name another user.
     pub fn audit_log(&self, p: &Principal, user: Option<&str>, limit: usize) -> Result<Vec<AuditRecord>> {
+        require_unbound(p, Scope::Read)?;
         let namespace = match user {
             Some(u) if u != p.user => {
                 require_admin(p)?;
@@ -548,7 +610,12 @@ impl Service {
 
     /// A live (not soft-deleted) credential of the caller.
     fn live(&self, p: &Principal, id: &str) -> Result<Credential> {
-        let c = self.store.get_credential(p.namespace, parse_id(id)?)?;
+        let id = parse_id(id)?;
+        // A grant sees its own credential only; others do not exist for it.
+        if p.grant.as_ref().is_some_and(|g| g.credential != id) {
+            return Err(ServiceError::NotFound);
+        }
+        let c = self.store.get_credential(p.namespace, id)?;
         if c.deleted_at.is_some() {
             return Err(ServiceError::NotFound);
         }
@@ -556,12 +623,31 @@ impl Service {
     }
 
     /// The stored credential with its secrets, bound for a plugin call (audited reveal).
-    fn bound(&self, p: &Principal, c: &Credential, purpose: &str) -> Result<Bound> {
+    fn bound(&self, p: &Principal, plugin: &Plugin, c: &Credential, purpose: &str) -> Result<Bound> {
         Ok(Bound {
             environment: c.environment.clone(),
             fields: c.fields.clone(),
-            secrets: self.store.reveal(&p.user, p.namespace, c.id, purpose)?,
+            secrets: self.secrets_of(p, plugin, c, purpose)?,
         })
+    }
+
+    /// The credential's secrets (an audited reveal), only if they were sealed for the
+    /// destination the credential names now. A metadata edit made behind the service's
+    /// back (in the database file) leaves them sealed for the old one: refused, nothing sent.
+    fn secrets_of(&self, p: &Principal, plugin: &Plugin, c: &Credential, purpose: &str) -> Result<SecretMap> {
+        let mut secrets = self.store.reveal(&p.user, p.namespace, c.id, purpose)?;
+        let sealed = secrets.remove(BINDING_KEY);
+        let expected = binding_of(plugin, c.environment.as_deref(), &c.fields);
+        // Credentials sealed before destination binding have none; they are bound at
+        // their next secret change.
+        if let (Some(sealed), Some(expected)) = (&sealed, &expected) {
+            if sealed.expose_secret() != expected {
+                tracing::warn!(credential = %c.id, "destination fields do not match the sealed binding; refusing to use the secrets");
+                self.audit(p, Some(c.id), "credential.destination_mismatch", Outcome::Denied, purpose.to_string());
+                return Err(ServiceError::DestinationMismatch);
+            }
+        }
+        Ok(secrets)
     }
 
     fn run_validate(
@@ -616,6 +702,47 @@ impl Service {
     }
 }
 
+/// Fields that decide where a type's secrets may be sent: every `field:` entry of its
+/// allow-list (and the environment, for types that have environments).
+pub fn destination_names(plugin: &Plugin) -> Vec<String> {
+    let mut names: BTreeSet<String> = BTreeSet::new();
+    for h in &plugin.manifest.allowed_hosts {
+        match h {
+            AllowedHost::Field(f) => {
+                names.insert(f.clone());
+            }
+            AllowedHost::HostPort { host, port } => {
+                names.insert(host.clone());
+                names.insert(port.clone());
+            }
+            AllowedHost::Origin { .. } => {}
+        }
+    }
+    let mut out: Vec<String> = names.into_iter().collect();
+    if !plugin.descriptor.environments.is_empty() {
+        out.push("environment".into());
+    }
+    out
+}
+
+/// The destination binding: SHA-256 over the destination fields' values (length-prefixed,
+/// by name). `None` for a type whose secrets go nowhere a field decides.
+fn binding_of(plugin: &Plugin, environment: Option<&str>, fields: &BTreeMap<String, String>) -> Option<String> {
+    let names = destination_names(plugin);
+    if names.is_empty() {
+        return None;
+    }
+    let mut h = sha2::Sha256::new();
+    h.update(b"credhost destination v1\n");
+    for name in &names {
+        let value = if name == "environment" { environment } else { fields.get(name).map(String::as_str) };
+        let value = value.unwrap_or("");
+        h.update(format!("{}:{name}={}:", name.len(), value.len()).as_bytes());
+        h.update(value.as_bytes());
+    }
+    Some(crate::plugins::runtime::hex(&h.finalize()))
+}
+
 /// Files a caller's field under the type's notion of secret; unknown names are kept
 /// secret (the plugin will reject them, and must not see them echoed).
 fn put_field(plugin: &Plugin, into: &mut Bound, name: String, value: SecretString) {
@@ -630,11 +757,27 @@ fn put_field(plugin: &Plugin, into: &mut Bound, name: String, value: SecretStrin
 }
 
 fn require_admin(p: &Principal) -> Result<()> {
-    if p.role == Role::Admin {
+    if p.role != Role::Admin {
+        return Err(ServiceError::Forbidden);
+    }
+    require(p, Scope::Admin)
+}
+
+/// The one scope check: every operation names the scope it needs.
+fn require(p: &Principal, scope: Scope) -> Result<()> {
+    if p.has(scope) {
         Ok(())
     } else {
-        Err(ServiceError::Forbidden)
+        Err(ServiceError::InsufficientScope(scope))
     }
+}
+
+/// Like [`require`], and refused to grants (they are bound to one credential).
+fn require_unbound(p: &Principal, scope: Scope) -> Result<()> {
+    if p.grant.is_some() {
+        return Err(ServiceError::GrantOnly);
+    }
+    require(p, scope)
 }
 
 fn parse_id(id: &str) -> Result<CredentialId> {

@@ -75,6 +75,12 @@ impl ApiError {
                 match e {
                     S::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", message, None),
                     S::Forbidden => (StatusCode::FORBIDDEN, "forbidden", message, None),
+                    S::InsufficientScope(_) => (StatusCode::FORBIDDEN, "insufficient_scope", message, None),
+                    S::DestinationMismatch => (StatusCode::CONFLICT, "destination_mismatch", message, None),
+                    S::GrantOnly => (StatusCode::FORBIDDEN, "grant_only", message, None),
+                    S::GrantExpired => (StatusCode::UNAUTHORIZED, "grant_expired", message, None),
+                    S::GrantRevoked => (StatusCode::FORBIDDEN, "grant_revoked", message, None),
+                    S::GrantExhausted => (StatusCode::TOO_MANY_REQUESTS, "grant_exhausted", message, None),
                     S::NotFound => (StatusCode::NOT_FOUND, "not_found", message, None),
                     S::Conflict(_) => (StatusCode::CONFLICT, "conflict", message, None),
                     S::InvalidFields(fields) => {

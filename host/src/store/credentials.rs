@@ -73,7 +73,16 @@ pub struct NewCredential {
     pub environment: Option<String>,
     pub fields: BTreeMap<String, String>,
     pub secrets: SecretMap,
+    /// Destination binding sealed with the secrets (see [`BINDING_KEY`]).
+    pub binding: Option<String>,
 }
+
+/// Name under which a credential's destination binding (a digest of the fields that
+/// decide where its secrets may be sent) is sealed inside the secrets blob. Not a valid
+/// field name, so it never collides with one. [`Store::reveal`] returns it with the
+/// secrets; the service compares it with the credential's current destination, so a
+/// metadata edit made behind the API's back cannot redirect a secret.
+pub const BINDING_KEY: &str = "\u{0}destination";
 
 impl NewCredential {
     /// A credential with a name and type and nothing else yet.
@@ -101,6 +110,8 @@ pub struct CredentialUpdate {
     pub secrets: SecretMap,
     /// Secret fields to remove (names not set are ignored); applied before `secrets`.
     pub clear_secrets: BTreeSet<String>,
+    /// A new destination binding: re-seals the secrets under it (a new version).
+    pub binding: Option<String>,
 }
 
 /// Query for [`Store::list_credentials`]. Results are ordered by name.
@@ -252,7 +263,11 @@ impl Store {
                     )
                 })
                 .collect();
-            let blob = dek.seal_secrets(ns.as_uuid(), id.as_uuid(), 1, &new.secrets)?;
+            let mut sealed = new.secrets.clone();
+            if let Some(b) = &new.binding {
+                sealed.insert(BINDING_KEY.into(), secrecy::SecretString::from(b.clone()));
+            }
+            let blob = dek.seal_secrets(ns.as_uuid(), id.as_uuid(), 1, &sealed)?;
             let now = now_ms();
             let cred = Credential {
                 id,
@@ -427,7 +442,7 @@ impl Store {
                 .into_iter()
                 .filter(|k| cred.secrets.contains_key(k))
                 .collect();
-            if !upd.secrets.is_empty() || !clears.is_empty() {
+            if !upd.secrets.is_empty() || !clears.is_empty() || upd.binding.is_some() {
                 if let Some(k) = upd.secrets.keys().find(|k| cred.fields.contains_key(*k)) {
                     return Err(invalid(format!("field {k:?} is a non-secret field")));
                 }
@@ -459,6 +474,10 @@ impl Store {
                     );
                     changed.push(format!("secrets.{k}"));
                     merged.insert(k, v);
+                }
+                if let Some(b) = upd.binding {
+                    merged.insert(BINDING_KEY.into(), secrecy::SecretString::from(b));
+                    changed.push("destination".into());
                 }
                 let blob = dek.seal_secrets(ns.as_uuid(), id.as_uuid(), version, &merged)?;
                 versions.insert((id.key(), version), blob.as_slice())?;

@@ -55,11 +55,11 @@ use serde::{Deserialize, Serialize};
 
 pub use audit::{AuditEntry, AuditQuery, AuditRecord, Outcome};
 pub use credentials::{
-    Credential, CredentialUpdate, ListQuery, NewCredential, Page, SecretField, TestResult,
+    Credential, CredentialUpdate, ListQuery, NewCredential, Page, SecretField, TestResult, BINDING_KEY,
 };
 pub use error::{Result, StoreError};
 pub use schema::{CredentialId, NamespaceId, SCHEMA_VERSION};
-pub use tokens::{Principal, TokenInfo, TOKEN_PREFIX};
+pub use tokens::{Grant, Principal, Scope, TokenInfo, TokenRefusal, TokenSpec, TOKEN_PREFIX};
 
 use std::sync::Arc;
 
