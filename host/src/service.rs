@@ -11,6 +11,9 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 
+mod grants;
+pub use grants::{GrantView, IssuedGrant, NewGrant, MAX_GRANT_TTL_SECS};
+
 use crate::crypto::SecretMap;
 use crate::plugins::manifest::AllowedHost;
 
@@ -396,7 +399,6 @@ impl Service {
         if !req.fields.is_empty() || req.environment.is_some() {
             let plugin = self.registry.get(&current.kind)?;
             // Validation sees the whole merged credential, so it needs the stored secrets.
-            let stored = self.secrets_of(p, &plugin, &current, "validate update")?;
             let environment = req.environment.clone().unwrap_or_else(|| current.environment.clone());
             let re_entered: BTreeSet<String> = req
                 .fields
@@ -404,6 +406,15 @@ impl Service {
                 .filter(|(name, v)| v.is_some() && plugin.descriptor.field(name).is_some_and(|f| f.secret))
                 .map(|(name, _)| name.clone())
                 .collect();
+            // Secrets sealed for another destination (an edit behind the API's back) are not
+            // opened; the owner repairs the credential by re-entering every one of them.
+            let (stored, repair) = match self.secrets_of(p, &plugin, &current, "validate update") {
+                Ok(s) => (s, false),
+                Err(ServiceError::DestinationMismatch) if current.secrets.keys().all(|k| re_entered.contains(k)) => {
+                    (SecretMap::new(), true)
+                }
+                Err(e) => return Err(e),
+            };
             let mut merged = Bound {
                 environment: environment.clone(),
                 fields: current.fields.clone(),
@@ -436,7 +447,7 @@ impl Service {
             // otherwise anyone who may edit metadata could send them elsewhere.
             let old_binding = binding_of(&plugin, current.environment.as_deref(), &current.fields);
             let new_binding = binding_of(&plugin, environment.as_deref(), &validated.fields);
-            if new_binding != old_binding {
+            if new_binding != old_binding || repair {
                 let missing: Vec<FieldError> = validated
                     .secrets
                     .keys()
@@ -609,7 +620,7 @@ impl Service {
     }
 
     /// A live (not soft-deleted) credential of the caller.
-    fn live(&self, p: &Principal, id: &str) -> Result<Credential> {
+    pub(crate) fn live(&self, p: &Principal, id: &str) -> Result<Credential> {
         let id = parse_id(id)?;
         // A grant sees its own credential only; others do not exist for it.
         if p.grant.as_ref().is_some_and(|g| g.credential != id) {

@@ -7,6 +7,7 @@ mod auth;
 mod credentials;
 pub mod error;
 mod extract;
+mod grants;
 mod health;
 pub mod openapi;
 mod types;
@@ -91,6 +92,7 @@ impl MakeRequestId for RequestIds {
 pub fn router(state: AppState, server: &ServerConfig) -> Router {
     let api = Router::new()
         .merge(credentials::router())
+        .merge(grants::router())
         .merge(types::router())
         .merge(audit::router())
         .merge(admin::router());

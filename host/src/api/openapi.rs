@@ -14,6 +14,7 @@ use super::AppState;
         super::credentials::create, super::credentials::list, super::credentials::show,
         super::credentials::update, super::credentials::remove, super::credentials::restore,
         super::credentials::validate, super::credentials::test,
+        super::grants::create, super::grants::list, super::grants::revoke,
         super::types::list, super::audit::list,
         super::admin::add_user, super::admin::add_token, super::admin::revoke_token,
         super::admin::plugins, super::admin::reload_plugins,

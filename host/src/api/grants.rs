@@ -1,0 +1,69 @@
+//! `/api/credentials/{id}/grants`: tokens an app hands to an agent so it can use one
+//! credential through the proxy without ever holding the secret.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{delete, post};
+use axum::{Json, Router};
+use secrecy::ExposeSecret;
+use serde::Serialize;
+
+use super::auth::Auth;
+use super::extract::ApiJson;
+use super::{ApiError, AppState};
+use crate::service::{GrantView, NewGrant};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/credentials/{id}/grants", post(create).get(list))
+        .route("/credentials/{id}/grants/{grant_id}", delete(revoke))
+}
+
+/// A new grant. `token` is shown here once; use it as `Authorization: Bearer` (or in the
+/// type's own auth header) against `proxy_url`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct GrantIssued {
+    #[serde(flatten)]
+    pub grant: GrantView,
+    pub token: String,
+    /// Base URL for the agent's client: `/api/credentials/{id}/proxy`.
+    pub proxy_url: String,
+}
+
+/// Issue a grant: a token that can only use this credential through the proxy (needs
+/// the `write` and `use` scopes).
+#[utoipa::path(post, path = "/api/credentials/{id}/grants", tag = "grants", request_body = NewGrant,
+    security(("bearer" = [])),
+    responses((status = 201, body = GrantIssued), (status = 404, body = super::error::ErrorBody),
+              (status = 422, body = super::error::ErrorBody)))]
+async fn create(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<NewGrant>,
+) -> Result<(StatusCode, Json<GrantIssued>), ApiError> {
+    let issued = s.run(move |svc| svc.create_grant(&p, &id, req)).await?;
+    let proxy_url = format!("/api/credentials/{}/proxy", issued.grant.credential);
+    Ok((
+        StatusCode::CREATED,
+        Json(GrantIssued { token: issued.token.token.expose_secret().to_string(), grant: issued.grant, proxy_url }),
+    ))
+}
+
+/// The credential's grants (never their tokens).
+#[utoipa::path(get, path = "/api/credentials/{id}/grants", tag = "grants", security(("bearer" = [])),
+    responses((status = 200, body = Vec<GrantView>), (status = 404, body = super::error::ErrorBody)))]
+async fn list(State(s): State<AppState>, Auth(p): Auth, Path(id): Path<String>) -> Result<Json<Vec<GrantView>>, ApiError> {
+    Ok(Json(s.read(|svc| svc.list_grants(&p, &id))?))
+}
+
+/// Revoke a grant; its holder gets 403 `grant_revoked` from then on.
+#[utoipa::path(delete, path = "/api/credentials/{id}/grants/{grant_id}", tag = "grants", security(("bearer" = [])),
+    responses((status = 200, body = GrantView), (status = 404, body = super::error::ErrorBody)))]
+async fn revoke(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Path((id, grant_id)): Path<(String, String)>,
+) -> Result<Json<GrantView>, ApiError> {
+    Ok(Json(s.run(move |svc| svc.revoke_grant(&p, &id, &grant_id)).await?))
+}

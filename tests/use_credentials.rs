@@ -1,0 +1,246 @@
+//! Using credentials without revealing them (issue 12), against the real binary over
+//! HTTP: destination binding (a secret only goes where it was sent), grants and scopes.
+//! A recording listener stands in for an attacker's server: it must never see a secret.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::http::HeaderMap;
+use axum::Router;
+use common::server::{random_alnum, Api, Env, LeakGuard, Server};
+use serde_json::{json, Value};
+
+/// A listener that records the `authorization` header of every request and answers 200.
+#[derive(Clone, Default)]
+struct Recorder {
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl Recorder {
+    async fn start() -> (Recorder, String) {
+        let rec = Recorder::default();
+        let seen = rec.seen.clone();
+        let app = Router::new().fallback(move |headers: HeaderMap| {
+            let seen = seen.clone();
+            async move {
+                let auth = headers.get("authorization").map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+                seen.lock().unwrap().push(auth.unwrap_or_default());
+                "{\"ok\":true}"
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (rec, format!("http://127.0.0.1:{port}"))
+    }
+
+    fn hits(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    fn saw(&self, secret: &str) -> bool {
+        self.seen.lock().unwrap().iter().any(|h| h.contains(secret))
+    }
+}
+
+struct World {
+    env: Env,
+    server: Server,
+    guard: Arc<LeakGuard>,
+    alice: String,
+    bob: String,
+}
+
+impl World {
+    fn start() -> World {
+        let env = Env::new().set("CREDHOST_ALLOW_PRIVATE_NETWORKS", "true");
+        let alice = env.add_user("alice", false);
+        let bob = env.add_user("bob", false);
+        let server = env.start(&[]);
+        World { env, server, guard: LeakGuard::new(), alice, bob }
+    }
+
+    fn api(&self) -> Api {
+        self.server.api(&self.guard)
+    }
+}
+
+async fn bearer(api: &Api, token: &str, name: &str, secret: &str, test_url: &str) -> Value {
+    let r = api
+        .post(
+            "/api/credentials",
+            Some(token),
+            json!({"name": name, "type": "bearer_token", "fields": {"token": secret, "test_url": test_url}}),
+        )
+        .await;
+    r.expect(201);
+    r.json()
+}
+
+/// Rewrites a stored credential's clear field directly in the database file (the server
+/// must be stopped): what a local attacker with write access to the file could do.
+fn edit_field_in_db(db_path: &std::path::Path, name: &str, field: &str, value: &str) {
+    let db = redb::Database::open(db_path).expect("open the database file");
+    let table: redb::TableDefinition<u128, &[u8]> = redb::TableDefinition::new("credentials");
+    let txn = db.begin_write().unwrap();
+    {
+        let mut t = txn.open_table(table).unwrap();
+        let rows: Vec<(u128, Vec<u8>)> = {
+            use redb::ReadableTable;
+            t.iter().unwrap().map(|r| r.unwrap()).map(|(k, v)| (k.value(), v.value().to_vec())).collect()
+        };
+        let mut edited = 0;
+        for (key, bytes) in rows {
+            let mut rec: Value = serde_json::from_slice(&bytes).unwrap();
+            if rec["name"] == name {
+                rec["fields"][field] = json!(value);
+                t.insert(key, serde_json::to_vec(&rec).unwrap().as_slice()).unwrap();
+                edited += 1;
+            }
+        }
+        assert_eq!(edited, 1, "credential {name} not found in the file");
+    }
+    txn.commit().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_only_goes_where_it_was_sent() {
+    let (good, good_url) = Recorder::start().await;
+    let (evil, evil_url) = Recorder::start().await;
+    let mut w = World::start();
+    let api = w.api();
+    let secret = w.guard.secret(format!("tok_{}", random_alnum(32)));
+    let c = bearer(&api, &w.alice, "api", &secret, &format!("{good_url}/me")).await;
+    let id = c["id"].as_str().unwrap().to_string();
+
+    // PATCH of the destination alone: refused, naming the secret to re-enter; nothing changes.
+    let r = api.patch(&format!("/api/credentials/{id}"), Some(&w.alice), json!({"fields": {"test_url": format!("{evil_url}/steal")}})).await;
+    let body = r.expect_error(422, "invalid_fields");
+    let fields = body["error"]["fields"].as_array().unwrap();
+    assert_eq!(fields.len(), 1, "{body}");
+    assert_eq!(fields[0]["field"], "token");
+    assert!(fields[0]["message"].as_str().unwrap().contains("re-enter"), "{body}");
+    let now = api.get(&format!("/api/credentials/{id}"), Some(&w.alice)).await.json();
+    assert_eq!(now["fields"]["test_url"], format!("{good_url}/me"));
+    assert_eq!(now["version"], c["version"]);
+    // A test still goes to the original destination only.
+    api.post_empty(&format!("/api/credentials/{id}/test"), Some(&w.alice)).await.expect(200);
+    assert!(good.saw(&secret), "the real service got the token");
+    assert_eq!(evil.hits(), 0, "the attacker's listener got a request");
+
+    // Metadata-only changes that are not destinations still work without the secret.
+    api.patch(&format!("/api/credentials/{id}"), Some(&w.alice), json!({"description": "prod", "fields": {"prefix": "Bearer"}}))
+        .await
+        .expect(200);
+
+    // An SSH credential: host and port are destinations too.
+    let ssh = api
+        .post(
+            "/api/credentials",
+            Some(&w.alice),
+            json!({"name": "box", "type": "ssh", "fields": {"host": "127.0.0.1", "port": 2222, "username": "deploy",
+                   "password": w.guard.secret(format!("pw-{}", random_alnum(20)))}}),
+        )
+        .await;
+    ssh.expect(201);
+    let ssh_id = ssh.json()["id"].as_str().unwrap().to_string();
+    for change in [json!({"port": 2223}), json!({"host": "127.0.0.2"})] {
+        let r = api.patch(&format!("/api/credentials/{ssh_id}"), Some(&w.alice), json!({"fields": change})).await;
+        let body = r.expect_error(422, "invalid_fields");
+        assert_eq!(body["error"]["fields"][0]["field"], "password", "{body}");
+    }
+
+    // A metadata edit in the database file behind the API's back: the secrets were sealed
+    // for the old destination, so they are not used at all.
+    w.server.stop();
+    edit_field_in_db(&w.env.data_dir().join("credhost.redb"), "api", "test_url", &format!("{evil_url}/steal"));
+    let server = w.env.start(&[]);
+    let api = server.api(&w.guard);
+    let r = api.post_empty(&format!("/api/credentials/{id}/test"), Some(&w.alice)).await;
+    r.expect_error(409, "destination_mismatch");
+    assert_eq!(evil.hits(), 0, "the attacker's listener got a request after the file edit");
+    api.get("/healthz", None).await.expect(200);
+
+    // With the secret re-entered, the owner may point it elsewhere (a new version).
+    let r = api
+        .patch(
+            &format!("/api/credentials/{id}"),
+            Some(&w.alice),
+            json!({"fields": {"test_url": format!("{good_url}/v2"), "token": secret}}),
+        )
+        .await;
+    r.expect(200);
+    assert!(r.json()["version"].as_u64().unwrap() > c["version"].as_u64().unwrap());
+    api.post_empty(&format!("/api/credentials/{id}/test"), Some(&w.alice)).await.expect(200);
+    assert_eq!(evil.hits(), 0);
+    w.guard.check("server log", &server.stderr());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grants_can_only_touch_their_own_credential() {
+    let (_good, good_url) = Recorder::start().await;
+    let w = World::start();
+    let api = w.api();
+    let a = bearer(&api, &w.alice, "a", &w.guard.secret(format!("tok_{}", random_alnum(32))), &format!("{good_url}/a")).await;
+    let b = bearer(&api, &w.alice, "b", &w.guard.secret(format!("tok_{}", random_alnum(32))), &format!("{good_url}/b")).await;
+    let (a_id, b_id) = (a["id"].as_str().unwrap(), b["id"].as_str().unwrap());
+
+    // Bad grant requests name the field and create nothing.
+    for (body, field) in [
+        (json!({"ttl_secs": 0}), "ttl_secs"),
+        (json!({"ttl_secs": 60, "methods": ["FETCH"]}), "methods"),
+        (json!({"ttl_secs": 60, "path_prefixes": ["/v2/../admin"]}), "path_prefixes"),
+        (json!({"ttl_secs": 60, "max_calls": 0}), "max_calls"),
+    ] {
+        let r = api.post(&format!("/api/credentials/{a_id}/grants"), Some(&w.alice), body).await;
+        let e = r.expect_error(422, "invalid_fields");
+        assert_eq!(e["error"]["fields"][0]["field"], field, "{e}");
+    }
+    assert_eq!(api.get(&format!("/api/credentials/{a_id}/grants"), Some(&w.alice)).await.json(), json!([]));
+
+    let r = api
+        .post(&format!("/api/credentials/{a_id}/grants"), Some(&w.alice), json!({"ttl_secs": 600, "label": "agent", "methods": ["get"]}))
+        .await;
+    r.expect(201);
+    let issued = r.json();
+    let grant = w.guard.secret(issued["token"].as_str().unwrap());
+    assert_eq!(issued["proxy_url"], format!("/api/credentials/{a_id}/proxy"));
+    assert_eq!(issued["methods"], json!(["GET"]));
+
+    // The grant reads its own credential's metadata, and nothing else.
+    api.get(&format!("/api/credentials/{a_id}"), Some(&grant)).await.expect(200);
+    api.get(&format!("/api/credentials/{b_id}"), Some(&grant)).await.expect_error(404, "not_found");
+    api.get("/api/credentials", Some(&grant)).await.expect_error(403, "grant_only");
+    api.get("/api/audit", Some(&grant)).await.expect_error(403, "grant_only");
+    api.post_empty(&format!("/api/credentials/{a_id}/test"), Some(&grant)).await.expect_error(403, "insufficient_scope");
+    api.patch(&format!("/api/credentials/{a_id}"), Some(&grant), json!({"description": "x"}))
+        .await
+        .expect_error(403, "insufficient_scope");
+    api.delete(&format!("/api/credentials/{a_id}"), Some(&grant)).await.expect_error(403, "grant_only");
+    api.post(&format!("/api/credentials/{a_id}/grants"), Some(&grant), json!({"ttl_secs": 60}))
+        .await
+        .expect_error(403, "grant_only");
+
+    // Listed for the owner (without the token), then revoked: 403 grant_revoked.
+    let listed = api.get(&format!("/api/credentials/{a_id}/grants"), Some(&w.alice)).await.json();
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    assert!(!listed.to_string().contains(&grant));
+    let gid = issued["grant_id"].as_str().unwrap();
+    api.delete(&format!("/api/credentials/{b_id}/grants/{gid}"), Some(&w.alice)).await.expect_error(404, "not_found");
+    api.delete(&format!("/api/credentials/{a_id}/grants/{gid}"), Some(&w.alice)).await.expect(200);
+    api.get(&format!("/api/credentials/{a_id}"), Some(&grant)).await.expect_error(403, "grant_revoked");
+
+    // Expiry: 401 grant_expired.
+    let r = api.post(&format!("/api/credentials/{a_id}/grants"), Some(&w.alice), json!({"ttl_secs": 1})).await;
+    r.expect(201);
+    let short = w.guard.secret(r.json()["token"].as_str().unwrap());
+    api.get(&format!("/api/credentials/{a_id}"), Some(&short)).await.expect(200);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    api.get(&format!("/api/credentials/{a_id}"), Some(&short)).await.expect_error(401, "grant_expired");
+
+    // Another user's token cannot make grants on alice's credential.
+    api.post(&format!("/api/credentials/{a_id}/grants"), Some(&w.bob), json!({"ttl_secs": 60})).await.expect_error(404, "not_found");
+    w.guard.check("server log", &w.server.stderr());
+}
