@@ -439,7 +439,12 @@ fn plugins(config: &Config, cmd: PluginsCommand) -> Result<ExitCode, String> {
         let base = url.unwrap_or_else(|| format!("http://{}", config.server.listen));
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
         let (status, body) = rt.block_on(async {
-            let resp = reqwest::Client::new()
+            // Never through HTTP_PROXY & co.: the request carries the admin token.
+            let client = reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .map_err(|e| format!("building the HTTP client: {e}"))?;
+            let resp = client
                 .post(format!("{}/api/admin/plugins/reload", base.trim_end_matches('/')))
                 .bearer_auth(token)
                 .send()

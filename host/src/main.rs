@@ -12,5 +12,7 @@ fn main() -> ExitCode {
         // Colour codes only on a terminal: log files and collectors get plain text.
         logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init();
     }
+    // Every command: a panic is logged with its location, never its message.
+    credhost::server::install_panic_hook();
     credhost::cli::run(credhost::cli::Cli::parse())
 }

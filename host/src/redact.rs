@@ -100,9 +100,9 @@ impl Scrubber {
             return (out, false);
         }
         let mut cut = floor_char(&out, limit.min(out.len()));
-        // Never half a marker: cut before it.
+        // Never half a marker: keep it whole (it says a secret was there).
         if let Some(m) = markers.iter().find(|m| m.start < cut && cut < m.end) {
-            cut = m.start;
+            cut = m.end;
         }
         out.truncate(cut);
         if !self.is_empty() && !out.ends_with(REDACTED) {

@@ -30,7 +30,6 @@ use crate::store::Role;
 pub async fn serve(config: Config) -> Result<(), String> {
     let started = std::time::Instant::now();
     config.server.check()?;
-    install_panic_hook();
     let cfg = config.clone();
     let service: Arc<Service> =
         tokio::task::spawn_blocking(move || crate::app::service(&cfg)).await.map_err(|e| e.to_string())??;
@@ -56,7 +55,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
 /// Panics are logged as one line with their location only: the default hook prints the
 /// payload, and a payload can quote anything the panicking code held (request data,
 /// secrets). Handler panics become JSON 500s in the API layer.
-fn install_panic_hook() {
+pub fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
         let location = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
         let thread = std::thread::current();

@@ -132,12 +132,16 @@ mod tests {
 
     use super::*;
 
+    async fn boom() -> &'static str {
+        panic!("PANIC-PAYLOAD-s3cr3t")
+    }
+
     /// A panicking handler answers the one error shape, status 500, and the panic
     /// message (standing in for a secret) appears nowhere in the reply.
     #[tokio::test]
     async fn a_handler_panic_becomes_a_json_500_without_its_message() {
         let app = Router::new()
-            .route("/boom", get(|| async { panic!("PANIC-PAYLOAD-s3cr3t") }))
+            .route("/boom", get(boom))
             .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response));
         let res = app.clone().oneshot(Request::get("/boom").body(Body::empty()).unwrap()).await.unwrap();
         assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);

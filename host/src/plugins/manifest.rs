@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 /// A host capability a plugin may import; undeclared ones answer `denied`.
@@ -251,6 +252,355 @@ impl fmt::Display for AllowedHost {
     }
 }
 
+/// Where a `[use]` base URL comes from. Whatever the source, only the URL's origin
+/// (`scheme://host[:port]`) is used: paths come from the request, within `path_prefixes`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UseSource {
+    /// `field:<name>`: the origin of the URL in this non-secret field of the credential.
+    Field(String),
+    /// `setting:<key>`: the origin of this setting (operator config may override it).
+    Setting(String),
+    /// A literal `http(s)://host[:port]`.
+    Origin(url::Url),
+}
+
+impl UseSource {
+    fn parse(s: &str) -> Result<Self, String> {
+        let what = |m: &str| format!("[use].base_url {s:?}: {m}");
+        if let Some(name) = s.strip_prefix("field:") {
+            return if is_identifier(name) {
+                Ok(UseSource::Field(name.into()))
+            } else {
+                Err(what("`field:` must name a field ([a-z][a-z0-9_]*)"))
+            };
+        }
+        if let Some(key) = s.strip_prefix("setting:") {
+            return if key.is_empty() || key.contains(char::is_whitespace) {
+                Err(what("`setting:` must name a key of [settings]"))
+            } else {
+                Ok(UseSource::Setting(key.into()))
+            };
+        }
+        let url = url::Url::parse(s).map_err(|e| what(&format!("{e}; use \"field:<name>\", \"setting:<key>\" or https://host")))?;
+        match origin_of(&url) {
+            Some(_) => Ok(UseSource::Origin(origin_url(&url).map_err(|e| what(&e))?)),
+            None => Err(what("a literal base URL must be http(s)://host[:port] with no path, query or user")),
+        }
+    }
+}
+
+impl fmt::Display for UseSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UseSource::Field(n) => write!(f, "field:{n}"),
+            UseSource::Setting(k) => write!(f, "setting:{k}"),
+            UseSource::Origin(u) => f.write_str(u.as_str().trim_end_matches('/')),
+        }
+    }
+}
+
+/// `[use].base_url`: one source, or one per environment of the type.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "toml::Value", into = "toml::Value")]
+pub enum BaseUrl {
+    Same(UseSource),
+    PerEnvironment(BTreeMap<String, UseSource>),
+}
+
+impl TryFrom<toml::Value> for BaseUrl {
+    type Error = String;
+    fn try_from(v: toml::Value) -> Result<Self, String> {
+        match v {
+            toml::Value::String(s) => UseSource::parse(&s).map(BaseUrl::Same),
+            toml::Value::Table(t) => {
+                let mut map = BTreeMap::new();
+                for (env, v) in t {
+                    let toml::Value::String(s) = v else {
+                        return Err(format!("[use].base_url.{env} must be a string such as \"setting:{env}_base_url\""));
+                    };
+                    map.insert(env, UseSource::parse(&s)?);
+                }
+                if map.is_empty() {
+                    return Err("[use].base_url is an empty table; give one source per environment".into());
+                }
+                Ok(BaseUrl::PerEnvironment(map))
+            }
+            _ => Err("[use].base_url must be \"field:<name>\", \"setting:<key>\", an http(s) origin, \
+                      or a table of environment = one of those"
+                .into()),
+        }
+    }
+}
+
+impl From<BaseUrl> for toml::Value {
+    fn from(b: BaseUrl) -> toml::Value {
+        match b {
+            BaseUrl::Same(s) => toml::Value::String(s.to_string()),
+            BaseUrl::PerEnvironment(m) => {
+                toml::Value::Table(m.into_iter().map(|(k, v)| (k, toml::Value::String(v.to_string()))).collect())
+            }
+        }
+    }
+}
+
+/// Methods a `[use]` policy may allow.
+pub const USE_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+
+/// `[use]`: how credentials of a type may be used without being shown. Absent: no proxy
+/// use and no reveal. With `base_url`, the proxy may send requests there (origin only),
+/// with one of `methods`, to paths under one of `path_prefixes`, the type's `authenticate`
+/// plan applied. `reveal` lets a caller with the `reveal` scope read the secrets back;
+/// `env` names the environment variables `credhost exec` sets (templates over fields,
+/// `{base_url}` and `{environment}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsePolicy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<BaseUrl>,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub path_prefixes: Vec<String>,
+    #[serde(default)]
+    pub reveal: bool,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+/// Placeholders of `[use.env]` templates that are not fields.
+pub const USE_ENV_BASE_URL: &str = "base_url";
+pub const USE_ENV_ENVIRONMENT: &str = "environment";
+
+impl UsePolicy {
+    /// Whether the proxy may use credentials of this type at all.
+    pub fn proxy(&self) -> bool {
+        self.base_url.is_some()
+    }
+
+    /// The origin requests go to, as a URL with path `/`. `environment` picks the source of
+    /// a per-environment base URL; `fields` are the credential's non-secret fields;
+    /// `settings` the plugin's settings after operator overrides. A field or setting
+    /// holding a URL with a path yields that URL's origin.
+    pub fn base_url(
+        &self,
+        environment: Option<&str>,
+        fields: &BTreeMap<String, String>,
+        settings: &BTreeMap<String, String>,
+    ) -> Result<url::Url, String> {
+        let source = match &self.base_url {
+            None => return Err("the type's [use] policy has no base_url: it has no HTTP use".into()),
+            Some(BaseUrl::Same(s)) => s,
+            Some(BaseUrl::PerEnvironment(map)) => {
+                let Some(env) = environment else {
+                    let envs = map.keys().cloned().collect::<Vec<_>>().join(", ");
+                    return Err(format!("the credential has no environment; its base URL depends on it ({envs})"));
+                };
+                map.get(env).ok_or_else(|| format!("the type's [use] policy has no base URL for environment `{env}`"))?
+            }
+        };
+        match source {
+            UseSource::Origin(u) => Ok(u.clone()),
+            UseSource::Field(name) => {
+                let v = fields.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
+                let v = v.ok_or_else(|| format!("field `{name}` (the base URL) is not set on this credential"))?;
+                let url = url::Url::parse(v).map_err(|e| format!("field `{name}` is not a URL: {e}"))?;
+                origin_url(&url).map_err(|e| format!("field `{name}`: {e}"))
+            }
+            UseSource::Setting(key) => {
+                let v = settings.get(key).map(|v| v.trim()).filter(|v| !v.is_empty());
+                let v = v.ok_or_else(|| format!("setting `{key}` (the base URL) is not set"))?;
+                let url = url::Url::parse(v).map_err(|e| format!("setting `{key}` is not a URL: {e}"))?;
+                origin_url(&url).map_err(|e| format!("setting `{key}`: {e}"))
+            }
+        }
+    }
+
+    /// Whether `method` on `path` (the path of the request, query ignored) is within the
+    /// policy. Prefixes match whole segments (`/v2/` and `/v2` allow `/v2` and `/v2/x`,
+    /// not `/v2evil`); paths with `.`/`..` segments (also percent-encoded), backslashes,
+    /// encoded slashes or control characters are refused outright, so no upstream
+    /// normalisation can walk out of a prefix.
+    pub fn allows(&self, method: &str, path: &str) -> bool {
+        if !self.proxy() || !self.methods.iter().any(|m| m.eq_ignore_ascii_case(method)) {
+            return false;
+        }
+        let path = path.split(['?', '#']).next().unwrap_or_default();
+        if !is_plain_path(path) {
+            return false;
+        }
+        self.path_prefixes.iter().any(|p| {
+            let base = p.trim_end_matches('/');
+            path == base || path.strip_prefix(base).is_some_and(|rest| rest.starts_with('/'))
+        })
+    }
+
+    fn check(&self, settings: &BTreeMap<String, String>) -> Result<(), String> {
+        match &self.base_url {
+            None => {
+                if !self.methods.is_empty() || !self.path_prefixes.is_empty() {
+                    return Err("[use] lists methods or path_prefixes but no base_url; \
+                                give a base_url, or drop them for a type without proxy use"
+                        .into());
+                }
+            }
+            Some(b) => {
+                if self.methods.is_empty() {
+                    return Err(format!("[use].methods is empty; list some of {}", USE_METHODS.join(", ")));
+                }
+                if self.path_prefixes.is_empty() {
+                    return Err("[use].path_prefixes is empty; list the paths the proxy may reach, e.g. [\"/\"]".into());
+                }
+                let sources: Vec<&UseSource> = match b {
+                    BaseUrl::Same(s) => vec![s],
+                    BaseUrl::PerEnvironment(m) => m.values().collect(),
+                };
+                for s in sources {
+                    if let UseSource::Setting(key) = s {
+                        let v = settings
+                            .get(key)
+                            .ok_or_else(|| format!("[use].base_url names setting `{key}`, which [settings] does not define"))?;
+                        let url = url::Url::parse(v.trim()).map_err(|e| format!("setting `{key}` (a [use] base URL) is not a URL: {e}"))?;
+                        origin_url(&url).map_err(|e| format!("setting `{key}` (a [use] base URL): {e}"))?;
+                    }
+                }
+            }
+        }
+        for m in &self.methods {
+            if !USE_METHODS.contains(&m.as_str()) {
+                return Err(format!("[use].methods: {m:?} is not one of {}", USE_METHODS.join(", ")));
+            }
+        }
+        for p in &self.path_prefixes {
+            if !p.starts_with('/') || !is_plain_path(p) || p.contains(['?', '#']) {
+                return Err(format!(
+                    "[use].path_prefixes: {p:?} must be a path starting with `/`, without `.`/`..` segments, \
+                     query or escapes"
+                ));
+            }
+        }
+        for (name, template) in &self.env {
+            let ok = name.bytes().next().is_some_and(|b| b.is_ascii_uppercase() || b == b'_')
+                && name.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+            if !ok {
+                return Err(format!("[use.env]: variable name {name:?} must match [A-Z_][A-Z0-9_]*"));
+            }
+            let names = super::types::template_fields(template).map_err(|e| format!("[use.env].{name}: the template {e}"))?;
+            if names.contains(&USE_ENV_BASE_URL) && self.base_url.is_none() {
+                return Err(format!("[use.env].{name} uses {{base_url}} but [use] has no base_url"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Load-time checks against what the component says about itself: fields named exist
+    /// (base URL fields are not secret), and a per-environment base URL covers exactly the
+    /// type's environments.
+    pub(crate) fn check_against(&self, fields: &[(&str, bool)], environments: &[String]) -> Result<(), String> {
+        let secret = |name: &str| fields.iter().find(|(n, _)| *n == name).map(|(_, s)| *s);
+        match &self.base_url {
+            Some(BaseUrl::Same(UseSource::Field(name))) => {
+                if secret(name) != Some(false) {
+                    return Err(format!("[use].base_url names `{name}`, which is not a non-secret field of the type"));
+                }
+            }
+            Some(BaseUrl::PerEnvironment(map)) => {
+                for (env, source) in map {
+                    if !environments.contains(env) {
+                        return Err(format!(
+                            "[use].base_url.{env}: the type has no environment `{env}` (it has: {})",
+                            if environments.is_empty() { "none".to_string() } else { environments.join(", ") }
+                        ));
+                    }
+                    if let UseSource::Field(name) = source {
+                        if secret(name) != Some(false) {
+                            return Err(format!("[use].base_url.{env} names `{name}`, which is not a non-secret field of the type"));
+                        }
+                    }
+                }
+                if let Some(missing) = environments.iter().find(|e| !map.contains_key(*e)) {
+                    return Err(format!("[use].base_url has no entry for environment `{missing}`"));
+                }
+            }
+            _ => {}
+        }
+        for (name, template) in &self.env {
+            for f in super::types::template_fields(template).unwrap_or_default() {
+                if f != USE_ENV_BASE_URL && f != USE_ENV_ENVIRONMENT && secret(f).is_none() {
+                    return Err(format!("[use.env].{name} names `{f}`, which is not a field of the type"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The `[use.env]` variables for one credential: templates filled with `base_url` (the
+    /// origin, no trailing `/`), `environment` and field values (secret ones from `secrets`).
+    /// The caller must not log or store the result.
+    pub fn env_vars(
+        &self,
+        base_url: Option<&url::Url>,
+        environment: Option<&str>,
+        fields: &BTreeMap<String, String>,
+        secrets: &BTreeMap<String, SecretString>,
+    ) -> Result<BTreeMap<String, SecretString>, String> {
+        let mut out = BTreeMap::new();
+        for (name, template) in &self.env {
+            let mut value = String::with_capacity(template.len());
+            let mut rest = template.as_str();
+            while let Some(i) = rest.find(['{', '}']) {
+                value.push_str(&rest[..i]);
+                let tail = &rest[i..];
+                if tail.starts_with("{{") || tail.starts_with("}}") {
+                    value.push(tail.as_bytes()[0] as char);
+                    rest = &tail[2..];
+                    continue;
+                }
+                let end = tail.find('}').filter(|_| tail.starts_with('{')).ok_or_else(|| format!("[use.env].{name}: malformed template"))?;
+                let key = &tail[1..end];
+                let filled = match key {
+                    USE_ENV_BASE_URL => base_url.map(|u| u.as_str().trim_end_matches('/').to_string()),
+                    USE_ENV_ENVIRONMENT => environment.map(str::to_string),
+                    _ => fields.get(key).cloned().or_else(|| secrets.get(key).map(|s| s.expose_secret().to_string())),
+                };
+                let Some(mut filled) = filled else {
+                    zeroize::Zeroize::zeroize(&mut value);
+                    return Err(format!("[use.env].{name}: `{key}` is not set on this credential"));
+                };
+                value.push_str(&filled);
+                zeroize::Zeroize::zeroize(&mut filled);
+                rest = &tail[end + 1..];
+            }
+            value.push_str(rest);
+            out.insert(name.clone(), SecretString::from(value));
+        }
+        Ok(out)
+    }
+}
+
+/// The origin of an http(s) URL, as a URL with path `/`; refuses user info and other schemes.
+fn origin_url(url: &url::Url) -> Result<url::Url, String> {
+    match origin_of_target(url) {
+        Some(_) => url::Url::parse(&url.origin().ascii_serialization()).map_err(|e| e.to_string()),
+        None => Err("must be an http(s) URL with a host and no user info".into()),
+    }
+}
+
+/// A path with no `.`/`..` segment (raw or percent-encoded), no encoded `/` or `\`, no
+/// backslash and no control or whitespace characters.
+fn is_plain_path(path: &str) -> bool {
+    if !path.starts_with('/') || path.contains('\\') || path.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return false;
+    }
+    let lower = path.to_ascii_lowercase();
+    if lower.contains("%2f") || lower.contains("%5c") || lower.contains("%00") {
+        return false;
+    }
+    lower.split('/').all(|seg| {
+        let seg = seg.replace("%2e", ".");
+        seg != "." && seg != ".."
+    })
+}
+
 /// A plugin manifest, as written by its author.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -279,6 +629,9 @@ pub struct Manifest {
     /// Default settings; operator config may override them.
     #[serde(default)]
     pub settings: BTreeMap<String, String>,
+    /// `[use]`: how credentials of this type may be used (proxy, reveal, exec); absent = not at all.
+    #[serde(default, rename = "use", skip_serializing_if = "Option::is_none")]
+    pub use_policy: Option<UsePolicy>,
 }
 
 impl Manifest {
@@ -312,7 +665,56 @@ impl Manifest {
                 return Err(format!("limits.{name} = {v} is outside 1..={max}"));
             }
         }
+        if let Some(u) = &self.use_policy {
+            u.check(&self.settings)?;
+        }
         Ok(())
+    }
+
+    /// Fields that decide where a secret may go: every `field:` entry of `allowed_hosts`
+    /// (`field:host:port` gives both) and a `[use]` base URL taken from a field. Each once,
+    /// in manifest order.
+    pub fn destination_fields(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        let mut add = |name: &String| {
+            if !out.contains(name) {
+                out.push(name.clone());
+            }
+        };
+        for h in &self.allowed_hosts {
+            match h {
+                AllowedHost::Field(name) => add(name),
+                AllowedHost::HostPort { host, port } => {
+                    add(host);
+                    add(port);
+                }
+                AllowedHost::Origin { .. } => {}
+            }
+        }
+        match self.use_policy.as_ref().and_then(|u| u.base_url.as_ref()) {
+            Some(BaseUrl::Same(UseSource::Field(name))) => add(name),
+            Some(BaseUrl::PerEnvironment(map)) => {
+                for s in map.values() {
+                    if let UseSource::Field(name) = s {
+                        add(name);
+                    }
+                }
+            }
+            _ => {}
+        }
+        out
+    }
+
+    /// The `[use]` base URL for a credential, resolved with this manifest's settings
+    /// (operator overrides applied) and checked against `allowed_hosts`: the proxy's one
+    /// call to learn where a credential may be sent.
+    pub fn use_base_url(&self, environment: Option<&str>, fields: &BTreeMap<String, String>) -> Result<url::Url, String> {
+        let policy = self.use_policy.as_ref().ok_or_else(|| format!("type `{}` declares no [use]: it has no HTTP use", self.id))?;
+        let url = policy.base_url(environment, fields, &self.settings)?;
+        if !self.allowed_hosts.iter().any(|h| h.allows(&url, fields)) {
+            return Err(format!("the base URL {} is not in the allowed hosts of type `{}`", url.as_str().trim_end_matches('/'), self.id));
+        }
+        Ok(url)
     }
 
     pub fn has(&self, cap: Capability) -> bool {

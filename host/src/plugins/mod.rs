@@ -14,11 +14,13 @@ pub mod runtime;
 pub mod state;
 pub mod types;
 
-pub use manifest::{Capability, Limits, Manifest};
+pub use manifest::{BaseUrl, Capability, Limits, Manifest, UsePolicy, UseSource};
 pub use registry::{LoadProblem, LoadReport, Registry, Sources};
 pub use runtime::{Call, HostServices, Plugin, Runtime};
 pub use state::{Bound, CapabilityEvent};
-pub use types::{FieldError, FieldKind, FieldSpec, TestReport, TestStatus, TypeDescriptor, Validated};
+pub use types::{
+    AuthPlan, FieldError, FieldKind, FieldSpec, PlanValue, TestReport, TestStatus, TypeDescriptor, Validated,
+};
 
 use secrecy::SecretString;
 

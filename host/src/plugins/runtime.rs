@@ -12,14 +12,15 @@ use std::time::{Duration, Instant};
 
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, ComponentExportIndex, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 
+use super::bindings::credhost::provider::http as wit_http;
 use super::bindings::credhost::provider::types as wit;
 use super::bindings::{CredentialType, CredentialTypePre};
 use super::manifest::{is_identifier, AllowedHost, Capability, Manifest};
 use super::state::{Bound, CallState, CapabilityEvent, Phase};
-use super::types::{FieldError, FieldKind, TestReport, TestStatus, TypeDescriptor, Validated};
+use super::types::{AuthPlan, FieldError, FieldKind, TestReport, TestStatus, TypeDescriptor, Validated};
 use super::PluginError;
 use crate::redact;
 
@@ -67,6 +68,20 @@ pub struct Plugin {
     /// Where it came from (`builtin:alpaca`, a file path).
     pub origin: String,
     pre: CredentialTypePre<CallState>,
+    /// The 0.1.1 export `authenticate`, if the component has it (0.1.0 components do not).
+    authenticate: Option<ComponentExportIndex>,
+}
+
+impl Plugin {
+    /// The manifest's `[use]` policy; `None`: no proxy use, no reveal, no exec.
+    pub fn use_policy(&self) -> Option<&super::manifest::UsePolicy> {
+        self.manifest.use_policy.as_ref()
+    }
+
+    /// Whether the component exports `authenticate` (built against WIT 0.1.1 or later).
+    pub fn has_authenticate(&self) -> bool {
+        self.authenticate.is_some()
+    }
 }
 
 impl std::fmt::Debug for Plugin {
@@ -165,6 +180,8 @@ impl Runtime {
         origin: String,
     ) -> Result<Plugin, PluginError> {
         let load_err = |message: String| PluginError::Load { origin: origin.clone(), message };
+        // Optional since 0.1.1: looked up here, type-checked when called.
+        let authenticate = component.get_export_index(None, super::bindings::AUTHENTICATE);
         let instance_pre = self
             .linker
             .instantiate_pre(&component)
@@ -178,7 +195,14 @@ impl Runtime {
         let raw = call.result.map_err(|e| load_err(format!("describe failed: {e}")))?;
         let descriptor = TypeDescriptor::from_wit(raw);
         check_descriptor(&descriptor, &manifest).map_err(load_err)?;
-        Ok(Plugin { manifest, descriptor, sha256, origin, pre })
+        if authenticate.is_none() && manifest.use_policy.as_ref().is_some_and(|u| u.proxy()) {
+            return Err(load_err(
+                "the manifest's [use] has a base_url, but the component has no `authenticate` export \
+                 (built against credhost:provider@0.1.0?); rebuild it against the current WIT"
+                    .into(),
+            ));
+        }
+        Ok(Plugin { manifest, descriptor, sha256, origin, pre, authenticate })
     }
 
     /// Runs the plugin's offline checks on `input` (secret fields included).
@@ -316,11 +340,13 @@ impl Runtime {
         });
         let latency_ms = started.elapsed().as_millis() as u64;
         let id = plugin.manifest.id.clone();
+        let scrubber = redact::Scrubber::new(&secrets);
         let result = call.result.and_then(|r| match r {
             Ok(o) => Ok(TestReport {
                 status: TestStatus::from(o.status),
-                summary: redact::scrub(&o.summary, &secrets),
-                facts: o.facts.into_iter().map(|f| (f.key, redact::scrub(&f.value, &secrets))).collect(),
+                summary: scrubber.scrub(&o.summary),
+                // Keys too: a plugin may put anything it saw into either.
+                facts: o.facts.into_iter().map(|f| (scrubber.scrub(&f.key), scrubber.scrub(&f.value))).collect(),
                 latency_ms,
             }),
             Err(e) => Err(PluginError::reported(&id, e, &secrets)),
@@ -328,7 +354,57 @@ impl Runtime {
         Call { result, events: call.events }
     }
 
-    /// One sandboxed call: fresh store, limits, deadline, instantiate, call, size check.
+    /// How to apply the credential in `bound` to an HTTP request: the type's `authenticate`
+    /// plan, checked against its descriptor (header names legal and not host-controlled,
+    /// every named field declared). Sandboxed like `test` but offline: a fresh store, the
+    /// `validate_ms` budget, network capabilities and `secrets.reveal` denied.
+    ///
+    /// Only `bound`'s environment, non-secret fields and the *names* of its secrets are
+    /// used; secret values may be left out and are dropped before the call either way.
+    /// A type without HTTP use (no `authenticate` export, as in components built against
+    /// WIT 0.1.0, or one answering `unsupported`) gives [`PluginError::Reported`] with
+    /// [`ReportedKind::Unsupported`](super::ReportedKind::Unsupported); a plan that breaks the
+    /// rules gives [`PluginError::Contract`] naming the header or field.
+    pub fn authenticate(&self, plugin: &Plugin, bound: Bound) -> Call<AuthPlan> {
+        let id = plugin.manifest.id.clone();
+        let Some(export) = plugin.authenticate else {
+            let message = format!(
+                "type `{id}` has no HTTP use: its component does not export `authenticate` (built against \
+                 credhost:provider@0.1.0)"
+            );
+            let result = Err(PluginError::Reported { plugin: id, kind: super::ReportedKind::Unsupported, message });
+            return Call { result, events: Vec::new() };
+        };
+        let ctx = wit::TestContext {
+            environment: bound.environment.clone(),
+            fields: bound.fields.iter().map(|(k, v)| wit::FieldValue { name: k.clone(), value: v.clone() }).collect(),
+            secret_fields: bound.secrets.keys().cloned().collect(),
+        };
+        let bound = Bound { environment: bound.environment, fields: bound.fields, secrets: Default::default() };
+        let pre = plugin.pre.instance_pre();
+        // `Phase::Validate`: offline and without `secrets`, within `validate_ms`.
+        let call = self.run_in(&plugin.manifest, Phase::Validate, bound, |store| {
+            let instance = pre.instantiate(&mut *store)?;
+            let typed = instance
+                .get_typed_func::<(&wit::TestContext,), (Result<wit_http::AuthPlan, wit::Error>,)>(&mut *store, &export);
+            let func = match typed {
+                Ok(f) => f,
+                Err(e) => return Ok(Err(format!("its `authenticate` export has the wrong type: {e:#}"))),
+            };
+            Ok(Ok(func.call(&mut *store, (&ctx,))?.0))
+        });
+        let result = call.result.and_then(|r| match r {
+            Err(message) => Err(PluginError::Contract { plugin: id.clone(), message }),
+            Ok(Ok(plan)) => AuthPlan::from_wit(plan, &plugin.descriptor).map_err(|e| PluginError::Contract {
+                plugin: id.clone(),
+                message: format!("authenticate returned an unusable plan: {e}"),
+            }),
+            Ok(Err(e)) => Err(PluginError::reported(&id, e, &[])),
+        });
+        Call { result, events: call.events }
+    }
+
+    /// One sandboxed call of a `credential-type-core` export (see [`Runtime::run_in`]).
     fn run<T: OutputSize>(
         &self,
         pre: &CredentialTypePre<CallState>,
@@ -336,6 +412,18 @@ impl Runtime {
         phase: Phase,
         bound: Bound,
         f: impl FnOnce(&CredentialType, &mut Store<CallState>) -> wasmtime::Result<T>,
+    ) -> Call<T> {
+        self.run_in(manifest, phase, bound, |store| pre.instantiate(&mut *store).and_then(|ct| f(&ct, store)))
+    }
+
+    /// One sandboxed call: fresh store, limits, deadline, then `f` instantiates and calls,
+    /// then the size check.
+    fn run_in<T: OutputSize>(
+        &self,
+        manifest: &Arc<Manifest>,
+        phase: Phase,
+        bound: Bound,
+        f: impl FnOnce(&mut Store<CallState>) -> wasmtime::Result<T>,
     ) -> Call<T> {
         let limits = manifest.limits;
         let budget_ms = if phase == Phase::Test { limits.test_ms } else { limits.validate_ms };
@@ -346,7 +434,7 @@ impl Runtime {
         store.epoch_deadline_trap();
 
         let plugin = manifest.id.as_str();
-        let outcome = pre.instantiate(&mut store).and_then(|ct| f(&ct, &mut store));
+        let outcome = f(&mut store);
         let state = store.data();
         let result = match outcome {
             Ok(value) => {
@@ -485,6 +573,10 @@ fn check_descriptor(d: &TypeDescriptor, m: &Manifest) -> Result<(), String> {
             }
         }
     }
+    if let Some(u) = &m.use_policy {
+        let fields: Vec<(&str, bool)> = d.fields.iter().map(|f| (f.name.as_str(), f.secret)).collect();
+        u.check_against(&fields, &d.environments)?;
+    }
     if m.has(Capability::Secrets) && m.reveal.is_empty() {
         return Err("capability `secrets` is declared but `reveal` lists no fields".into());
     }
@@ -539,3 +631,17 @@ impl OutputSize for Result<wit::TestOutcome, wit::Error> {
     }
 }
 
+/// `Err(text)`: the export had the wrong type (a contract fault, not the plugin's answer).
+impl OutputSize for Result<Result<wit_http::AuthPlan, wit::Error>, String> {
+    fn output_size(&self) -> usize {
+        let value = |v: &wit_http::Value| match v {
+            wit_http::Value::Plain(s) | wit_http::Value::Field(s) | wit_http::Value::Template(s) => s.len(),
+            wit_http::Value::Basic((u, p)) => u.len() + p.len(),
+        };
+        match self {
+            Ok(Ok(p)) => p.headers.iter().chain(&p.query).map(|(n, v)| n.len() + value(v)).sum(),
+            Ok(Err(e)) => format!("{e:?}").len(),
+            Err(m) => m.len(),
+        }
+    }
+}

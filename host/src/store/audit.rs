@@ -410,7 +410,11 @@ impl Store {
             txn.open_table(META)?.insert(META_AUDIT_INDEX, enc(&1u32).as_slice())?;
             tracing::info!(records = n, "audit: built the per-namespace index");
         }
-        if !keyed {
+        if !keyed && indexed {
+            // This version opened the file before (the index is there), so the marker was
+            // removed since: leave it missing, and `audit verify` reports the break.
+            tracing::error!("audit: the chain's key marker was removed from the database; not re-keying");
+        } else if !keyed {
             let next = {
                 let meta = txn.open_table(META)?;
                 let head: AuditHead = match meta.get(META_AUDIT_HEAD)? {

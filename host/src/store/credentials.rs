@@ -654,4 +654,19 @@ impl Store {
         txn.commit()?;
         Ok(secrets)
     }
+
+    /// A live credential and its current secrets, read in one read transaction without
+    /// an audit record of its own: for the proxy, whose every call is audited as a use
+    /// of the credential (a durable write per call would dominate its latency).
+    pub fn credential_for_use(&self, ns: NamespaceId, id: CredentialId) -> Result<(Credential, SecretMap)> {
+        let txn = self.db.begin_read()?;
+        let cred = load_live(&txn.open_table(CREDENTIALS)?, ns, id)?;
+        let dek = self.dek_in(&txn.open_table(NAMESPACES)?, ns)?;
+        let versions = txn.open_table(VERSIONS)?;
+        let blob = versions
+            .get((id.key(), cred.version))?
+            .ok_or_else(|| StoreError::Corrupt(format!("credential {id} has no version {}", cred.version)))?;
+        let secrets = dek.open_secrets(ns.as_uuid(), id.as_uuid(), cred.version, blob.value())?;
+        Ok((cred, secrets))
+    }
 }

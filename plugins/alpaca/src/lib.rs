@@ -97,6 +97,13 @@ impl Guest for Alpaca {
         };
         Ok(verdict.fact("environment", env))
     }
+
+    /// Alpaca's own headers; the base URL (paper or live) comes from the manifest's `[use]`.
+    fn authenticate(_ctx: TestContext) -> Result<AuthPlan, Error> {
+        Ok(AuthPlan::new()
+            .header("APCA-API-KEY-ID", field("key_id"))
+            .header("APCA-API-SECRET-KEY", field("secret_key")))
+    }
 }
 
 /// What `GET /v2/account` said.

@@ -1,7 +1,8 @@
 //! An API key sent in a header or a query parameter of the caller's choice.
 //!
 //! `validate` checks the key can travel in either place and that the header or parameter
-//! name is usable; `test` sends `GET test_url` with the key where it belongs.
+//! name is usable; `test` sends `GET test_url` with the key where it belongs, and
+//! `authenticate` puts it there on requests made with the credential.
 
 use credhost_sdk::names::header_name_problem;
 use credhost_sdk::prelude::*;
@@ -66,6 +67,19 @@ impl Guest for ApiKey {
             _ => call.header(name, field("key")),
         };
         request::auth_verdict(call.send())
+    }
+
+    fn authenticate(ctx: TestContext) -> Result<AuthPlan, Error> {
+        let fields = Fields::of(&ctx);
+        let name = fields.get_trimmed("name").unwrap_or(DEFAULT_NAME);
+        match fields.get_trimmed("placement").unwrap_or(HEADER) {
+            QUERY => Ok(AuthPlan::new().query(name, field("key"))),
+            HEADER => Ok(AuthPlan::new().header(name, field("key"))),
+            _ => Err(credhost_sdk::errors::invalid_field(
+                "placement",
+                "placement must be header or query.",
+            )),
+        }
     }
 }
 

@@ -1,7 +1,8 @@
 //! A bearer token sent in a header (`Authorization: Bearer <token>` by default).
 //!
 //! `validate` checks that the token can travel in a header and that the header name and
-//! prefix are usable; `test` sends `GET test_url` with the token and reads the status.
+//! prefix are usable; `test` sends `GET test_url` with the token and reads the status;
+//! `authenticate` sets the same header on requests made with the credential.
 
 use credhost_sdk::errors::invalid_field;
 use credhost_sdk::names::{header_name_problem, is_token};
@@ -69,21 +70,32 @@ impl Guest for BearerToken {
         let Some(url) = fields.get_trimmed("test_url") else {
             return Err(Error::Unsupported("no test_url set".into()));
         };
-        let header = fields.get_trimmed("header_name").unwrap_or(DEFAULT_HEADER);
-        let prefix = fields.get("prefix").map_or(DEFAULT_PREFIX, str::trim);
-        if header_name_problem(header).is_some() {
-            return Err(invalid_field(
-                "header_name",
-                "header_name is not a valid header name.",
-            ));
-        }
-        let value = if prefix.is_empty() {
-            field("token")
-        } else {
-            template(&format!("{} {{token}}", template_literal(prefix)))
-        };
+        let (header, value) = auth_header(fields)?;
         request::auth_verdict(request::get(url).header(header, value).send())
     }
+
+    fn authenticate(ctx: TestContext) -> Result<AuthPlan, Error> {
+        let (header, value) = auth_header(Fields::of(&ctx))?;
+        Ok(AuthPlan::new().header(header, value))
+    }
+}
+
+/// `header_name: prefix {token}` (or the token alone with an empty prefix).
+fn auth_header(fields: Fields<'_>) -> Result<(&str, Value), Error> {
+    let header = fields.get_trimmed("header_name").unwrap_or(DEFAULT_HEADER);
+    let prefix = fields.get("prefix").map_or(DEFAULT_PREFIX, str::trim);
+    if header_name_problem(header).is_some() {
+        return Err(invalid_field(
+            "header_name",
+            "header_name is not a valid header name.",
+        ));
+    }
+    let value = if prefix.is_empty() {
+        field("token")
+    } else {
+        template(&format!("{} {{token}}", template_literal(prefix)))
+    };
+    Ok((header, value))
 }
 
 /// A token must fit in a header value as one word.

@@ -52,4 +52,9 @@ impl Guest for DbDsn {
             Err(e) => outcome::from_error(e),
         }
     }
+
+    /// A DSN is handed to a database client, not applied to HTTP requests.
+    fn authenticate(_ctx: TestContext) -> Result<AuthPlan, Error> {
+        Err(no_http_use("Database DSN"))
+    }
 }

@@ -48,6 +48,10 @@ impl Guest for HttpBasic {
         let auth = basic("{username}", "{password}");
         request::auth_verdict(request::get(url).header("Authorization", auth).send())
     }
+
+    fn authenticate(_ctx: TestContext) -> Result<AuthPlan, Error> {
+        Ok(AuthPlan::new().header("Authorization", basic("{username}", "{password}")))
+    }
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 //! - [`Fields`]: a read-only view over `list<field-value>` (e.g. a test context);
 //! - [`outcome`]: `test-outcome` and fact builders;
 //! - [`request`]: `http.send` with secret references, and the usual status verdict;
+//! - [`plan`]: [`AuthPlan`] builders for `authenticate` (how the host applies the credential);
 //! - [`url`], [`names`], [`json`]: small offline parsers.
 //!
 //! ```no_run
@@ -44,6 +45,9 @@
 //!         let url = Fields::of(&ctx).require("test_url")?.to_string();
 //!         request::auth_verdict(request::get(url).header("Authorization", template("Bearer {token}")).send())
 //!     }
+//!     fn authenticate(_ctx: TestContext) -> Result<AuthPlan, Error> {
+//!         Ok(AuthPlan::new().header("Authorization", template("Bearer {token}")))
+//!     }
 //! }
 //!
 //! credhost_sdk::export!(Token);
@@ -68,6 +72,7 @@ pub mod form;
 pub mod json;
 pub mod names;
 pub mod outcome;
+pub mod plan;
 pub mod request;
 pub mod spec;
 pub mod url;
@@ -79,6 +84,7 @@ pub use bindings::Guest;
 pub use errors::Errors;
 pub use fields::Fields;
 pub use form::Form;
+pub use http::AuthPlan;
 pub use types::{
     Descriptor, Error, Fact, FieldError, FieldKind, FieldSpec, FieldValue, TestContext,
     TestOutcome, TestStatus,
@@ -88,10 +94,11 @@ pub use types::{
 pub mod prelude {
     pub use crate::http::Value;
     pub use crate::outcome::{indeterminate, invalid, valid, OutcomeExt};
+    pub use crate::plan::no_http_use;
     pub use crate::request::{basic, field, plain, template};
     pub use crate::spec::{self, SpecExt};
     pub use crate::{
-        request, Descriptor, Error, Errors, FieldError, FieldValue, Fields, Form, Guest,
+        request, AuthPlan, Descriptor, Error, Errors, FieldError, FieldValue, Fields, Form, Guest,
         TestContext, TestOutcome, TestStatus,
     };
 }

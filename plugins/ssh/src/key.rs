@@ -17,8 +17,8 @@ const PEM_LABELS: &[&str] = &[
 
 /// Highest bcrypt rounds (`ssh-keygen -a`) of an encrypted OpenSSH key; mirrors
 /// `MAX_BCRYPT_ROUNDS` in host/src/plugins/caps/keys.rs, which the host enforces.
-const MAX_BCRYPT_ROUNDS: u32 = 256;
-const TOO_MANY_ROUNDS: &str = "private_key is encrypted with more than 256 bcrypt rounds, which the host refuses to \
+const MAX_BCRYPT_ROUNDS: u32 = 200;
+const TOO_MANY_ROUNDS: &str = "private_key is encrypted with more than 200 bcrypt rounds, which the host refuses to \
      decrypt; re-encrypt it with `ssh-keygen -p -a 100 -f KEY`.";
 const PUBLIC: &str = "private_key holds a public key; paste the private key instead (the key file without .pub, such as ~/.ssh/id_ed25519).";
 const NOT_A_KEY: &str = "private_key must be an OpenSSH or PEM private key, starting with -----BEGIN … PRIVATE KEY-----.";

@@ -134,6 +134,11 @@ impl Guest for Ssh {
             .fact("host_key_fingerprint", clip(&seen))
             .fact("auth_method", method))
     }
+
+    /// An SSH login is not applied to HTTP requests.
+    fn authenticate(_ctx: TestContext) -> Result<AuthPlan, Error> {
+        Err(no_http_use("SSH login"))
+    }
 }
 
 /// Exactly one of password and private key; a passphrase exactly when the key is encrypted.

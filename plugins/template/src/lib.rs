@@ -55,4 +55,10 @@ impl Guest for ExampleService {
         let url = format!("{base}/v1/me");
         request::auth_verdict(request::get(&url).header("Authorization", template("Bearer {api_token}")).send())
     }
+
+    /// How requests made with the credential (the proxy) carry it: the same header as `test`.
+    /// Without an HTTP use, return `Err(no_http_use("Example service"))`.
+    fn authenticate(_ctx: TestContext) -> Result<AuthPlan, Error> {
+        Ok(AuthPlan::new().header("Authorization", template("Bearer {api_token}")))
+    }
 }

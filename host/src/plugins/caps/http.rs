@@ -2,7 +2,7 @@
 //!
 //! The plugin names fields; the host fills them in, sends only to the plugin's allowed
 //! hosts and hands back a response with every secret value of the bound credential
-//! (and its base64/URL-encoded forms) scrubbed out of the headers and body.
+//! (in every form [`redact::Scrubber`] knows) scrubbed out of the headers, body and errors.
 //!
 //! Defences (see DESIGN.md, "Lessons from peers"):
 //! - every hop is checked against `allowed_hosts`: redirects are followed here, by
@@ -14,7 +14,8 @@
 //!   address that resolver returned, so DNS rebinding cannot slip past the check; IP
 //!   literals are checked before sending; proxies from the environment are ignored;
 //! - the timeout is the least of the wanted one, the test's remaining budget and a cap;
-//!   the body is read up to [`MAX_BODY`] and cut there (`truncated`).
+//!   the body is read up to [`MAX_BODY`] plus the scrubber's margin, scrubbed, then cut
+//!   at [`MAX_BODY`] (`truncated`) with no partial secret left at the cut.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -23,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 
 use super::netio::{self, AddressRefused};
 use crate::plugins::bindings::credhost::provider::http::{self, Value};
@@ -70,35 +71,42 @@ impl http::Host for CallState {
         let allow_private = self.host.allow_private_networks;
         let timeout = self.call_timeout(prepared.timeout_ms)?;
         let started = Instant::now();
-        let outcome = netio::run(transfer(prepared, allowed, fields, allow_private, timeout)).unwrap_or_else(|e| Err(Fail::Other(e)));
-        let owned: Vec<SecretString> = self.bound.secrets.values().cloned().collect();
-        let secrets: Vec<&SecretString> = owned.iter().collect();
+        // Built once per call: the same forms scrub headers, body and errors.
+        let scrubber = redact::Scrubber::new(self.bound.secrets.values());
+        let read = MAX_BODY + scrubber.margin();
+        let outcome = netio::run(transfer(prepared, allowed, fields, allow_private, timeout, read))
+            .unwrap_or_else(|e| Err(Fail::Other(e)));
         match outcome {
             Ok(raw) => {
                 let latency_ms = started.elapsed().as_millis().min(u128::from(u32::MAX)) as u32;
-                let body = String::from_utf8_lossy(&raw.body);
-                Ok(http::Response {
-                    status: raw.status,
-                    headers: raw
-                        .headers
-                        .iter()
-                        .map(|(k, v)| {
-                            let v = String::from_utf8_lossy(v.as_bytes());
-                            (k.as_str().to_string(), redact::scrub(&v, secrets.iter().copied()))
-                        })
-                        .collect(),
-                    body: redact::scrub(&body, secrets.iter().copied()),
-                    truncated: raw.truncated,
-                    latency_ms,
-                })
+                Ok(scrub_response(raw, &scrubber, latency_ms))
             }
             Err(Fail::Refused(detail, e)) => {
                 tracing::warn!(plugin = %self.manifest.id, target = %detail, "http.send refused");
                 self.refuse(Capability::Http, detail);
-                Err(scrub_error(e, &secrets))
+                Err(scrub_error(e, &scrubber))
             }
-            Err(Fail::Other(e)) => Err(scrub_error(e, &secrets)),
+            Err(Fail::Other(e)) => Err(scrub_error(e, &scrubber)),
         }
+    }
+}
+
+/// The response as the plugin sees it: header names and values and the body scrubbed,
+/// the body scrubbed *before* it is cut to [`MAX_BODY`] (a secret crossing the cut is
+/// seen whole, and no partial secret is left at the cut).
+fn scrub_response(raw: Raw, scrubber: &redact::Scrubber, latency_ms: u32) -> http::Response {
+    let body = String::from_utf8_lossy(&raw.body);
+    let (body, cut) = scrubber.scrub_capped(&body, MAX_BODY, raw.more);
+    http::Response {
+        status: raw.status,
+        headers: raw
+            .headers
+            .iter()
+            .map(|(k, v)| (scrubber.scrub(k.as_str()), scrubber.scrub(&String::from_utf8_lossy(v.as_bytes()))))
+            .collect(),
+        body,
+        truncated: cut,
+        latency_ms,
     }
 }
 
@@ -117,8 +125,8 @@ fn describe_target(method: &str, url: &str) -> String {
     }
 }
 
-fn scrub_error(e: Error, secrets: &[&SecretString]) -> Error {
-    let s = |m: String| redact::scrub(&m, secrets.iter().copied());
+fn scrub_error(e: Error, scrubber: &redact::Scrubber) -> Error {
+    let s = |m: String| scrubber.scrub(&m);
     match e {
         Error::Unreachable(m) => Error::Unreachable(s(m)),
         Error::Rejected(m) => Error::Rejected(s(m)),
@@ -288,12 +296,13 @@ fn clip(s: &str) -> String {
     s.chars().take(64).collect()
 }
 
-/// What the transfer produced, before scrubbing.
+/// What the transfer produced, before scrubbing: the body read up to the limit plus the
+/// scrubber's margin, and whether the peer sent more than that.
 struct Raw {
     status: u16,
     headers: HeaderMap,
     body: Vec<u8>,
-    truncated: bool,
+    more: bool,
 }
 
 enum Fail {
@@ -350,6 +359,7 @@ async fn transfer(
     fields: BTreeMap<String, String>,
     allow_private: bool,
     timeout: Duration,
+    read_limit: usize,
 ) -> Result<Raw, Fail> {
     let client = client(allow_private).map_err(Fail::Other)?;
     let deadline = tokio::time::Instant::now() + timeout;
@@ -409,17 +419,17 @@ async fn transfer(
                 }
             }
             let mut body = Vec::new();
-            let mut truncated = false;
+            let mut more = false;
             while let Some(chunk) = resp.chunk().await.map_err(|e| map_reqwest(e, &shown))? {
-                let room = MAX_BODY - body.len();
+                let room = read_limit - body.len();
                 if chunk.len() > room {
                     body.extend_from_slice(&chunk[..room]);
-                    truncated = true;
+                    more = true;
                     break;
                 }
                 body.extend_from_slice(&chunk);
             }
-            return Ok(Raw { status: status.as_u16(), headers: resp.headers().clone(), body, truncated });
+            return Ok(Raw { status: status.as_u16(), headers: resp.headers().clone(), body, more });
         }
     };
     match tokio::time::timeout_at(deadline, work).await {
@@ -461,4 +471,40 @@ fn map_reqwest(e: reqwest::Error, shown: &str) -> Fail {
     };
     let detail = chain.last().cloned().unwrap_or_else(|| e.to_string());
     Fail::Other(Error::Unreachable(format!("{shown}: {kind}: {detail}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::SecretString;
+
+    /// Headers (names and values) and the body are scrubbed in every form, and a
+    /// secret crossing the body limit is seen whole and cut out, not left in part.
+    #[test]
+    fn responses_are_scrubbed_before_the_cut() {
+        let secret = "q\"uo\\te/é-0123456789abcdef";
+        let s = SecretString::from(secret);
+        let scrubber = redact::Scrubber::new([&s]);
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("bob:{secret}"));
+        let json = serde_json::to_string(secret).unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert("www-authenticate", HeaderValue::from_str(&format!("Basic {basic}")).unwrap());
+        headers.insert("x-json", HeaderValue::from_str(&json).unwrap());
+        headers.insert(HeaderName::from_static("x-0123456789abcdef"), HeaderValue::from_static("name"));
+        let scrubber_plain = redact::Scrubber::new([&SecretString::from("x-0123456789abcdef")]);
+        let mut body = vec![b'.'; MAX_BODY - 7];
+        body.extend_from_slice(secret.as_bytes());
+        body.extend_from_slice(b" and more");
+        let raw = Raw { status: 200, headers: headers.clone(), body, more: false };
+        let r = scrub_response(raw, &scrubber, 1);
+        assert!(r.truncated);
+        assert!(r.body.len() <= MAX_BODY + redact::REDACTED.len());
+        assert!(r.body.ends_with(redact::REDACTED) && !r.body.contains("q\"uo"), "{}", &r.body[r.body.len() - 40..]);
+        let h: BTreeMap<_, _> = r.headers.into_iter().collect();
+        assert_eq!(h["www-authenticate"], "Basic [REDACTED]");
+        assert_eq!(h["x-json"], "\"[REDACTED]\"");
+        let r = scrub_response(Raw { status: 200, headers, body: Vec::new(), more: false }, &scrubber_plain, 1);
+        assert!(r.headers.iter().any(|(k, _)| k == redact::REDACTED), "{:?}", r.headers);
+        assert!(!r.truncated);
+    }
 }

@@ -10,7 +10,8 @@
 //! Address policy: a name is resolved here, every address is checked, and the
 //! connection goes to a checked address — DNS rebinding between check and connect is
 //! impossible. Loopback, private, link-local, CGNAT, unique-local, multicast and
-//! unspecified addresses are refused unless the operator allows private networks.
+//! unspecified addresses are refused unless the operator allows private networks, and
+//! so is an IPv6 address carrying such an IPv4 address in any form ([`embedded_ipv4`]).
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -84,13 +85,11 @@ impl std::fmt::Display for AddressRefused {
 impl std::error::Error for AddressRefused {}
 
 /// Is `ip` a public unicast address (the only kind reachable without the operator's leave)?
+/// An IPv6 address is public only if it is and every IPv4 address embedded in it is too.
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => is_public_v4(v4),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => is_public_v4(v4),
-            None => is_public_v6(v6),
-        },
+        IpAddr::V6(v6) => is_public_v6(v6) && embedded_ipv4(v6).into_iter().all(is_public_v4),
     }
 }
 
@@ -112,6 +111,10 @@ fn is_public_v4(ip: Ipv4Addr) -> bool {
 
 fn is_public_v6(ip: Ipv6Addr) -> bool {
     let s = ip.segments();
+    let nat64 = s[0] == 0x64 && s[1] == 0xff9b;
+    // Inside 64:ff9b::/32 only the well-known /96 and the local-use /48 translate to IPv4
+    // (checked through their embedded addresses); the rest is unassigned.
+    let nat64_known = nat64 && ((s[2..6] == [0, 0, 0, 0]) || s[2] == 1);
     !(ip.is_unspecified()
         || ip.is_loopback()
         || ip.is_multicast()
@@ -119,7 +122,46 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         || (s[0] & 0xffc0) == 0xfe80 // link-local fe80::/10
         || (s[0] & 0xffc0) == 0xfec0 // site-local (deprecated)
         || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
-        || (s[0] == 0x64 && s[1] == 0xff9b)) // NAT64 can reach IPv4 private space
+        || (nat64 && !nat64_known))
+}
+
+/// Every IPv4 address an IPv6 address carries, in any form that a host or gateway may
+/// turn into an IPv4 destination: mapped `::ffff:a.b.c.d`, translated `::ffff:0:a.b.c.d`,
+/// compatible `::a.b.c.d`, 6to4 `2002:AABB:CCDD::/48`, Teredo `2001:0::/32` (server in
+/// bits 32..64, client in the last 32 bits inverted), NAT64 `64:ff9b::/96` and every
+/// RFC 6052 position under the local-use `64:ff9b:1::/48`, and ISATAP interface ids.
+pub fn embedded_ipv4(ip: Ipv6Addr) -> Vec<Ipv4Addr> {
+    let s = ip.segments();
+    let o = ip.octets();
+    let v4 = |b: [u8; 4]| Ipv4Addr::from(b);
+    let last = v4([o[12], o[13], o[14], o[15]]);
+    let mut out = Vec::new();
+    if s[0..5] == [0, 0, 0, 0, 0] && (s[5] == 0xffff || s[5] == 0) {
+        out.push(last); // mapped, compatible (and :: / ::1, already refused as v6)
+    }
+    if s[0..4] == [0, 0, 0, 0] && s[4] == 0xffff && s[5] == 0 {
+        out.push(last); // SIIT translated
+    }
+    if s[0] == 0x2002 {
+        out.push(v4([o[2], o[3], o[4], o[5]]));
+    }
+    if s[0] == 0x2001 && s[1] == 0 {
+        out.push(v4([o[4], o[5], o[6], o[7]]));
+        out.push(v4([!o[12], !o[13], !o[14], !o[15]]));
+    }
+    if s[0] == 0x64 && s[1] == 0xff9b {
+        if s[2] == 1 {
+            // RFC 6052 positions for /48, /56, /64 and /96 prefixes (octet 8 is skipped).
+            out.push(v4([o[6], o[7], o[9], o[10]]));
+            out.push(v4([o[7], o[9], o[10], o[11]]));
+            out.push(v4([o[9], o[10], o[11], o[12]]));
+        }
+        out.push(last);
+    }
+    if (s[4] & 0xfdff) == 0 && s[5] == 0x5efe {
+        out.push(last); // ISATAP interface id ::0:5efe:a.b.c.d / ::200:5efe:a.b.c.d
+    }
+    out
 }
 
 /// Checks one address against the policy.
@@ -216,10 +258,42 @@ mod tests {
     }
 
     #[test]
+    fn embedded_ipv4_follows_the_ipv4_policy() {
+        // (private embedding, public embedding) pairs for every form.
+        for (deny, allow) in [
+            ("::127.0.0.1", "::8.8.8.8"),                             // IPv4-compatible
+            ("::ffff:0:10.0.0.1", "::ffff:0:8.8.8.8"),                // SIIT translated
+            ("2002:7f00:1::", "2002:808:808::"),                      // 6to4 127.0.0.1 / 8.8.8.8
+            ("2002:a9fe:a9fe::1", "2002:101:101::1"),                 // 6to4 metadata IP
+            ("2001:0:7f00:1:0:0:f7f7:f7f7", "2001:0:808:808:0:0:f7f7:f7f7"), // Teredo server
+            ("2001:0:808:808:0:0:80ff:fffe", "2001:0:808:808:0:0:fefe:fefe"), // Teredo client 127.0.0.1 / 1.1.1.1
+            ("64:ff9b::7f00:1", "64:ff9b::808:808"),                  // NAT64 well-known
+            ("64:ff9b::a9fe:a9fe", "64:ff9b::101:101"),
+            // NAT64 local-use: the prefix length is site-specific, so every RFC 6052
+            // position must hold a public address (here the /48 and the /96 ones).
+            ("64:ff9b:1:7f00:1::", "64:ff9b:1:808:8:808:808:808"),
+            ("64:ff9b:1::a00:1", "64:ff9b:1:101:1:101:101:101"),
+            ("2606:4700::5efe:a00:1", "2606:4700::5efe:808:808"),     // ISATAP
+        ] {
+            let (d, a): (Ipv6Addr, Ipv6Addr) = (deny.parse().unwrap(), allow.parse().unwrap());
+            assert!(!is_public(IpAddr::V6(d)), "{deny} embeds a private IPv4: {:?}", embedded_ipv4(d));
+            assert!(is_public(IpAddr::V6(a)), "{allow} should be public: {:?}", embedded_ipv4(a));
+            assert!(check_addr(IpAddr::V6(d), false).unwrap_err().0.contains("private"));
+            assert!(check_addr(IpAddr::V6(d), true).is_ok());
+        }
+        // Unassigned NAT64 space stays refused; ordinary public IPv6 has no embedding.
+        assert!(!is_public("64:ff9b:2::808:808".parse().unwrap()));
+        assert!(embedded_ipv4("2606:4700:4700::1111".parse().unwrap()).is_empty());
+    }
+
+    #[test]
     fn resolution_refuses_loopback_unless_allowed() {
         let r = run(resolve_checked("127.0.0.1", 80, false)).unwrap();
         assert!(matches!(r, Err(ResolveError::Refused(_))), "{r:?}");
         let r = run(resolve_checked("[::1]", 80, true)).unwrap().unwrap();
         assert_eq!(r[0].port(), 80);
+        // An IPv6 literal embedding loopback is refused the same way.
+        let r = run(resolve_checked("[2002:7f00:1::]", 80, false)).unwrap();
+        assert!(matches!(r, Err(ResolveError::Refused(_))), "{r:?}");
     }
 }
