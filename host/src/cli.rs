@@ -117,6 +117,10 @@ pub enum TokensCommand {
         /// Lifetime in seconds, at most 10 years (default: no expiry).
         #[arg(long)]
         expires_in_secs: Option<u64>,
+        /// A scope the token carries (repeat for several): read, write, test, use, reveal,
+        /// admin. Default: read, write, test, use (and admin for admins).
+        #[arg(long = "scope")]
+        scopes: Vec<crate::store::Scope>,
     },
     /// List tokens (never their values).
     List {
@@ -370,7 +374,7 @@ fn users(config: &Config, cmd: UsersCommand) -> Result<ExitCode, String> {
 fn tokens(config: &Config, cmd: TokensCommand) -> Result<ExitCode, String> {
     let store = crate::app::open_store(config)?;
     match cmd {
-        TokensCommand::Create { user, label, expires_in_secs } => {
+        TokensCommand::Create { user, label, expires_in_secs, scopes } => {
             // Same bound as the API, checked before anything is written.
             let expires = crate::service::token_expiry(expires_in_secs).map_err(|e| match e {
                 crate::service::ServiceError::InvalidFields(f) => {
@@ -378,12 +382,18 @@ fn tokens(config: &Config, cmd: TokensCommand) -> Result<ExitCode, String> {
                 }
                 e => e.to_string(),
             })?;
-            let (info, token) = store.create_token(CLI_ACTOR, &user, None, expires, &label).map_err(|e| e.to_string())?;
+            let spec = crate::store::TokenSpec {
+                scopes: (!scopes.is_empty()).then(|| scopes.into_iter().collect()),
+                expires_at: expires,
+                label,
+                ..Default::default()
+            };
+            let (info, token) = store.issue_token(CLI_ACTOR, &user, spec).map_err(|e| e.to_string())?;
             eprintln!("created token {} for {}", info.id, info.user);
             println!("{}", token.expose_secret());
         }
         TokensCommand::List { user } => {
-            println!("{:<26} {:<16} {:<6} {:<8} LABEL", "ID", "USER", "ROLE", "STATE");
+            println!("{:<36} {:<16} {:<6} {:<8} {:<28} LABEL", "ID", "USER", "ROLE", "STATE", "SCOPES");
             for t in store.list_tokens(user.as_deref()).map_err(|e| e.to_string())? {
                 let state = if t.revoked_at.is_some() {
                     "revoked"
@@ -392,7 +402,17 @@ fn tokens(config: &Config, cmd: TokensCommand) -> Result<ExitCode, String> {
                 } else {
                     "active"
                 };
-                println!("{:<26} {:<16} {:<6} {:<8} {}", t.id, t.user, format!("{:?}", t.role).to_lowercase(), state, t.label);
+                let scopes: Vec<&str> = t.scopes().iter().map(|s| s.as_str()).collect();
+                let scopes = if t.grant.is_some() { format!("grant:{}", scopes.join(",")) } else { scopes.join(",") };
+                println!(
+                    "{:<36} {:<16} {:<6} {:<8} {:<28} {}",
+                    t.id,
+                    t.user,
+                    format!("{:?}", t.role).to_lowercase(),
+                    state,
+                    scopes,
+                    t.label
+                );
             }
         }
         TokensCommand::Revoke { token_id } => {

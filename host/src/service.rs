@@ -596,8 +596,21 @@ impl Service {
     /// `expires_in_secs`: lifetime from now (at most [`MAX_TOKEN_LIFETIME_SECS`]); `None`
     /// means no expiry. Checked before anything is written.
     pub fn issue_token(&self, actor: &str, user: &str, expires_in_secs: Option<u64>, label: &str) -> Result<IssuedToken> {
+        self.issue_scoped_token(actor, user, expires_in_secs, label, None)
+    }
+
+    /// A token with the given scopes (`None`: the role's defaults). `admin` needs an admin user.
+    pub fn issue_scoped_token(
+        &self,
+        actor: &str,
+        user: &str,
+        expires_in_secs: Option<u64>,
+        label: &str,
+        scopes: Option<BTreeSet<Scope>>,
+    ) -> Result<IssuedToken> {
         let expires_at = token_expiry(expires_in_secs)?;
-        let (info, token) = self.store.create_token(actor, user, None, expires_at, label)?;
+        let spec = crate::store::TokenSpec { scopes, expires_at, label: label.into(), ..Default::default() };
+        let (info, token) = self.store.issue_token(actor, user, spec)?;
         Ok(IssuedToken { info, token })
     }
 
@@ -607,11 +620,18 @@ impl Service {
         self.add_user(&p.user, name, role)
     }
 
-    pub fn admin_issue_token(&self, p: &Principal, user: &str, expires_in_secs: Option<u64>, label: &str) -> Result<IssuedToken> {
+    pub fn admin_issue_token(
+        &self,
+        p: &Principal,
+        user: &str,
+        expires_in_secs: Option<u64>,
+        label: &str,
+        scopes: Option<BTreeSet<Scope>>,
+    ) -> Result<IssuedToken> {
         require_admin(p)?;
         token_expiry(expires_in_secs)?;
         self.store.get_user(user)?;
-        self.issue_token(&p.user, user, expires_in_secs, label)
+        self.issue_scoped_token(&p.user, user, expires_in_secs, label, scopes)
     }
 
     pub fn admin_revoke_token(&self, p: &Principal, token_id: &str) -> Result<TokenInfo> {

@@ -37,6 +37,10 @@ pub struct NewToken {
     pub label: String,
     /// Lifetime in seconds (1 to 10 years); absent means no expiry.
     pub expires_in_secs: Option<u64>,
+    /// Scopes the token carries; absent means the user's defaults (read, write, test,
+    /// use, and admin for admins). `reveal` is only ever given here, on purpose.
+    #[serde(default)]
+    pub scopes: Option<Vec<crate::store::Scope>>,
 }
 
 /// A freshly issued token. `token` is shown here once and stored only as a hash.
@@ -46,6 +50,7 @@ pub struct TokenIssued {
     pub token_id: String,
     pub token: String,
     pub expires_at: Option<String>,
+    pub scopes: Vec<crate::store::Scope>,
 }
 
 impl From<IssuedToken> for TokenIssued {
@@ -55,6 +60,7 @@ impl From<IssuedToken> for TokenIssued {
             token_id: t.info.id.clone(),
             token: t.token.expose_secret().to_string(),
             expires_at: t.info.expires_at.map(crate::service::rfc3339),
+            scopes: t.info.scopes().into_iter().collect(),
         }
     }
 }
@@ -86,7 +92,8 @@ async fn add_token(
     OptionalJson(req): OptionalJson<NewToken>,
 ) -> Result<(StatusCode, Json<TokenIssued>), ApiError> {
     // The service bounds the lifetime (422 naming `expires_in_secs`) before creating anything.
-    let token = s.run(move |svc| svc.admin_issue_token(&p, &name, req.expires_in_secs, &req.label)).await?;
+    let scopes = req.scopes.map(|v| v.into_iter().collect());
+    let token = s.run(move |svc| svc.admin_issue_token(&p, &name, req.expires_in_secs, &req.label, scopes)).await?;
     Ok((StatusCode::CREATED, Json(token.into())))
 }
 

@@ -312,6 +312,28 @@ impl Store {
         Ok(recs)
     }
 
+    /// Appends a record without waiting for the disk (a non-durable commit): for records
+    /// written on a hot path (each proxy call). The next durable commit — any store write,
+    /// or [`Store::flush_audit`], which the service runs every second — makes it durable;
+    /// a crash before that can lose the last second of such records, never a commit.
+    pub fn append_audit_lazy(&self, entry: AuditEntry) -> Result<AuditRecord> {
+        let mut txn = self.begin_write()?;
+        txn.set_durability(redb::Durability::None)?;
+        let rec = append(&txn, entry)?;
+        txn.commit()?;
+        self.lazy_pending.store(true, std::sync::atomic::Ordering::Release);
+        Ok(rec)
+    }
+
+    /// Makes lazily appended records durable (an empty durable commit); a no-op when none
+    /// are pending.
+    pub fn flush_audit(&self) -> Result<()> {
+        if self.lazy_pending.swap(false, std::sync::atomic::Ordering::AcqRel) {
+            self.begin_write()?.commit()?;
+        }
+        Ok(())
+    }
+
     /// Audit records matching `query`, newest first. With a namespace, only that
     /// namespace's records are read (through the `(namespace, seq)` index).
     pub fn list_audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>> {

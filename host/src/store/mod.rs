@@ -98,6 +98,8 @@ pub struct Store {
     /// Keys the audit chain; derived from `kek`.
     audit_key: Arc<AuditKey>,
     path: PathBuf,
+    /// Non-durable audit commits wait for the next durable one ([`Store::flush_audit`]).
+    lazy_pending: std::sync::atomic::AtomicBool,
 }
 
 /// A durable write transaction that knows the audit key, so every audit record appended
@@ -205,7 +207,7 @@ impl Store {
         // Opens an existing file, or initialises a missing or empty one.
         let db = Database::create(&path)?;
         let audit_key = Arc::new(kek.audit_key());
-        let store = Store { db, kek, audit_key, path };
+        let store = Store { db, kek, audit_key, path, lazy_pending: std::sync::atomic::AtomicBool::new(false) };
         if let MetaState::Empty = check_meta(&store.db.begin_read()?, &store.kek)? {
             store.init()?;
         }
