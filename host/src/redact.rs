@@ -553,7 +553,7 @@ mod tests {
         let s = SecretString::from("0123456789abcdefghij0123456789xyz");
         let text = format!("{}0123456789abcdefghij0123456789xyz tail", "-".repeat(100));
         let sc = Scrubber::new([&s]);
-        for limit in 100..140 {
+        for limit in 100..text.len() {
             let (out, cut) = sc.scrub_capped(&text, limit, false);
             assert!(cut);
             assert!(out.len() <= limit + REDACTED.len());

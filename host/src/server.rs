@@ -48,6 +48,9 @@ pub async fn serve(config: Config) -> Result<(), String> {
     // A line tests and scripts can wait for (the port may have been chosen by the OS).
     println!("listening on http://{addr}");
     accept_loop(listener, app, &config.server, shutdown_signal()).await;
+    if let Err(e) = service.store().flush_audit() {
+        tracing::error!(error = %e, "could not make the last audit records durable");
+    }
     tracing::info!("shut down cleanly");
     Ok(())
 }

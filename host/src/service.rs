@@ -325,6 +325,16 @@ pub struct Service {
 
 impl Service {
     pub fn new(store: Arc<Store>, registry: Arc<Registry>) -> Self {
+        // Hot-path audit records (proxy calls) are committed lazily; make them durable
+        // within a second. The thread ends with the store.
+        let weak = Arc::downgrade(&store);
+        let _ = std::thread::Builder::new().name("credhost-audit-flush".into()).spawn(move || loop {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            let Some(store) = weak.upgrade() else { break };
+            if let Err(e) = store.flush_audit() {
+                tracing::error!(error = %e, "could not make audit records durable");
+            }
+        });
         Service { store, registry }
     }
 

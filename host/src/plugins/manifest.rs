@@ -806,6 +806,116 @@ mod tests {
         }
     }
 
+    fn with_use(section: &str) -> Result<Manifest, String> {
+        Manifest::parse(&format!(
+            "id = \"x\"\nversion = \"1\"\nallowed_hosts = [\"field:test_url\"]\n\
+             [settings]\npaper = \"https://paper.example\"\n[use]\n{section}"
+        ))
+    }
+
+    #[test]
+    fn use_section_parses_every_base_url_form() {
+        let m = with_use("base_url = \"field:test_url\"\nmethods = [\"GET\"]\npath_prefixes = [\"/\"]").unwrap();
+        let u = m.use_policy.as_ref().unwrap();
+        assert_eq!(u.base_url, Some(BaseUrl::Same(UseSource::Field("test_url".into()))));
+        assert!(!u.reveal && u.env.is_empty());
+        let m = with_use("base_url = { paper = \"setting:paper\", live = \"https://live.example:8443\" }\n\
+                          methods = [\"GET\", \"POST\"]\npath_prefixes = [\"/v2/\"]\nreveal = true\n\
+                          [use.env]\nBASE = \"{base_url}\"")
+            .unwrap();
+        let u = m.use_policy.as_ref().unwrap();
+        let none = BTreeMap::new();
+        assert_eq!(u.base_url(Some("paper"), &none, &m.settings).unwrap().as_str(), "https://paper.example/");
+        assert_eq!(u.base_url(Some("live"), &none, &m.settings).unwrap().as_str(), "https://live.example:8443/");
+        // Round trip: what is serialised parses back the same.
+        let text = toml::to_string(&m).unwrap();
+        assert_eq!(Manifest::parse(&text).unwrap(), m, "{text}");
+        // No [use]: no use at all.
+        assert!(Manifest::parse("id = \"x\"\nversion = \"1\"").unwrap().use_policy.is_none());
+        // Reveal and env only (a DSN): no proxy.
+        let m = with_use("reveal = true\n[use.env]\nDATABASE_URL = \"{dsn}\"").unwrap();
+        assert!(!m.use_policy.as_ref().unwrap().proxy());
+    }
+
+    #[test]
+    fn use_section_errors_name_the_key() {
+        for (section, needle) in [
+            ("base_url = \"field:test_url\"\nmethods = [\"GET\"]\npath_prefixes = [\"/\"]\ncolour = 1", "colour"),
+            ("base_url = \"ftp://h\"\nmethods = [\"GET\"]\npath_prefixes = [\"/\"]", "base_url"),
+            ("base_url = \"https://h/path\"\nmethods = [\"GET\"]\npath_prefixes = [\"/\"]", "no path"),
+            ("base_url = \"field:Bad\"\nmethods = [\"GET\"]\npath_prefixes = [\"/\"]", "field:"),
+            ("base_url = 3\nmethods = [\"GET\"]\npath_prefixes = [\"/\"]", "base_url must be"),
+            ("base_url = { paper = 3 }\nmethods = [\"GET\"]\npath_prefixes = [\"/\"]", "base_url.paper"),
+            ("base_url = \"setting:nope\"\nmethods = [\"GET\"]\npath_prefixes = [\"/\"]", "`nope`"),
+            ("base_url = \"field:test_url\"\npath_prefixes = [\"/\"]", "methods"),
+            ("base_url = \"field:test_url\"\nmethods = [\"FETCH\"]\npath_prefixes = [\"/\"]", "FETCH"),
+            ("base_url = \"field:test_url\"\nmethods = [\"GET\"]", "path_prefixes"),
+            ("base_url = \"field:test_url\"\nmethods = [\"GET\"]\npath_prefixes = [\"v2\"]", "\"v2\""),
+            ("base_url = \"field:test_url\"\nmethods = [\"GET\"]\npath_prefixes = [\"/v2/../\"]", "/v2/../"),
+            ("methods = [\"GET\"]", "no base_url"),
+            ("[use.env]\nlower = \"{x}\"", "lower"),
+            ("[use.env]\nX = \"{unclosed\"", "[use.env].X"),
+            ("[use.env]\nX = \"{base_url}\"", "no base_url"),
+        ] {
+            let e = with_use(section).unwrap_err();
+            assert!(e.contains(needle), "{section:?}: {e}");
+        }
+        // An operator override that breaks a [use] setting is refused, naming it.
+        let mut m = with_use("base_url = \"setting:paper\"\nmethods = [\"GET\"]\npath_prefixes = [\"/\"]").unwrap();
+        let o: PluginOverride = toml::from_str("settings = { paper = \"not a url\" }").unwrap();
+        assert!(m.apply_override(&o).unwrap_err().contains("paper"));
+    }
+
+    #[test]
+    fn use_checks_against_the_descriptor() {
+        let fields = [("test_url", false), ("token", true)];
+        let envs = vec!["paper".to_string(), "live".to_string()];
+        let policy = |s: &str| with_use(s).unwrap().use_policy.unwrap();
+        let p = policy("base_url = \"field:token\"\nmethods = [\"GET\"]\npath_prefixes = [\"/\"]");
+        assert!(p.check_against(&fields, &[]).unwrap_err().contains("`token`"));
+        let p = policy("base_url = { paper = \"setting:paper\" }\nmethods = [\"GET\"]\npath_prefixes = [\"/\"]");
+        assert!(p.check_against(&fields, &envs).unwrap_err().contains("`live`"));
+        assert!(p.check_against(&fields, &[]).unwrap_err().contains("no environment `paper`"));
+        let p = policy("reveal = true\n[use.env]\nT = \"{token}\"\nU = \"{nope}\"");
+        assert!(p.check_against(&fields, &[]).unwrap_err().contains("`nope`"));
+    }
+
+    #[test]
+    fn use_allows_methods_and_whole_segment_prefixes() {
+        let m = with_use("base_url = \"field:test_url\"\nmethods = [\"GET\", \"POST\"]\npath_prefixes = [\"/v2/\", \"/status\"]")
+            .unwrap();
+        let u = m.use_policy.unwrap();
+        assert!(u.allows("GET", "/v2/positions") && u.allows("post", "/v2/orders") && u.allows("GET", "/status"));
+        assert!(u.allows("GET", "/status/x") && u.allows("GET", "/v2"));
+        for (method, path) in [
+            ("DELETE", "/v2/orders"),
+            ("GET", "/v2evil"),
+            ("GET", "/statusx"),
+            ("GET", "/v2/../admin"),
+            ("GET", "/v2/%2E%2E/admin"),
+            ("GET", "/v2/%2fadmin"),
+            ("GET", "/v2\\x"),
+            ("GET", ""),
+        ] {
+            assert!(!u.allows(method, path), "{method} {path}");
+        }
+        // A field holding a URL with a path: the origin only.
+        let f = BTreeMap::from([("test_url".to_string(), " http://LOCALHOST:8080/a/b?c ".to_string())]);
+        assert_eq!(u.base_url(None, &f, &BTreeMap::new()).unwrap().as_str(), "http://localhost:8080/");
+        let f = BTreeMap::from([("test_url".to_string(), "https://u:p@h/".to_string())]);
+        assert!(u.base_url(None, &f, &BTreeMap::new()).unwrap_err().contains("test_url"));
+    }
+
+    #[test]
+    fn destination_fields_cover_hosts_and_use() {
+        let m = Manifest::parse(
+            "id = \"x\"\nversion = \"1\"\nallowed_hosts = [\"field:host:port\", \"https://a.example\", \"field:test_url\"]\n\
+             [use]\nbase_url = { a = \"field:api_url\", b = \"field:test_url\" }\nmethods = [\"GET\"]\npath_prefixes = [\"/\"]",
+        )
+        .unwrap();
+        assert_eq!(m.destination_fields(), ["host", "port", "test_url", "api_url"]);
+    }
+
     #[test]
     fn manifest_rejects_unknown_keys_and_capabilities() {
         assert!(Manifest::parse("id = \"x\"\nversion = \"1\"\ncolour = 1").unwrap_err().contains("colour"));
