@@ -11,6 +11,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod crypto;
+pub mod egress;
 pub mod fsperm;
 pub mod plugins;
 pub mod provision;

@@ -12,10 +12,11 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 
 mod grants;
+mod proxy;
 pub use grants::{GrantView, IssuedGrant, NewGrant, MAX_GRANT_TTL_SECS};
+pub use proxy::{ProxyRequest, ProxyResponse, MAX_PROXY_RESPONSE};
 
 use crate::crypto::SecretMap;
-use crate::plugins::manifest::AllowedHost;
 
 use crate::plugins::{
     Bound, CapabilityEvent, FieldError, Plugin, PluginError, Registry, ReportedKind, TestReport, TypeDescriptor,
@@ -44,6 +45,12 @@ pub enum ServiceError {
     GrantRevoked,
     #[error("this grant has used all of its calls")]
     GrantExhausted,
+    /// A proxy request outside the type's `[use]` policy or the grant's limits.
+    #[error("{0}")]
+    UseDenied(String),
+    /// The proxied request was refused by the egress policy, or the service could not be reached.
+    #[error("{message}")]
+    Egress { refused: bool, message: String },
     /// The credential's destination fields differ from those its secrets were sealed for.
     #[error("the credential's destination was changed outside the API; its secrets are not used until they are re-entered")]
     DestinationMismatch,
@@ -321,6 +328,7 @@ impl std::fmt::Debug for IssuedToken {
 pub struct Service {
     store: Arc<Store>,
     registry: Arc<Registry>,
+    plans: proxy::PlanCache,
 }
 
 impl Service {
@@ -335,7 +343,7 @@ impl Service {
                 tracing::error!(error = %e, "could not make audit records durable");
             }
         });
-        Service { store, registry }
+        Service { store, registry, plans: proxy::PlanCache::default() }
     }
 
     pub fn store(&self) -> &Store {
@@ -677,6 +685,13 @@ impl Service {
     /// back (in the database file) leaves them sealed for the old one: refused, nothing sent.
     fn secrets_of(&self, p: &Principal, plugin: &Plugin, c: &Credential, purpose: &str) -> Result<SecretMap> {
         let mut secrets = self.store.reveal(&p.user, p.namespace, c.id, purpose)?;
+        self.check_binding(p, plugin, c, &mut secrets, purpose)?;
+        Ok(secrets)
+    }
+
+    /// Takes the sealed destination binding out of `secrets` and compares it with the
+    /// credential's current destination fields.
+    fn check_binding(&self, p: &Principal, plugin: &Plugin, c: &Credential, secrets: &mut SecretMap, purpose: &str) -> Result<()> {
         let sealed = secrets.remove(BINDING_KEY);
         let expected = binding_of(plugin, c.environment.as_deref(), &c.fields);
         // Credentials sealed before destination binding have none; they are bound at
@@ -688,7 +703,7 @@ impl Service {
                 return Err(ServiceError::DestinationMismatch);
             }
         }
-        Ok(secrets)
+        Ok(())
     }
 
     fn run_validate(
@@ -744,22 +759,10 @@ impl Service {
 }
 
 /// Fields that decide where a type's secrets may be sent: every `field:` entry of its
-/// allow-list (and the environment, for types that have environments).
+/// allow-list, its `[use]` base-URL field, its pinned fields (the SSH host key), and the
+/// environment for types that have environments (it picks the base URL).
 pub fn destination_names(plugin: &Plugin) -> Vec<String> {
-    let mut names: BTreeSet<String> = BTreeSet::new();
-    for h in &plugin.manifest.allowed_hosts {
-        match h {
-            AllowedHost::Field(f) => {
-                names.insert(f.clone());
-            }
-            AllowedHost::HostPort { host, port } => {
-                names.insert(host.clone());
-                names.insert(port.clone());
-            }
-            AllowedHost::Origin { .. } => {}
-        }
-    }
-    let mut out: Vec<String> = names.into_iter().collect();
+    let mut out = plugin.manifest.destination_fields();
     if !plugin.descriptor.environments.is_empty() {
         out.push("environment".into());
     }

@@ -9,6 +9,7 @@ pub mod error;
 mod extract;
 mod grants;
 mod health;
+mod proxy;
 pub mod openapi;
 mod types;
 
@@ -93,6 +94,7 @@ pub fn router(state: AppState, server: &ServerConfig) -> Router {
     let api = Router::new()
         .merge(credentials::router())
         .merge(grants::router())
+        .merge(proxy::router())
         .merge(types::router())
         .merge(audit::router())
         .merge(admin::router());

@@ -15,6 +15,7 @@ use super::AppState;
         super::credentials::update, super::credentials::remove, super::credentials::restore,
         super::credentials::validate, super::credentials::test,
         super::grants::create, super::grants::list, super::grants::revoke,
+        super::proxy::proxied,
         super::types::list, super::audit::list,
         super::admin::add_user, super::admin::add_token, super::admin::revoke_token,
         super::admin::plugins, super::admin::reload_plugins,

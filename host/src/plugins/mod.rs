@@ -7,7 +7,7 @@
 
 pub mod bindings;
 pub mod cache;
-mod caps;
+pub(crate) mod caps;
 pub mod manifest;
 pub mod registry;
 pub mod runtime;

@@ -137,6 +137,11 @@ impl Runtime {
         Ok(Runtime { engine, linker, host: Arc::new(host), stop_ticker })
     }
 
+    /// Whether outgoing calls may reach private addresses (the operator's choice).
+    pub fn allow_private_networks(&self) -> bool {
+        self.host.allow_private_networks
+    }
+
     pub fn engine(&self) -> &Engine {
         &self.engine
     }
