@@ -658,6 +658,23 @@ async fn ssh_logins_against_openssh() {
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(accepted(), before, "no authentication after a host key mismatch");
 
+    // Trust on first use: the first successful test pins the host key it saw, and the
+    // pin binds the password from then on: clearing or changing it needs the password.
+    let id = ch.create(json!({"name": "tofu", "type": "ssh", "fields": base(json!({"password": sshd.password}))})).await;
+    let v = ch.outcome(&id).await;
+    assert_eq!(v["status"], "valid", "{v}");
+    let (_, shown) = ch.call(reqwest::Method::GET, &format!("/api/credentials/{id}"), None).await;
+    assert_eq!(shown["fields"]["host_key_fingerprint"], sshd.fingerprint.as_str(), "pinned: {shown}");
+    for change in [json!(null), json!(wrong_fp)] {
+        let (status, body) = ch
+            .call(reqwest::Method::PATCH, &format!("/api/credentials/{id}"), Some(json!({"fields": {"host_key_fingerprint": change}})))
+            .await;
+        assert_eq!(status, 422, "{body}");
+        assert_eq!(body["error"]["fields"][0]["field"], "password", "{body}");
+    }
+    let v = ch.outcome(&id).await;
+    assert_eq!(v["status"], "valid", "the pinned credential still works: {v}");
+
     // Nothing listens: could not tell.
     let mut fields = base(json!({"password": sshd.password}));
     fields["port"] = json!(free_port());

@@ -193,6 +193,8 @@ async fn grants_can_only_touch_their_own_credential() {
         (json!({"ttl_secs": 60, "methods": ["FETCH"]}), "methods"),
         (json!({"ttl_secs": 60, "path_prefixes": ["/v2/../admin"]}), "path_prefixes"),
         (json!({"ttl_secs": 60, "max_calls": 0}), "max_calls"),
+        // Wider than the type allows (bearer_token: no OPTIONS).
+        (json!({"ttl_secs": 60, "methods": ["OPTIONS"]}), "methods"),
     ] {
         let r = api.post(&format!("/api/credentials/{a_id}/grants"), Some(&w.alice), body).await;
         let e = r.expect_error(422, "invalid_fields");
@@ -243,4 +245,184 @@ async fn grants_can_only_touch_their_own_credential() {
     // Another user's token cannot make grants on alice's credential.
     api.post(&format!("/api/credentials/{a_id}/grants"), Some(&w.bob), json!({"ttl_secs": 60})).await.expect_error(404, "not_found");
     w.guard.check("server log", &w.server.stderr());
+}
+
+// ---------------------------------------------------------------- the proxy
+
+/// An Alpaca-like API: `/v2/positions` needs the key headers; `/v2/echo` sends the secret
+/// back in many forms (body and an `etag` header); `/v2/hop` redirects to `hop_to`.
+/// Records every request's headers.
+#[derive(Clone)]
+struct Alpaca {
+    which: &'static str,
+    key_id: String,
+    secret: String,
+    hop_to: String,
+    seen: Arc<Mutex<Vec<HeaderMap>>>,
+}
+
+impl Alpaca {
+    async fn start(which: &'static str, key_id: &str, secret: &str, hop_to: &str) -> (Alpaca, String) {
+        let me = Alpaca { which, key_id: key_id.into(), secret: secret.into(), hop_to: hop_to.into(), seen: Default::default() };
+        let state = me.clone();
+        let app = Router::new().fallback(move |uri: axum::http::Uri, headers: HeaderMap| {
+            let m = state.clone();
+            async move {
+                m.seen.lock().unwrap().push(headers.clone());
+                let ok = headers.get("apca-api-key-id").is_some_and(|v| v.as_bytes() == m.key_id.as_bytes())
+                    && headers.get("apca-api-secret-key").is_some_and(|v| v.as_bytes() == m.secret.as_bytes());
+                let resp = axum::response::Response::builder();
+                if !ok {
+                    return resp.status(401).body(axum::body::Body::from("{\"message\":\"unauthorized\"}")).unwrap();
+                }
+                match uri.path() {
+                    "/v2/positions" => resp
+                        .status(200)
+                        .header("content-type", "application/json")
+                        .body(axum::body::Body::from(format!("[{{\"symbol\":\"AAPL\",\"qty\":\"10\",\"env\":\"{}\"}}]", m.which)))
+                        .unwrap(),
+                    "/v2/echo" => {
+                        use base64::Engine as _;
+                        let b64 = base64::engine::general_purpose::STANDARD;
+                        let body = json!({
+                            "raw": m.secret,
+                            "b64": b64.encode(&m.secret),
+                            "basic": format!("Basic {}", b64.encode(format!("{}:{}", m.key_id, m.secret))),
+                            "url": percent_encoding::utf8_percent_encode(&m.secret, percent_encoding::NON_ALPHANUMERIC).to_string(),
+                        });
+                        resp.status(200)
+                            .header("content-type", "application/json")
+                            .header("etag", format!("\"{}\"", m.secret))
+                            .header("set-cookie", format!("s={}", m.secret))
+                            .body(axum::body::Body::from(body.to_string()))
+                            .unwrap()
+                    }
+                    "/v2/hop" => resp.status(302).header("location", m.hop_to.clone()).body(axum::body::Body::empty()).unwrap(),
+                    _ => resp.status(404).body(axum::body::Body::from("{}")).unwrap(),
+                }
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (me, format!("http://127.0.0.1:{port}"))
+    }
+
+    fn last(&self) -> HeaderMap {
+        self.seen.lock().unwrap().last().cloned().expect("a request arrived")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_applies_the_credential_and_hands_back_no_secret() {
+    let guard = LeakGuard::new();
+    let paper_key = format!("PK{}", random_alnum(18).to_uppercase());
+    let live_key = format!("AK{}", random_alnum(18).to_uppercase());
+    let paper_secret = guard.secret(random_alnum(40));
+    let live_secret = guard.secret(random_alnum(40));
+    let (evil, evil_url) = Recorder::start().await;
+    let (paper, paper_url) = Alpaca::start("paper", &paper_key, &paper_secret, &format!("{evil_url}/stolen")).await;
+    let (live, live_url) = Alpaca::start("live", &live_key, &live_secret, &format!("{evil_url}/stolen")).await;
+    let env = Env::new();
+    let config = env.dir.path().join("credhost.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[plugins]\nallow_private_networks = true\n[plugins.overrides.alpaca]\nallowed_hosts = [\"{paper_url}\", \"{live_url}\"]\n\
+             settings = {{ paper_base_url = \"{paper_url}\", live_base_url = \"{live_url}\" }}\n"
+        ),
+    )
+    .unwrap();
+    let cfg = config.to_str().unwrap();
+    let out = env.cli(&["--config", cfg, "users", "add", "alice"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let alice = String::from_utf8_lossy(&out.stdout).lines().last().unwrap().trim().to_string();
+    let server = env.start(&["--config", cfg]);
+    let api = server.api(&guard);
+    let create = |name: &str, environment: &str, key: &str, secret: &str| {
+        json!({"name": name, "type": "alpaca", "environment": environment, "fields": {"key_id": key, "secret_key": secret}})
+    };
+    let r = api.post("/api/credentials", Some(&alice), create("paper", "paper", &paper_key, &paper_secret)).await;
+    r.expect(201);
+    let paper_id = r.json()["id"].as_str().unwrap().to_string();
+    let r = api.post("/api/credentials", Some(&alice), create("live", "live", &live_key, &live_secret)).await;
+    r.expect(201);
+    let live_id = r.json()["id"].as_str().unwrap().to_string();
+    let proxy = |id: &str, path: &str| format!("/api/credentials/{id}/proxy{path}");
+
+    // Paper and live reach their own base URL by the credential's environment; the
+    // caller's own auth headers and cookies never reach the service.
+    let req = api
+        .http
+        .get(format!("{}{}", api.base, proxy(&paper_id, "/v2/positions")))
+        .header("authorization", format!("Bearer {alice}"))
+        .header("cookie", "session=caller")
+        .header("apca-api-secret-key", "callers-own-guess")
+        .header("proxy-authorization", "Basic Zm9vOmJhcg==");
+    let r = api.send(reqwest::Method::GET, &proxy(&paper_id, "/v2/positions"), req).await;
+    r.expect(200);
+    assert_eq!(r.json()[0]["env"], "paper", "{}", r.text);
+    let seen = paper.last();
+    assert_eq!(seen.get("apca-api-secret-key").unwrap().as_bytes(), paper_secret.as_bytes());
+    assert!(seen.get("cookie").is_none() && seen.get("authorization").is_none() && seen.get("proxy-authorization").is_none(), "{seen:?}");
+    let r = api.get(&proxy(&live_id, "/v2/positions"), Some(&alice)).await;
+    r.expect(200);
+    assert_eq!(r.json()[0]["env"], "live");
+    assert_eq!(live.seen.lock().unwrap().len(), 1);
+
+    // The echo endpoint sends the secret back in every form: none of it comes through
+    // (the leak guard checks every response body; the etag header is scrubbed, set-cookie dropped).
+    let r = api.get(&proxy(&paper_id, "/v2/echo"), Some(&alice)).await;
+    r.expect(200);
+    assert!(r.text.contains("[REDACTED]"), "{}", r.text);
+    assert_eq!(r.header("etag"), Some("\"[REDACTED]\""));
+    assert!(r.header("set-cookie").is_none());
+
+    // Off the policy: another path prefix, a method the type does not allow, traversal.
+    api.get(&proxy(&paper_id, "/v1/anything"), Some(&alice)).await.expect_error(403, "use_denied");
+    let r = api.request(reqwest::Method::HEAD, &proxy(&paper_id, "/v2/positions"), Some(&alice), common::server::Body::None).await;
+    assert_eq!(r.status, 403);
+    api.get(&proxy(&paper_id, "/v2/%2e%2e/admin"), Some(&alice)).await.expect_error(403, "use_denied");
+    // A redirect off the allow-list is not followed: nothing reaches the attacker.
+    api.get(&proxy(&paper_id, "/v2/hop"), Some(&alice)).await.expect_error(502, "egress_refused");
+    assert_eq!(evil.hits(), 0);
+
+    // An agent with a grant and an unmodified SDK: base URL = the proxy, key id and secret
+    // = the grant. It lists positions and never holds the key.
+    let r = api
+        .post(&format!("/api/credentials/{paper_id}/grants"), Some(&alice), json!({"ttl_secs": 600, "methods": ["GET"], "path_prefixes": ["/v2/positions"], "max_calls": 3}))
+        .await;
+    r.expect(201);
+    let grant = guard.secret(r.json()["token"].as_str().unwrap());
+    let sdk_base = format!("{}{}", api.base, r.json()["proxy_url"].as_str().unwrap());
+    let sdk = reqwest::Client::builder().no_proxy().build().unwrap();
+    let sdk_get = |path: &str| {
+        sdk.get(format!("{sdk_base}{path}")).header("APCA-API-KEY-ID", grant.as_str()).header("APCA-API-SECRET-KEY", grant.as_str()).send()
+    };
+    let resp = sdk_get("/v2/positions").await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.text().await.unwrap();
+    guard.check("grant proxy body", &body);
+    assert!(body.contains("AAPL"), "{body}");
+    assert_eq!(paper.last().get("apca-api-key-id").unwrap().as_bytes(), paper_key.as_bytes(), "the grant was replaced by the real key");
+    // Narrowed by the grant: another allowed path of the type is not allowed to it.
+    let resp = sdk_get("/v2/echo").await.unwrap();
+    assert_eq!(resp.status(), 403);
+    // The grant cannot use another credential.
+    let resp = sdk.get(format!("{}{}", api.base, proxy(&live_id, "/v2/positions"))).bearer_auth(&grant).send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+    // The budget: 3 calls, 2 more succeed (the refused ones did not count), then 429.
+    assert_eq!(sdk_get("/v2/positions").await.unwrap().status(), 200);
+    assert_eq!(sdk_get("/v2/positions").await.unwrap().status(), 200);
+    let resp = sdk_get("/v2/positions").await.unwrap();
+    assert_eq!(resp.status(), 429);
+    assert!(resp.text().await.unwrap().contains("grant_exhausted"));
+
+    // Every use is audited: method, path without query, status, and the token used.
+    let audit = api.get("/api/audit?limit=100", Some(&alice)).await.json();
+    let uses: Vec<&Value> = audit.as_array().unwrap().iter().filter(|r| r["action"] == "credential.use").collect();
+    assert!(uses.len() >= 6, "{audit}");
+    assert!(uses.iter().any(|r| r["detail"].as_str().unwrap().starts_with("GET /v2/positions status=200") && r["detail"].as_str().unwrap().contains("via=grt_")));
+    api.get("/healthz", None).await.expect(200);
+    guard.check("server log", &server.stderr());
 }

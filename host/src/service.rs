@@ -588,7 +588,32 @@ impl Service {
         let result = TestResult { at: crate::store::now_ms(), ok: report.ok(), summary: report.summary.clone() };
         before_commit()?;
         self.store.record_test_result(&p.user, p.namespace, c.id, result)?;
+        if report.ok() {
+            self.pin_on_first_use(p, &plugin, &c, &report)?;
+        }
         Ok(TestView { ok: report.ok(), report })
+    }
+
+    /// After a successful test, fills each empty `[pins]` field from the test's facts (the
+    /// SSH host key seen) and re-binds the secrets to it: from then on they only go there.
+    fn pin_on_first_use(&self, p: &Principal, plugin: &Plugin, c: &Credential, report: &TestReport) -> Result<()> {
+        let mut fields = c.fields.clone();
+        let mut upd = CredentialUpdate::default();
+        for (field, fact) in &plugin.manifest.pins {
+            if fields.get(field).is_some_and(|v| !v.trim().is_empty()) {
+                continue;
+            }
+            if let Some(value) = report.facts.get(fact).filter(|v| !v.trim().is_empty()) {
+                fields.insert(field.clone(), value.clone());
+                upd.fields.insert(field.clone(), Some(value.clone()));
+            }
+        }
+        if upd.fields.is_empty() {
+            return Ok(());
+        }
+        upd.binding = binding_of(plugin, c.environment.as_deref(), &fields);
+        self.store.update_credential(&p.user, p.namespace, c.id, upd)?;
+        Ok(())
     }
 
     /// The caller's audit records, newest first; admins may name another user.

@@ -632,6 +632,11 @@ pub struct Manifest {
     /// `[use]`: how credentials of this type may be used (proxy, reveal, exec); absent = not at all.
     #[serde(default, rename = "use", skip_serializing_if = "Option::is_none")]
     pub use_policy: Option<UsePolicy>,
+    /// `[pins]`: clear field → test fact. When a live test succeeds and the field is empty,
+    /// the host stores the fact's value there (trust on first use, e.g. the SSH host key)
+    /// and, as a destination field, it binds the secrets from then on.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pins: BTreeMap<String, String>,
 }
 
 impl Manifest {
@@ -701,6 +706,9 @@ impl Manifest {
                 }
             }
             _ => {}
+        }
+        for name in self.pins.keys() {
+            add(name);
         }
         out
     }

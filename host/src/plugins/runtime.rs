@@ -561,6 +561,11 @@ fn check_descriptor(d: &TypeDescriptor, m: &Manifest) -> Result<(), String> {
             return Err(format!("choice field `{}` has no choices", f.name));
         }
     }
+    for field in m.pins.keys() {
+        if !d.field(field).is_some_and(|f| !f.secret) {
+            return Err(format!("[pins] names `{field}`, which is not a non-secret field of the type"));
+        }
+    }
     for r in &m.reveal {
         if !d.field(r).is_some_and(|f| f.secret) {
             return Err(format!("manifest reveals `{r}`, which is not a secret field of the type"));

@@ -112,6 +112,28 @@ impl Service {
         if req.label.chars().count() > 200 {
             errors.push(FieldError { field: "label".into(), message: "at most 200 characters".into() });
         }
+        // A grant narrows the type's `[use]` policy; it can never widen it.
+        let plugin = self.registry().get(&c.kind)?;
+        let policy = plugin
+            .manifest
+            .use_policy
+            .as_ref()
+            .filter(|u| u.proxy())
+            .ok_or_else(|| ServiceError::NotImplemented(format!("type `{}` has no HTTP use: nothing to grant", c.kind)))?;
+        if let Some(m) = methods.iter().find(|m| !policy.methods.iter().any(|pm| pm.eq_ignore_ascii_case(m))) {
+            errors.push(FieldError {
+                field: "methods".into(),
+                message: format!("{m} is not allowed for type `{}` (it allows {})", c.kind, policy.methods.join(", ")),
+            });
+        }
+        for prefix in &req.path_prefixes {
+            if !policy.path_prefixes.iter().any(|pp| super::proxy::under_prefix(prefix, pp)) {
+                errors.push(FieldError {
+                    field: "path_prefixes".into(),
+                    message: format!("{prefix:?} is outside the paths type `{}` allows ({})", c.kind, policy.path_prefixes.join(", ")),
+                });
+            }
+        }
         if !errors.is_empty() {
             return Err(ServiceError::InvalidFields(errors));
         }
