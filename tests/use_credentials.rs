@@ -426,3 +426,89 @@ async fn the_proxy_applies_the_credential_and_hands_back_no_secret() {
     api.get("/healthz", None).await.expect(200);
     guard.check("server log", &server.stderr());
 }
+
+// ---------------------------------------------------------------- scopes
+
+/// The scope each documented route needs. A route in the OpenAPI document that is not
+/// here fails the test: every new route must say which scope guards it.
+const ROUTE_SCOPES: &[(&str, &str, &str)] = &[
+    ("post", "/api/credentials", "write"),
+    ("get", "/api/credentials", "read"),
+    ("get", "/api/credentials/{id}", "read"),
+    ("patch", "/api/credentials/{id}", "write"),
+    ("delete", "/api/credentials/{id}", "write"),
+    ("post", "/api/credentials/{id}/restore", "write"),
+    ("post", "/api/credentials/{id}/validate", "test"),
+    ("post", "/api/credentials/{id}/test", "test"),
+    ("post", "/api/credentials/{id}/grants", "write"),
+    ("get", "/api/credentials/{id}/grants", "read"),
+    ("delete", "/api/credentials/{id}/grants/{grant_id}", "write"),
+    ("get", "/api/credentials/{id}/proxy/{path}", "use"),
+    ("post", "/api/credentials/{id}/reveal", "reveal"),
+    ("get", "/api/audit", "read"),
+    ("post", "/api/admin/users", "admin"),
+    ("post", "/api/admin/users/{name}/tokens", "admin"),
+    ("delete", "/api/admin/tokens/{id}", "admin"),
+    ("get", "/api/admin/plugins", "admin"),
+    ("post", "/api/admin/plugins/reload", "admin"),
+];
+
+const ALL_SCOPES: [&str; 6] = ["read", "write", "test", "use", "reveal", "admin"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_checks_its_scope() {
+    let (_rec, url) = Recorder::start().await;
+    let env = Env::new().set("CREDHOST_ALLOW_PRIVATE_NETWORKS", "true");
+    let admin = env.add_user("ops", true);
+    let server = env.start(&[]);
+    let guard = LeakGuard::new();
+    let api = server.api(&guard);
+    let c = bearer(&api, &admin, "scoped", &guard.secret(format!("tok_{}", random_alnum(32))), &format!("{url}/x")).await;
+    let id = c["id"].as_str().unwrap().to_string();
+
+    let doc = api.get("/openapi.json", None).await.json();
+    let mut documented = Vec::new();
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for (m, op) in ops.as_object().unwrap() {
+            if op["security"].as_array().is_some_and(|s| s.iter().any(|x| x.get("bearer").is_some())) {
+                documented.push((m.clone(), path.clone()));
+            }
+        }
+    }
+    for (m, path) in &documented {
+        assert!(
+            ROUTE_SCOPES.iter().any(|(rm, rp, _)| rm == m && rp == path),
+            "{m} {path} is documented but has no scope in ROUTE_SCOPES"
+        );
+    }
+    for (m, path, scope) in ROUTE_SCOPES {
+        if !documented.iter().any(|(dm, dp)| dm == m && dp == path) {
+            continue; // e.g. a route not built in this binary
+        }
+        let without: Vec<&str> = ALL_SCOPES.iter().copied().filter(|s| s != scope).collect();
+        let r = api.post("/api/admin/users/ops/tokens", Some(&admin), json!({"scopes": without, "label": format!("no-{scope}")})).await;
+        r.expect(201);
+        assert_eq!(r.json()["scopes"].as_array().unwrap().len(), 5);
+        let token = guard.secret(r.json()["token"].as_str().unwrap());
+        let concrete = path.replace("{id}", &id).replace("{grant_id}", "grt_0").replace("{name}", "ops").replace("{path}", "x");
+        let body = match (*m, *path) {
+            ("post", "/api/credentials") => common::server::Body::Json(json!({"name": "n", "type": "bearer_token", "fields": {"token": "t0123456789"}})),
+            ("patch", _) => common::server::Body::Json(json!({"description": "d"})),
+            ("post", "/api/credentials/{id}/grants") => common::server::Body::Json(json!({"ttl_secs": 60})),
+            ("post", "/api/admin/users") => common::server::Body::Json(json!({"name": "eve"})),
+            ("post", "/api/admin/users/{name}/tokens") => common::server::Body::Json(json!({})),
+            ("post", _) => common::server::Body::Json(json!({})),
+            _ => common::server::Body::None,
+        };
+        let method = reqwest::Method::from_bytes(m.to_uppercase().as_bytes()).unwrap();
+        let r = api.request(method, &concrete, Some(&token), body).await;
+        let e = r.expect_error(403, "insufficient_scope");
+        assert!(e["error"]["message"].as_str().unwrap().contains(&format!("`{scope}`")), "{m} {path}: {e}");
+    }
+    // A user's default token has neither reveal nor admin.
+    let r = api.post("/api/admin/users/ops/tokens", Some(&admin), json!({})).await;
+    r.expect(201);
+    let scopes: Vec<String> = r.json()["scopes"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect();
+    assert!(!scopes.contains(&"reveal".to_string()), "{scopes:?}");
+    guard.check("server log", &server.stderr());
+}
