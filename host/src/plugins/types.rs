@@ -210,9 +210,9 @@ pub fn template_fields(t: &str) -> Result<Vec<&str>, String> {
     Ok(out)
 }
 
-/// Headers a plan may not set: the host derives `Host` from the URL and owns framing and
-/// hop-by-hop headers (the same list `http.send` refuses).
-pub const PLAN_FORBIDDEN_HEADERS: &[&str] = &[
+/// Headers only the host sets: it derives `Host` from the URL and owns framing and
+/// hop-by-hop headers. Neither `http.send` nor an auth plan may set them.
+pub const HOST_CONTROLLED_HEADERS: &[&str] = &[
     "host",
     "content-length",
     "transfer-encoding",
@@ -263,7 +263,7 @@ impl AuthPlan {
             let parsed = reqwest::header::HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| format!("header {:?} is not a valid header name", clip(&name)))?;
             let lower = parsed.as_str().to_string();
-            if PLAN_FORBIDDEN_HEADERS.contains(&lower.as_str()) {
+            if HOST_CONTROLLED_HEADERS.contains(&lower.as_str()) {
                 return Err(format!(
                     "header `{lower}` is set by the host only (Host comes from the URL; hop-by-hop and \
                      framing headers are not allowed)"

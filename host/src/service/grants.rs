@@ -114,12 +114,7 @@ impl Service {
         }
         // A grant narrows the type's `[use]` policy; it can never widen it.
         let plugin = self.registry().get(&c.kind)?;
-        let policy = plugin
-            .manifest
-            .use_policy
-            .as_ref()
-            .filter(|u| u.proxy())
-            .ok_or_else(|| ServiceError::NotImplemented(format!("type `{}` has no HTTP use: nothing to grant", c.kind)))?;
+        let policy = super::proxy::http_use(&plugin)?;
         if let Some(m) = methods.iter().find(|m| !policy.methods.iter().any(|pm| pm.eq_ignore_ascii_case(m))) {
             errors.push(FieldError {
                 field: "methods".into(),

@@ -86,12 +86,7 @@ impl Service {
         let c = self.live(p, id)?;
         let plugin = self.registry().get(&c.kind)?;
         let denied = |why: String| ServiceError::UseDenied(why);
-        let policy = plugin
-            .manifest
-            .use_policy
-            .as_ref()
-            .filter(|u| u.proxy())
-            .ok_or_else(|| ServiceError::NotImplemented(format!("type `{}` has no HTTP use", c.kind)))?;
+        let policy = http_use(&plugin)?;
         let method = req.method.to_ascii_uppercase();
         if !policy.allows(&method, &req.path) {
             return Err(denied(format!(
@@ -240,6 +235,16 @@ impl Service {
         plans.insert(key, plan.clone());
         Ok(plan)
     }
+}
+
+/// The type's `[use]` policy for HTTP requests, or 501 for a type that has none.
+pub(crate) fn http_use(plugin: &Plugin) -> Result<&crate::plugins::UsePolicy> {
+    plugin
+        .manifest
+        .use_policy
+        .as_ref()
+        .filter(|u| u.proxy())
+        .ok_or_else(|| ServiceError::NotImplemented(format!("type `{}` has no HTTP use", plugin.manifest.id)))
 }
 
 /// Whether `path` is `prefix` or below it, on a segment boundary (`/v2` does not cover `/v2evil`).

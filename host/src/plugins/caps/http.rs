@@ -21,6 +21,7 @@ use crate::plugins::bindings::credhost::provider::http::{self, Value};
 use crate::plugins::bindings::credhost::provider::types::{Error, FieldError};
 use crate::plugins::manifest::Capability;
 use crate::plugins::state::CallState;
+use crate::plugins::types::HOST_CONTROLLED_HEADERS;
 use crate::redact;
 
 /// Largest response body handed to a plugin; the rest is cut off.
@@ -29,21 +30,6 @@ pub const MAX_BODY: usize = 1024 * 1024;
 const MAX_HEADERS: usize = 64;
 /// Largest request body a plugin may send.
 const MAX_REQUEST_BODY: usize = 256 * 1024;
-
-/// Headers the host controls: the target (`Host`), framing and hop-by-hop ones.
-const FORBIDDEN_HEADERS: &[&str] = &[
-    "host",
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
-];
 
 fn invalid(message: impl Into<String>) -> Error {
     Error::Invalid(vec![FieldError { field: "request".into(), message: message.into() }])
@@ -169,7 +155,7 @@ impl CallState {
         for (name, v) in &req.headers {
             let hn = HeaderName::from_bytes(name.trim().as_bytes())
                 .map_err(|_| invalid(format!("header name {:?} is not a valid header name", clip(name))))?;
-            if FORBIDDEN_HEADERS.contains(&hn.as_str()) {
+            if HOST_CONTROLLED_HEADERS.contains(&hn.as_str()) {
                 self.refuse(Capability::Http, format!("header {hn} (set by the host only)"));
                 return Err(Error::Rejected(format!(
                     "header `{hn}` is set by the host only (Host comes from the URL; hop-by-hop and framing headers are not allowed)"
@@ -219,6 +205,11 @@ fn clip(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
+    use base64::Engine as _;
+    use reqwest::header::HeaderMap;
+
     use super::*;
     use secrecy::SecretString;
 
