@@ -37,6 +37,7 @@ fn run() -> Result<(), String> {
         println!("cargo:rerun-if-changed={}", path.display());
     }
 
+    ensure_guest_target();
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&plugins)
@@ -93,6 +94,34 @@ fn run() -> Result<(), String> {
     code.push_str("];\n");
     std::fs::write(out_dir.join("builtins.rs"), code).map_err(|e| e.to_string())?;
     Ok(())
+}
+
+/// Installs the guest target when the toolchain lacks it. `rust-toolchain.toml` lists it,
+/// but rustup only acts on that when it installs a toolchain, and not at all with
+/// `RUSTUP_AUTO_INSTALL=0`: without this, `cargo run` on a fresh machine stops here.
+/// Failures are left to the guest build, whose error names the command to run.
+fn ensure_guest_target() {
+    let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let sysroot = Command::new(&rustc).args(["--print", "sysroot"]).output();
+    let Ok(out) = sysroot else { return };
+    let sysroot = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    if sysroot.join("lib/rustlib").join(GUEST_TARGET).is_dir() {
+        return;
+    }
+    println!("cargo:warning=installing the {GUEST_TARGET} target (rustup target add {GUEST_TARGET})");
+    let mut cmd = Command::new("rustup");
+    cmd.args(["target", "add", GUEST_TARGET]);
+    // The toolchain this build runs on, not whatever rustup would pick from the cwd.
+    if let Ok(tc) = env::var("RUSTUP_TOOLCHAIN") {
+        cmd.args(["--toolchain", &tc]);
+    }
+    for attempt in 0..2 {
+        match cmd.status() {
+            Ok(st) if st.success() => return,
+            _ if attempt == 0 => std::thread::sleep(std::time::Duration::from_secs(5)),
+            _ => {}
+        }
+    }
 }
 
 /// Guest target dir beside the outer one (`<target>/guests`), so debug and release

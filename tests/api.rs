@@ -29,6 +29,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/credentials/{id}/grants"),
     ("get", "/api/credentials/{id}/grants"),
     ("delete", "/api/credentials/{id}/grants/{grant_id}"),
+    ("get", "/api/credentials/{id}/proxy/{path}"),
     ("get", "/api/credential-types"),
     ("get", "/api/audit"),
     ("post", "/api/admin/users"),
@@ -167,7 +168,7 @@ async fn auth_and_error_shapes() {
             _ => Body::None,
         }
     };
-    let concrete = |path: &str| path.replace("{id}", &id).replace("{name}", "alice").replace("{grant_id}", "grt_0");
+    let concrete = |path: &str| path.replace("{id}", &id).replace("{name}", "alice").replace("{grant_id}", "grt_0").replace("{path}", "v2/x");
     let bad_tokens: [(&str, String); 5] = [
         ("none", String::new()),
         ("unknown", format!("chst_{}", random_alnum(43))),
@@ -818,7 +819,7 @@ async fn health_metrics_and_openapi() {
     }
     // Each documented route exists on the server: 401 without a token, 200 where public.
     for (m, path) in ROUTES {
-        let concrete = path.replace("{id}", &random_uuid()).replace("{name}", "alice").replace("{grant_id}", "grt_0");
+        let concrete = path.replace("{id}", &random_uuid()).replace("{name}", "alice").replace("{grant_id}", "grt_0").replace("{path}", "v2/x");
         let r = api.request(method(m), &concrete, None, Body::None).await;
         let want = if PUBLIC.contains(path) { 200 } else { 401 };
         assert_eq!(r.status, want, "{m} {path}: {}", r.text);

@@ -281,7 +281,7 @@ fn field_base_url_is_the_origin_of_the_field() {
         assert!(!policy.reveal, "{id} must not allow reveal");
         assert!(policy.allows("DELETE", "/anything/at/all"), "{id}");
     }
-    assert_eq!(plugin("ssh").manifest.destination_fields(), ["host", "port"]);
+    assert_eq!(plugin("ssh").manifest.destination_fields(), ["host", "port", "host_key_fingerprint"], "the pinned host key binds too");
     assert!(plugin("alpaca").manifest.destination_fields().is_empty(), "alpaca's destinations are settings");
 }
 
