@@ -30,6 +30,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/credentials/{id}/grants"),
     ("delete", "/api/credentials/{id}/grants/{grant_id}"),
     ("get", "/api/credentials/{id}/proxy/{path}"),
+    ("post", "/api/credentials/{id}/reveal"),
     ("get", "/api/credential-types"),
     ("get", "/api/audit"),
     ("post", "/api/admin/users"),

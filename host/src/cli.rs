@@ -81,6 +81,21 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run a program with a stored credential in its environment (the type's `[use.env]`
+    /// variables, e.g. APCA_API_KEY_ID for alpaca), asked from a running server. The API
+    /// token comes from CREDHOST_TOKEN only (never a flag: flags show in `ps`) and needs the
+    /// `reveal` scope. Nothing is written to disk; exits with the program's exit code.
+    Exec {
+        /// Name of the credential.
+        #[arg(long)]
+        credential: String,
+        /// Server base URL.
+        #[arg(long, env = "CREDHOST_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// The program and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "PROGRAM")]
+        command: Vec<String>,
+    },
     /// Check a configuration file without touching data: prints every problem with its
     /// line and exits 1, or prints `ok` and exits 0. Environment overrides apply.
     CheckConfig {
@@ -181,6 +196,10 @@ fn dispatch(cli: Cli) -> Result<ExitCode, String> {
     if let Command::CheckConfig { file } = &cli.command {
         return Ok(check_config(file));
     }
+    // A client of a running server: needs no config, data dir or master key.
+    if let Command::Exec { credential, url, command } = cli.command {
+        return exec::run(&credential, &url, command);
+    }
     let config = Config::load(cli.config.as_deref())?;
     match cli.command {
         Command::Serve => {
@@ -261,7 +280,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode, String> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::CheckConfig { .. } => unreachable!("handled before the config is loaded"),
+        Command::CheckConfig { .. } | Command::Exec { .. } => unreachable!("handled before the config is loaded"),
         Command::Validate { type_id, fields, environment } => {
             let registry = registry(&config)?;
             let plugin = registry.get(&type_id).map_err(|e| e.to_string())?;
@@ -459,11 +478,7 @@ fn plugins(config: &Config, cmd: PluginsCommand) -> Result<ExitCode, String> {
         let base = url.unwrap_or_else(|| format!("http://{}", config.server.listen));
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
         let (status, body) = rt.block_on(async {
-            // Never through HTTP_PROXY & co.: the request carries the admin token.
-            let client = reqwest::Client::builder()
-                .no_proxy()
-                .build()
-                .map_err(|e| format!("building the HTTP client: {e}"))?;
+            let client = api_client()?;
             let resp = client
                 .post(format!("{}/api/admin/plugins/reload", base.trim_end_matches('/')))
                 .bearer_auth(token)
@@ -488,4 +503,178 @@ fn plugins(config: &Config, cmd: PluginsCommand) -> Result<ExitCode, String> {
     }
     let strict = matches!(cmd, PluginsCommand::Verify);
     Ok(if strict && !problems.is_empty() { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+/// The CLI's client of a running server. Never through HTTP_PROXY & co.: its requests
+/// carry API tokens (and `exec`'s responses carry secrets).
+fn api_client() -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .no_proxy()
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .timeout(std::time::Duration::from_secs(60))
+        .build()
+        .map_err(|e| format!("building the HTTP client: {e}"))
+}
+
+/// `credhost exec --credential NAME -- PROGRAM ARGS...`
+mod exec {
+    use std::collections::BTreeMap;
+    use std::process::ExitCode;
+
+    use secrecy::{ExposeSecret, SecretString};
+    use serde::Deserialize;
+    use zeroize::Zeroize;
+
+    pub(super) fn run(name: &str, url: &str, command: Vec<String>) -> Result<ExitCode, String> {
+        let token = match std::env::var("CREDHOST_TOKEN") {
+            Ok(t) if !t.trim().is_empty() => SecretString::from(t.trim().to_string()),
+            _ => {
+                return Err("CREDHOST_TOKEN is not set: `credhost exec` reads its API token (one with the `reveal` \
+                            scope) from that environment variable only"
+                    .into())
+            }
+        };
+        let base = url.trim_end_matches('/').to_string();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+        let env = rt.block_on(fetch_env(&base, name, &token))?;
+        drop(rt);
+        drop(token);
+        launch(command, env)
+    }
+
+    #[derive(Deserialize)]
+    struct Page {
+        items: Vec<Item>,
+        next_cursor: Option<String>,
+    }
+
+    #[derive(Deserialize)]
+    struct Item {
+        id: String,
+        name: String,
+    }
+
+    #[derive(Deserialize)]
+    struct ErrorBody {
+        error: ErrorDetail,
+    }
+
+    #[derive(Deserialize)]
+    struct ErrorDetail {
+        code: String,
+        message: String,
+    }
+
+    /// The server's refusal as a sentence naming the fix where there is one.
+    fn refusal(what: &str, status: reqwest::StatusCode, body: &str) -> String {
+        let Ok(ErrorBody { error }) = serde_json::from_str::<ErrorBody>(body) else {
+            return format!("{what}: the server answered {status}");
+        };
+        match error.code.as_str() {
+            "unauthorized" => format!("{what}: the server refused CREDHOST_TOKEN (unknown, expired or revoked)"),
+            "insufficient_scope" => format!(
+                "{what}: {} (exec needs a token with the `read` and `reveal` scopes; an admin issues one with \
+                 `credhost tokens create USER --scope read --scope reveal`)",
+                error.message
+            ),
+            "reveal_not_allowed" => format!("{what}: {}", error.message),
+            _ => format!("{what}: {} ({status}, {})", error.message, error.code),
+        }
+    }
+
+    /// Name → id (paging through the listing), then the reveal. Only the `env` part of the
+    /// answer is kept; the response text is zeroized once parsed.
+    async fn fetch_env(base: &str, name: &str, token: &SecretString) -> Result<BTreeMap<String, SecretString>, String> {
+        let client = super::api_client()?;
+        let unreachable = |e: reqwest::Error| format!("cannot reach the credhost server at {base}: {e}");
+        let mut cursor: Option<String> = None;
+        let id = loop {
+            let mut req = client.get(format!("{base}/api/credentials")).bearer_auth(token.expose_secret()).query(&[("limit", "1000")]);
+            if let Some(c) = &cursor {
+                req = req.query(&[("cursor", c)]);
+            }
+            let resp = req.send().await.map_err(unreachable)?;
+            let status = resp.status();
+            let body = resp.text().await.map_err(unreachable)?;
+            if !status.is_success() {
+                return Err(refusal("listing credentials", status, &body));
+            }
+            let page: Page = serde_json::from_str(&body).map_err(|e| format!("listing credentials: unexpected answer: {e}"))?;
+            if let Some(item) = page.items.into_iter().find(|i| i.name == name) {
+                break item.id;
+            }
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => return Err(format!("no credential named {name:?} (among this token's user's credentials)")),
+            }
+        };
+        let resp = client
+            .post(format!("{base}/api/credentials/{id}/reveal"))
+            .bearer_auth(token.expose_secret())
+            .send()
+            .await
+            .map_err(unreachable)?;
+        let status = resp.status();
+        let mut body = resp.text().await.map_err(unreachable)?;
+        if !status.is_success() {
+            let what = format!("revealing credential {name:?}");
+            let message = refusal(&what, status, &body);
+            body.zeroize();
+            return Err(message);
+        }
+        let parsed = serde_json::from_str::<serde_json::Value>(&body);
+        body.zeroize();
+        // Errors here never quote the body: it holds the secrets.
+        let mut value = parsed.map_err(|_| format!("revealing credential {name:?}: the answer is not JSON"))?;
+        let mut env = BTreeMap::new();
+        if let Some(serde_json::Value::Object(vars)) = value.get_mut("env").map(serde_json::Value::take) {
+            for (k, v) in vars {
+                if let serde_json::Value::String(s) = v {
+                    env.insert(k, SecretString::from(s));
+                }
+            }
+        }
+        wipe(&mut value);
+        if env.is_empty() {
+            return Err(format!("credential {name:?}: its type declares no environment variables ([use.env])"));
+        }
+        Ok(env)
+    }
+
+    /// Zeroizes every string of a parsed JSON value (the revealed fields).
+    fn wipe(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::String(s) => s.zeroize(),
+            serde_json::Value::Array(a) => a.iter_mut().for_each(wipe),
+            serde_json::Value::Object(m) => m.values_mut().for_each(wipe),
+            _ => {}
+        }
+    }
+
+    /// Runs the program with `env` added and without CREDHOST_TOKEN (the program has no
+    /// business with the vault). On Unix the process becomes the program (exec): signals,
+    /// the exit code and the terminal are the program's, and this process's memory holding
+    /// the values is gone.
+    fn launch(command: Vec<String>, env: BTreeMap<String, SecretString>) -> Result<ExitCode, String> {
+        let (program, args) = command.split_first().ok_or("no program given after `--`")?;
+        let mut cmd = std::process::Command::new(program);
+        cmd.args(args).env_remove("CREDHOST_TOKEN");
+        for (k, v) in &env {
+            cmd.env(k, v.expose_secret());
+        }
+        drop(env);
+        #[cfg(unix)]
+        {
+            use std::os::unix::process::CommandExt;
+            // Returns only on failure.
+            let e = cmd.exec();
+            Err(format!("cannot run {program:?}: {e}"))
+        }
+        #[cfg(not(unix))]
+        {
+            let status = cmd.status().map_err(|e| format!("cannot run {program:?}: {e}"))?;
+            drop(cmd);
+            Ok(ExitCode::from(status.code().unwrap_or(1).clamp(0, 255) as u8))
+        }
+    }
 }

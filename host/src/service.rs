@@ -13,8 +13,10 @@ use sha2::Digest as _;
 
 mod grants;
 mod proxy;
+mod reveal;
 pub use grants::{GrantView, IssuedGrant, NewGrant, MAX_GRANT_TTL_SECS};
 pub use proxy::{ProxyRequest, ProxyResponse, MAX_PROXY_RESPONSE};
+pub use reveal::{Revealed, REVEAL_PURPOSE};
 
 use crate::crypto::SecretMap;
 
@@ -48,6 +50,9 @@ pub enum ServiceError {
     /// A proxy request outside the type's `[use]` policy or the grant's limits.
     #[error("{0}")]
     UseDenied(String),
+    /// The credential's type does not let its secrets be read back (`[use] reveal`).
+    #[error("credentials of type `{0}` cannot be revealed; use them through the proxy instead")]
+    RevealNotAllowed(String),
     /// The proxied request was refused by the egress policy, or the service could not be reached.
     #[error("{message}")]
     Egress { refused: bool, message: String },

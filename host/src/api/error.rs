@@ -77,6 +77,7 @@ impl ApiError {
                     S::Forbidden => (StatusCode::FORBIDDEN, "forbidden", message, None),
                     S::InsufficientScope(_) => (StatusCode::FORBIDDEN, "insufficient_scope", message, None),
                     S::UseDenied(_) => (StatusCode::FORBIDDEN, "use_denied", message, None),
+                    S::RevealNotAllowed(_) => (StatusCode::FORBIDDEN, "reveal_not_allowed", message, None),
                     S::Egress { refused: true, .. } => (StatusCode::BAD_GATEWAY, "egress_refused", message, None),
                     S::Egress { refused: false, .. } => (StatusCode::BAD_GATEWAY, "upstream_unreachable", message, None),
                     S::DestinationMismatch => (StatusCode::CONFLICT, "destination_mismatch", message, None),

@@ -11,6 +11,7 @@ mod grants;
 mod health;
 mod proxy;
 pub mod openapi;
+mod reveal;
 mod types;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -94,6 +95,7 @@ pub fn router(state: AppState, server: &ServerConfig) -> Router {
     let api = Router::new()
         .merge(credentials::router())
         .merge(grants::router())
+        .merge(reveal::router())
         .merge(proxy::router())
         .merge(types::router())
         .merge(audit::router())

@@ -16,6 +16,7 @@ use super::AppState;
         super::credentials::validate, super::credentials::test,
         super::grants::create, super::grants::list, super::grants::revoke,
         super::proxy::proxied,
+        super::reveal::reveal,
         super::types::list, super::audit::list,
         super::admin::add_user, super::admin::add_token, super::admin::revoke_token,
         super::admin::plugins, super::admin::reload_plugins,

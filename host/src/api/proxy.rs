@@ -38,9 +38,11 @@ fn presented_token(headers: &HeaderMap) -> Option<String> {
         .map(str::trim)
         .filter(|t| t.starts_with(TOKEN_PREFIX));
     bearer.map(str::to_string).or_else(|| {
+        // `Authorization` counts only with the Bearer scheme (as on every other route).
         headers
-            .values()
-            .filter_map(|v| v.to_str().ok())
+            .iter()
+            .filter(|(k, _)| *k != axum::http::header::AUTHORIZATION)
+            .filter_map(|(_, v)| v.to_str().ok())
             .map(str::trim)
             .find(|v| v.starts_with(TOKEN_PREFIX) && v.len() <= 128)
             .map(str::to_string)
@@ -89,7 +91,7 @@ async fn forward(s: AppState, id: String, req: axum::extract::Request) -> Result
         headers: headers.iter().map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec())).collect(),
         body: body.to_vec(),
     };
-    let resp = s.run(move |svc| svc.proxy(&p, &id, req)).await?;
+    let resp = s.service.proxy(&p, &id, req).await.map_err(ApiError::Service)?;
     let mut out = Response::new(Body::from(resp.body));
     *out.status_mut() = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::BAD_GATEWAY);
     for (k, v) in resp.headers {

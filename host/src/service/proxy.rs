@@ -69,6 +69,21 @@ pub struct ProxyResponse {
     pub body: Vec<u8>,
 }
 
+/// A proxied request, ready to send.
+struct Prepared {
+    request: egress::Request,
+    policy: egress::Policy,
+    finish: Finish,
+}
+
+/// What the answer needs: the credential's scrubber, and what the audit record names.
+struct Finish {
+    scrubber: Scrubber,
+    credential: crate::store::CredentialId,
+    method: String,
+    path: String,
+}
+
 /// Auth plans by (credential, secret version, plugin sha256): `authenticate` runs once
 /// per credential version and plugin build, not per request.
 #[derive(Default)]
@@ -80,9 +95,21 @@ const PLAN_CACHE_MAX: usize = 10_000;
 
 impl Service {
     /// Sends `req` to the credential's service with the credential applied (scope `use`).
-    pub fn proxy(&self, p: &Principal, id: &str, req: ProxyRequest) -> Result<ProxyResponse> {
-        require(p, Scope::Use)?;
+    ///
+    /// The one async operation: the checks before and the scrubbing and audit after are
+    /// quick synchronous steps run in place, and the exchange itself is awaited on the
+    /// caller's runtime, so a call in flight holds no thread (the proxy is a hot path).
+    pub async fn proxy(&self, p: &Principal, id: &str, req: ProxyRequest) -> Result<ProxyResponse> {
         let started = Instant::now();
+        let call = tokio::task::block_in_place(|| self.proxy_prepare(p, id, req))?;
+        let Prepared { request, policy, finish } = call;
+        let outcome = egress::send(request, policy).await;
+        tokio::task::block_in_place(|| self.proxy_finish(p, finish, outcome, started))
+    }
+
+    /// Checks scope, policy and grant, reads the credential and fills in the plan.
+    fn proxy_prepare(&self, p: &Principal, id: &str, req: ProxyRequest) -> Result<Prepared> {
+        require(p, Scope::Use)?;
         let c = self.live(p, id)?;
         let plugin = self.registry().get(&c.kind)?;
         let denied = |why: String| ServiceError::UseDenied(why);
@@ -175,11 +202,19 @@ impl Service {
             timeout: PROXY_TIMEOUT,
             read_limit: MAX_PROXY_RESPONSE + scrubber.margin(),
         };
-        let outcome = crate::plugins::caps::netio::run(egress::send(request, egress_policy))
-            .unwrap_or_else(|e| Err(egress::Fail::Internal(format!("{e:?}"))));
-        drop(secrets);
-        let shown_path = clip(&req.path);
-        let via = p.token_id.clone();
+        let finish = Finish { scrubber, credential: c.id, method, path: clip(&req.path) };
+        Ok(Prepared { request, policy: egress_policy, finish })
+    }
+
+    /// Scrubs the answer and audits the use.
+    fn proxy_finish(
+        &self,
+        p: &Principal,
+        finish: Finish,
+        outcome: std::result::Result<egress::Raw, egress::Fail>,
+        started: Instant,
+    ) -> Result<ProxyResponse> {
+        let Finish { scrubber, credential, method, path } = finish;
         let result = match outcome {
             Ok(raw) => {
                 let text = String::from_utf8_lossy(&raw.body);
@@ -204,9 +239,9 @@ impl Service {
         };
         let mut entry = AuditEntry::ok(&p.user, "credential.use");
         entry.namespace = Some(p.namespace);
-        entry.credential = Some(c.id);
+        entry.credential = Some(credential);
         entry.outcome = outcome;
-        entry.detail = format!("{method} {shown_path} status={status} ms={} via={via}", started.elapsed().as_millis());
+        entry.detail = format!("{method} {path} status={status} ms={} via={}", started.elapsed().as_millis(), p.token_id);
         if let Err(e) = self.store().append_audit_lazy(entry) {
             tracing::error!(error = %e, "could not write the audit record of a proxy call");
         }
