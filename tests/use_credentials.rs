@@ -419,9 +419,17 @@ async fn the_proxy_applies_the_credential_and_hands_back_no_secret() {
     assert!(resp.text().await.unwrap().contains("grant_exhausted"));
 
     // Every use is audited: method, path without query, status, and the token used.
-    let audit = api.get("/api/audit?limit=100", Some(&alice)).await.json();
+    // (Written just after each answer: wait briefly for the last ones.)
+    let mut audit = Value::Null;
+    for _ in 0..50 {
+        audit = api.get("/api/audit?limit=100", Some(&alice)).await.json();
+        if audit.as_array().unwrap().iter().filter(|r| r["action"] == "credential.use").count() >= 9 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let uses: Vec<&Value> = audit.as_array().unwrap().iter().filter(|r| r["action"] == "credential.use").collect();
-    assert!(uses.len() >= 6, "{audit}");
+    assert!(uses.len() >= 9, "{audit}");
     assert!(uses.iter().any(|r| r["detail"].as_str().unwrap().starts_with("GET /v2/positions status=200") && r["detail"].as_str().unwrap().contains("via=grt_")));
     api.get("/healthz", None).await.expect(200);
     guard.check("server log", &server.stderr());

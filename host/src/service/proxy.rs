@@ -101,10 +101,23 @@ impl Service {
     /// caller's runtime, so a call in flight holds no thread (the proxy is a hot path).
     pub async fn proxy(&self, p: &Principal, id: &str, req: ProxyRequest) -> Result<ProxyResponse> {
         let started = Instant::now();
-        let call = tokio::task::block_in_place(|| self.proxy_prepare(p, id, req))?;
-        let Prepared { request, policy, finish } = call;
+        // Both steps are short (a read transaction, a non-durable commit); `block_in_place`
+        // around them cost more than it saved. Only a plan-cache miss runs a plugin.
+        let (method, path) = (req.method.to_ascii_uppercase(), clip(&req.path));
+        let prepared = self.proxy_prepare(p, id, req);
+        // Refusals by policy, grant limits or budget are uses attempted: audited too.
+        if let Err(e @ (ServiceError::UseDenied(_) | ServiceError::GrantExhausted)) = &prepared {
+            let why = if matches!(e, ServiceError::GrantExhausted) { "grant_exhausted" } else { "use_denied" };
+            let mut entry = AuditEntry::ok(&p.user, "credential.use");
+            entry.namespace = Some(p.namespace);
+            entry.credential = super::parse_id(id).ok();
+            entry.outcome = Outcome::Denied;
+            entry.detail = format!("{method} {path} status={why} via={}", p.token_id);
+            self.audit_later(entry);
+        }
+        let Prepared { request, policy, finish } = prepared?;
         let outcome = egress::send(request, policy).await;
-        tokio::task::block_in_place(|| self.proxy_finish(p, finish, outcome, started))
+        self.proxy_finish(p, finish, outcome, started)
     }
 
     /// Checks scope, policy and grant, reads the credential and fills in the plan.
@@ -242,10 +255,19 @@ impl Service {
         entry.credential = Some(credential);
         entry.outcome = outcome;
         entry.detail = format!("{method} {path} status={status} ms={} via={}", started.elapsed().as_millis(), p.token_id);
-        if let Err(e) = self.store().append_audit_lazy(entry) {
-            tracing::error!(error = %e, "could not write the audit record of a proxy call");
-        }
+        self.audit_later(entry);
         result
+    }
+
+    /// Writes a use's audit record off the response path; the next flush (within a
+    /// second) makes it durable.
+    fn audit_later(&self, entry: AuditEntry) {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = store.append_audit_lazy(entry) {
+                tracing::error!(error = %e, "could not write the audit record of a proxy call");
+            }
+        });
     }
 
     /// The type's auth plan for this credential version (cached).
