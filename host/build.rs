@@ -108,7 +108,8 @@ fn ensure_guest_target() {
     if sysroot.join("lib/rustlib").join(GUEST_TARGET).is_dir() {
         return;
     }
-    println!("cargo:warning=installing the {GUEST_TARGET} target (rustup target add {GUEST_TARGET})");
+    // Not a `cargo:warning`: cargo replays those on every later (fresh) build.
+    eprintln!("installing the {GUEST_TARGET} target (rustup target add {GUEST_TARGET})");
     let mut cmd = Command::new("rustup");
     cmd.args(["target", "add", GUEST_TARGET]);
     // The toolchain this build runs on, not whatever rustup would pick from the cwd.
