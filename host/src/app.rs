@@ -66,7 +66,7 @@ fn open_store_with(config: &Config, key: MasterKey) -> Result<Store, String> {
 /// The plugin registry: built-ins, the plugin dir, overrides, and the compile cache when
 /// a cache key (derived from the master key) is given; without one every plugin is compiled.
 pub fn registry(config: &Config, cache_key: Option<Zeroizing<[u8; 32]>>) -> Result<Registry, String> {
-    let host = HostServices { allow_private_networks: config.plugins.allow_private_networks, ..HostServices::default() };
+    let host = HostServices { allow_private_networks: config.plugins.allow_private_networks };
     let runtime = Runtime::new(host).map_err(|e| e.to_string())?;
     let cache = match (config.plugin_cache_dir(), cache_key) {
         (Some(dir), Some(key)) => {

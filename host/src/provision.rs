@@ -515,7 +515,7 @@ pub fn check_file(path: &Path) -> Vec<(usize, String)> {
         Ok(r) => {
             for lp in r.problems() {
                 // A missing plugins.dir is reported above already.
-                if !config.plugins.dir.as_ref().is_some_and(|d| !d.is_dir()) {
+                if config.plugins.dir.as_ref().is_none_or(|d| d.is_dir()) {
                     problems.push(Problem::new(Loc::File, format!("plugin {} not loaded: {}", lp.origin, lp.message)));
                 }
             }

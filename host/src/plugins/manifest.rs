@@ -498,11 +498,10 @@ impl UsePolicy {
     pub(crate) fn check_against(&self, fields: &[(&str, bool)], environments: &[String]) -> Result<(), String> {
         let secret = |name: &str| fields.iter().find(|(n, _)| *n == name).map(|(_, s)| *s);
         match &self.base_url {
-            Some(BaseUrl::Same(UseSource::Field(name))) => {
-                if secret(name) != Some(false) {
+            Some(BaseUrl::Same(UseSource::Field(name)))
+                if secret(name) != Some(false) => {
                     return Err(format!("[use].base_url names `{name}`, which is not a non-secret field of the type"));
                 }
-            }
             Some(BaseUrl::PerEnvironment(map)) => {
                 for (env, source) in map {
                     if !environments.contains(env) {

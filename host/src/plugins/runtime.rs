@@ -562,7 +562,7 @@ fn check_descriptor(d: &TypeDescriptor, m: &Manifest) -> Result<(), String> {
         }
     }
     for field in m.pins.keys() {
-        if !d.field(field).is_some_and(|f| !f.secret) {
+        if d.field(field).is_none_or(|f| f.secret) {
             return Err(format!("[pins] names `{field}`, which is not a non-secret field of the type"));
         }
     }
@@ -578,7 +578,7 @@ fn check_descriptor(d: &TypeDescriptor, m: &Manifest) -> Result<(), String> {
             AllowedHost::Origin { .. } => &[],
         };
         for name in named {
-            if !d.field(name).is_some_and(|f| !f.secret) {
+            if d.field(name).is_none_or(|f| f.secret) {
                 return Err(format!("allowed host `{h}` must name non-secret fields of the type (`{name}` is not one)"));
             }
         }

@@ -138,7 +138,7 @@ impl Service {
             )));
         }
         if let Some(g) = &p.grant {
-            if !g.methods.is_empty() && !g.methods.iter().any(|m| *m == method) {
+            if !g.methods.is_empty() && !g.methods.contains(&method) {
                 return Err(denied(format!("this grant allows only {}", g.methods.join(", "))));
             }
             if !g.path_prefixes.is_empty() && !g.path_prefixes.iter().any(|pre| under_prefix(&req.path, pre)) {
