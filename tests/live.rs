@@ -708,6 +708,12 @@ impl Drop for Postgres {
 }
 
 fn start_postgres() -> Postgres {
+    start_postgres_with(false)
+}
+
+/// With `tls_only`: a throwaway certificate, `ssl = on`, and `pg_hba.conf` accepting
+/// only `hostssl` connections, so a login proves the session was encrypted.
+fn start_postgres_with(tls_only: bool) -> Postgres {
     need(&format!("{PG_BIN}/initdb"), "postgresql-15");
     need(&format!("{PG_BIN}/pg_ctl"), "postgresql-15");
     need("/usr/sbin/runuser", "util-linux");
@@ -725,6 +731,20 @@ fn start_postgres() -> Postgres {
         .arg(dir.path().join("data"))
         .args(["-A", "scram-sha-256", "-U", "admin", "--pwfile"])
         .arg(dir.path().join("pwfile")));
+    let mut tls = String::new();
+    if tls_only {
+        need("/usr/bin/openssl", "openssl");
+        let (crt, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+        run(Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&crt));
+        run(Command::new("chown").args(["postgres:postgres"]).arg(&crt).arg(&key));
+        run(Command::new("chmod").arg("600").arg(&key));
+        std::fs::write(dir.path().join("data/pg_hba.conf"), "hostssl all all 127.0.0.1/32 scram-sha-256\n").unwrap();
+        tls = format!(" -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}", crt.display(), key.display());
+    }
     let port = free_port();
     run(pg("pg_ctl")
         .arg("-D")
@@ -733,7 +753,7 @@ fn start_postgres() -> Postgres {
         .arg(dir.path().join("log"))
         .arg("-w")
         .arg("-o")
-        .arg(format!("-p {port} -k {} -c listen_addresses=127.0.0.1", dir.path().display()))
+        .arg(format!("-p {port} -k {} -c listen_addresses=127.0.0.1{tls}", dir.path().display()))
         .arg("start"));
     Postgres { dir, port, password }
 }
@@ -771,12 +791,26 @@ async fn postgres_dsns_against_postgresql_15() {
     assert_eq!(v["status"], "indeterminate", "unreachable: {v}");
     assert!(v["summary"].as_str().unwrap().contains("could not reach"), "{v}");
 
+    // A server without TLS: `require` fails (no silent downgrade), `prefer` falls back.
     let id = create(dsn(&pg.password, pg.port, "?sslmode=require")).await;
-    let (status, v) = ch.test(&id).await;
-    assert_eq!(status, 501, "TLS is not supported yet and says so: {v}");
-    assert!(v.to_string().contains("sslmode=require"), "{v}");
+    let v = ch.outcome(&id).await;
+    assert_ne!(v["status"], "valid", "require against a server without TLS: {v}");
 
-    assert_no_secrets(&ch.logs(), &[pg.password.clone()], "the server log");
+    // A server that accepts TLS connections only: `prefer` (libpq's default) and
+    // `require` log in, so the password went over TLS; `disable` is refused by the server.
+    let tls = start_postgres_with(true);
+    for (mode, want) in [("prefer", "valid"), ("require", "valid"), ("disable", "invalid")] {
+        let id = create(dsn(&tls.password, tls.port, &format!("?sslmode={mode}"))).await;
+        let v = ch.outcome(&id).await;
+        assert_eq!(v["status"], want, "sslmode={mode} against a TLS-only server: {v}");
+    }
+    let id = create(dsn(&tls.password, tls.port, "")).await;
+    assert_eq!(ch.outcome(&id).await["status"], "valid", "no sslmode means prefer");
+    let id = create(dsn(&tls.password, tls.port, "?sslmode=verify-full")).await;
+    let (status, v) = ch.test(&id).await;
+    assert_eq!(status, 501, "verify-full needs a CA, not supported yet, and says so: {v}");
+
+    assert_no_secrets(&ch.logs(), &[pg.password.clone(), tls.password.clone()], "the server log");
 }
 
 // ---------------------------------------------------------------- egress policy (hostile fixture)

@@ -6,6 +6,7 @@ pub mod keys;
 mod log;
 mod net;
 pub(crate) mod netio;
+mod pgtls;
 mod secrets;
 mod settings;
 mod sql;

@@ -1,9 +1,10 @@
 //! `sql.ping`: host-native database connect + `SELECT 1`.
 //!
-//! PostgreSQL only, with `tokio-postgres`, without TLS: `sslmode=disable` and `prefer`
-//! (which then runs in plain text, as libpq does when TLS is unavailable) are served;
-//! `require`, `verify-ca` and `verify-full` answer `unsupported` rather than silently
-//! dropping the encryption the DSN asks for. MySQL/MariaDB DSNs answer `unsupported`.
+//! PostgreSQL only, with `tokio-postgres`. `sslmode=prefer` (libpq's default) and
+//! `require` use TLS ([`super::pgtls`], libpq's semantics: encrypted, certificate not
+//! checked against a CA); `prefer` falls back to plain text only when the server has no
+//! TLS; `disable` never tries. `verify-ca` and `verify-full` answer `unsupported` rather
+//! than silently verifying less than the DSN asks. MySQL/MariaDB DSNs answer `unsupported`.
 //!
 //! The DSN is held in a secret field and names its own target: there is no allow-list
 //! entry to match, but the host refuses (`denied`, since `rejected` means a refused
@@ -35,18 +36,18 @@ impl sql::Host for CallState {
         if lower.starts_with("mysql://") || lower.starts_with("mariadb://") {
             return Err(Error::Unsupported("sql.ping supports PostgreSQL only; MySQL/MariaDB is not implemented yet".into()));
         }
-        for mode in ["require", "verify-ca", "verify-full"] {
+        for mode in ["verify-ca", "verify-full"] {
             if lower.contains(&format!("sslmode={mode}")) {
                 return Err(Error::Unsupported(format!(
-                    "sslmode={mode} needs TLS, which sql.ping does not support yet; use sslmode=disable or prefer"
+                    "sslmode={mode} needs a CA to verify against, which sql.ping does not support yet; use require"
                 )));
             }
         }
         let config: tokio_postgres::Config = text.parse().map_err(|e: tokio_postgres::Error| {
             invalid(format!("not a PostgreSQL connection string: {}", redact::scrub(&e.to_string(), [&dsn])))
         })?;
-        if !matches!(config.get_ssl_mode(), SslMode::Disable | SslMode::Prefer) {
-            return Err(Error::Unsupported("this sslmode needs TLS, which sql.ping does not support yet".into()));
+        if !matches!(config.get_ssl_mode(), SslMode::Disable | SslMode::Prefer | SslMode::Require) {
+            return Err(Error::Unsupported("this sslmode is not supported by sql.ping; use disable, prefer or require".into()));
         }
         let mut targets = Vec::new();
         for (i, h) in config.get_hosts().iter().enumerate() {
@@ -123,8 +124,17 @@ async fn ping(
             }
             Err(e) => return Err(e),
         };
-        let (client, connection) = config.connect_raw(stream, tokio_postgres::NoTls).await.map_err(|e| map_pg(&e, &host, port))?;
-        let conn = tokio::spawn(connection);
+        // `prefer` tries TLS first and falls back only when the server says it has none
+        // (as libpq); `require` fails without it; `disable` never tries.
+        let (client, conn) = if config.get_ssl_mode() == SslMode::Disable {
+            let (client, connection) =
+                config.connect_raw(stream, tokio_postgres::NoTls).await.map_err(|e| map_pg(&e, &host, port))?;
+            (client, tokio::spawn(async move { connection.await.map(|_| ()) }))
+        } else {
+            let tls = super::pgtls::Connector::new(&host).map_err(Error::Unreachable)?;
+            let (client, connection) = config.connect_raw(stream, tls).await.map_err(|e| map_pg(&e, &host, port))?;
+            (client, tokio::spawn(async move { connection.await.map(|_| ()) }))
+        };
         let answer = client.simple_query("SELECT 1; SHOW server_version").await;
         drop(client);
         let _ = conn.await;
