@@ -8,10 +8,9 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::server::{assert_error_shape, mode_of, random_alnum, random_hex, Api, Body, Env, LeakGuard, Server};
+use common::server::{assert_error_shape, mode_of, random_alnum, random_hex, world, Api, Body, Env, LeakGuard, Server};
 use reqwest::Method;
 use serde_json::{json, Value};
 use sha2::Digest;
@@ -101,28 +100,6 @@ fn finish(guard: &LeakGuard, servers: &[&Server], min_secrets: usize) {
     assert!(guard.checked() > 10, "only {} texts were checked", guard.checked());
 }
 
-/// One server with an admin (`root`) and two users (`alice`, `bob`).
-struct World {
-    env: Env,
-    server: Server,
-    api: Api,
-    guard: Arc<LeakGuard>,
-    root: String,
-    alice: String,
-    bob: String,
-}
-
-async fn world() -> World {
-    let env = Env::new();
-    let root = env.add_user("root", true);
-    let alice = env.add_user("alice", false);
-    let bob = env.add_user("bob", false);
-    let server = env.start(&[]);
-    let guard = LeakGuard::new();
-    let api = server.api(&guard);
-    api.learn_secret_fields().await;
-    World { env, server, api, guard, root, alice, bob }
-}
 
 // ---- the harness itself ----
 

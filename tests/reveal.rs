@@ -9,36 +9,12 @@ mod common;
 
 use std::path::Path;
 use std::process::Output;
-use std::sync::Arc;
 
-use common::server::{random_alnum, Api, Env, LeakGuard, Server};
+use common::server::{random_alnum, world, Api, LeakGuard, World};
 use serde_json::{json, Value};
 
 const PAPER_URL: &str = "https://paper-api.alpaca.markets";
 
-/// A server with an admin (`root`) and two users; the tokens are their default ones.
-struct World {
-    env: Env,
-    server: Server,
-    api: Api,
-    guard: Arc<LeakGuard>,
-    root: String,
-    alice: String,
-    bob: String,
-}
-
-async fn world() -> World {
-    let env = Env::new();
-    // Users first: the CLI cannot open the database while the server runs.
-    let root = env.add_user("root", true);
-    let alice = env.add_user("alice", false);
-    let bob = env.add_user("bob", false);
-    let server = env.start(&[]);
-    let guard = LeakGuard::new();
-    let api = server.api(&guard);
-    api.learn_secret_fields().await;
-    World { env, server, api, guard, root, alice, bob }
-}
 
 /// An Alpaca paper key pair: (key id, secret key). The secret is registered with the
 /// guard; the key id is a plain field (shown in every view).

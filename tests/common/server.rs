@@ -485,3 +485,28 @@ pub fn mode_of(path: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).permissions().mode() & 0o777
 }
+
+/// One server with an admin (`root`) and two users (`alice`, `bob`), their default tokens,
+/// and a leak-checking client.
+pub struct World {
+    pub env: Env,
+    pub server: Server,
+    pub api: Api,
+    pub guard: Arc<LeakGuard>,
+    pub root: String,
+    pub alice: String,
+    pub bob: String,
+}
+
+pub async fn world() -> World {
+    let env = Env::new();
+    // Users first: the CLI cannot open the database while the server runs.
+    let root = env.add_user("root", true);
+    let alice = env.add_user("alice", false);
+    let bob = env.add_user("bob", false);
+    let server = env.start(&[]);
+    let guard = LeakGuard::new();
+    let api = server.api(&guard);
+    api.learn_secret_fields().await;
+    World { env, server, api, guard, root, alice, bob }
+}
