@@ -690,10 +690,7 @@ impl Service {
     /// A live (not soft-deleted) credential of the caller.
     pub(crate) fn live(&self, p: &Principal, id: &str) -> Result<Credential> {
         let id = parse_id(id)?;
-        // A grant sees its own credential only; others do not exist for it.
-        if p.grant.as_ref().is_some_and(|g| g.credential != id) {
-            return Err(ServiceError::NotFound);
-        }
+        grant_reaches(p, id)?;
         let c = self.store.get_credential(p.namespace, id)?;
         if c.deleted_at.is_some() {
             return Err(ServiceError::NotFound);
@@ -763,12 +760,8 @@ impl Service {
         let entries: Vec<AuditEntry> = events
             .iter()
             .map(|e| {
-                let mut entry = AuditEntry::ok(&p.user, &format!("plugin.{}", e.capability));
-                entry.namespace = Some(p.namespace);
-                entry.credential = cred;
-                entry.outcome = if e.allowed { Outcome::Ok } else { Outcome::Denied };
-                entry.detail = e.detail.clone();
-                entry
+                let outcome = if e.allowed { Outcome::Ok } else { Outcome::Denied };
+                audit_entry(p, cred, &format!("plugin.{}", e.capability), outcome, e.detail.clone())
             })
             .collect();
         if let Err(e) = self.store.append_audit_batch(entries) {
@@ -777,12 +770,7 @@ impl Service {
     }
 
     fn audit(&self, p: &Principal, cred: Option<CredentialId>, action: &str, outcome: Outcome, detail: String) {
-        let mut entry = AuditEntry::ok(&p.user, action);
-        entry.namespace = Some(p.namespace);
-        entry.credential = cred;
-        entry.outcome = outcome;
-        entry.detail = detail;
-        if let Err(e) = self.store.append_audit(entry) {
+        if let Err(e) = self.store.append_audit(audit_entry(p, cred, action, outcome, detail)) {
             tracing::error!(error = %e, action, "could not write audit record");
         }
     }
@@ -815,6 +803,24 @@ fn binding_of(plugin: &Plugin, environment: Option<&str>, fields: &BTreeMap<Stri
         h.update(value.as_bytes());
     }
     Some(crate::plugins::runtime::hex(&h.finalize()))
+}
+
+/// A grant sees its own credential only; others do not exist for it (404).
+fn grant_reaches(p: &Principal, id: CredentialId) -> Result<()> {
+    match &p.grant {
+        Some(g) if g.credential != id => Err(ServiceError::NotFound),
+        _ => Ok(()),
+    }
+}
+
+/// An audit record of `p` acting in its namespace, on `cred` if given.
+fn audit_entry(p: &Principal, cred: Option<CredentialId>, action: &str, outcome: Outcome, detail: String) -> AuditEntry {
+    let mut entry = AuditEntry::ok(&p.user, action);
+    entry.namespace = Some(p.namespace);
+    entry.credential = cred;
+    entry.outcome = outcome;
+    entry.detail = detail;
+    entry
 }
 
 /// Files a caller's field under the type's notion of secret; unknown names are kept

@@ -428,10 +428,7 @@ impl UsePolicy {
         if !is_plain_path(path) {
             return false;
         }
-        self.path_prefixes.iter().any(|p| {
-            let base = p.trim_end_matches('/');
-            path == base || path.strip_prefix(base).is_some_and(|rest| rest.starts_with('/'))
-        })
+        self.path_prefixes.iter().any(|p| under_prefix(path, p))
     }
 
     fn check(&self, settings: &BTreeMap<String, String>) -> Result<(), String> {
@@ -586,7 +583,14 @@ fn origin_url(url: &url::Url) -> Result<url::Url, String> {
 
 /// A path with no `.`/`..` segment (raw or percent-encoded), no encoded `/` or `\`, no
 /// backslash and no control or whitespace characters.
-fn is_plain_path(path: &str) -> bool {
+/// Whether `path` is `prefix` or below it, on a segment boundary (`/v2` does not cover
+/// `/v2evil`). The one prefix rule of the type's policy and of grants.
+pub fn under_prefix(path: &str, prefix: &str) -> bool {
+    let base = prefix.trim_end_matches('/');
+    path == base || path.strip_prefix(base).is_some_and(|rest| rest.starts_with('/'))
+}
+
+pub(crate) fn is_plain_path(path: &str) -> bool {
     if !path.starts_with('/') || path.contains('\\') || path.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return false;
     }

@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 
 use super::{parse_id, require, require_unbound, IssuedToken, Result, Service, ServiceError};
+use crate::plugins::manifest::{is_plain_path, under_prefix};
 use crate::plugins::FieldError;
 use crate::store::{Grant, Principal, Scope, TokenInfo, TokenSpec};
 
@@ -78,8 +79,12 @@ pub fn check_prefix(prefix: &str) -> std::result::Result<(), String> {
     if !prefix.starts_with('/') {
         return Err(format!("path prefix {prefix:?} must start with `/`"));
     }
-    if prefix.contains(['?', '#', '\\']) || prefix.split('/').any(|seg| seg == "." || seg == "..") {
-        return Err(format!("path prefix {prefix:?} must not contain `?`, `#`, `\\` or `.`/`..` segments"));
+    // The proxy's own path rule (no `.`/`..` even encoded, no encoded slashes, no
+    // backslashes or controls), plus no query or fragment.
+    if prefix.contains(['?', '#']) || !is_plain_path(prefix) {
+        return Err(format!(
+            "path prefix {prefix:?} must not contain `?`, `#`, `\\`, encoded slashes or `.`/`..` segments"
+        ));
     }
     Ok(())
 }
@@ -122,7 +127,7 @@ impl Service {
             });
         }
         for prefix in &req.path_prefixes {
-            if !policy.path_prefixes.iter().any(|pp| super::proxy::under_prefix(prefix, pp)) {
+            if !policy.path_prefixes.iter().any(|pp| under_prefix(prefix, pp)) {
                 errors.push(FieldError {
                     field: "path_prefixes".into(),
                     message: format!("{prefix:?} is outside the paths type `{}` allows ({})", c.kind, policy.path_prefixes.join(", ")),

@@ -10,11 +10,15 @@ use std::time::{Duration, Instant};
 
 use reqwest::header::{HeaderName, HeaderValue};
 
-use super::{require, Result, Service, ServiceError};
+use super::{audit_entry, require, Result, Service, ServiceError};
 use crate::egress::{self, FillError, Filler};
+use crate::plugins::manifest::under_prefix;
 use crate::plugins::{AuthPlan, Bound, Plugin, PlanValue};
 use crate::redact::Scrubber;
 use crate::store::{AuditEntry, Outcome, Principal, Scope};
+
+/// The audit action of every proxied use (and refused attempt).
+const USE_ACTION: &str = "credential.use";
 
 /// Largest upstream response body returned; the rest is cut (after scrubbing).
 pub const MAX_PROXY_RESPONSE: usize = 8 * 1024 * 1024;
@@ -108,12 +112,8 @@ impl Service {
         // Refusals by policy, grant limits or budget are uses attempted: audited too.
         if let Err(e @ (ServiceError::UseDenied(_) | ServiceError::GrantExhausted)) = &prepared {
             let why = if matches!(e, ServiceError::GrantExhausted) { "grant_exhausted" } else { "use_denied" };
-            let mut entry = AuditEntry::ok(&p.user, "credential.use");
-            entry.namespace = Some(p.namespace);
-            entry.credential = super::parse_id(id).ok();
-            entry.outcome = Outcome::Denied;
-            entry.detail = format!("{method} {path} status={why} via={}", p.token_id);
-            self.audit_later(entry);
+            let detail = format!("{method} {path} status={why} via={}", p.token_id);
+            self.audit_later(audit_entry(p, super::parse_id(id).ok(), USE_ACTION, Outcome::Denied, detail));
         }
         let Prepared { request, policy, finish } = prepared?;
         let outcome = egress::send(request, policy).await;
@@ -123,7 +123,10 @@ impl Service {
     /// Checks scope, policy and grant, reads the credential and fills in the plan.
     fn proxy_prepare(&self, p: &Principal, id: &str, req: ProxyRequest) -> Result<Prepared> {
         require(p, Scope::Use)?;
-        let c = self.live(p, id)?;
+        let id = super::parse_id(id)?;
+        super::grant_reaches(p, id)?;
+        // One read transaction for the (live) credential and its secrets: this is a hot path.
+        let (c, mut secrets) = self.store().credential_for_use(p.namespace, id)?;
         let plugin = self.registry().get(&c.kind)?;
         let denied = |why: String| ServiceError::UseDenied(why);
         let policy = http_use(&plugin)?;
@@ -148,7 +151,6 @@ impl Service {
                 return Err(ServiceError::GrantExhausted);
             }
         }
-        let (c, mut secrets) = self.store().credential_for_use(p.namespace, c.id)?;
         self.check_binding(p, &plugin, &c, &mut secrets, "proxy")?;
         let base = plugin
             .manifest
@@ -250,12 +252,8 @@ impl Service {
             Err(ServiceError::Egress { refused: true, .. }) => (Outcome::Denied, "refused".into()),
             Err(_) => (Outcome::Failed, "unreachable".into()),
         };
-        let mut entry = AuditEntry::ok(&p.user, "credential.use");
-        entry.namespace = Some(p.namespace);
-        entry.credential = Some(credential);
-        entry.outcome = outcome;
-        entry.detail = format!("{method} {path} status={status} ms={} via={}", started.elapsed().as_millis(), p.token_id);
-        self.audit_later(entry);
+        let detail = format!("{method} {path} status={status} ms={} via={}", started.elapsed().as_millis(), p.token_id);
+        self.audit_later(audit_entry(p, Some(credential), USE_ACTION, outcome, detail));
         result
     }
 
@@ -302,12 +300,6 @@ pub(crate) fn http_use(plugin: &Plugin) -> Result<&crate::plugins::UsePolicy> {
         .as_ref()
         .filter(|u| u.proxy())
         .ok_or_else(|| ServiceError::NotImplemented(format!("type `{}` has no HTTP use", plugin.manifest.id)))
-}
-
-/// Whether `path` is `prefix` or below it, on a segment boundary (`/v2` does not cover `/v2evil`).
-pub(crate) fn under_prefix(path: &str, prefix: &str) -> bool {
-    let base = prefix.trim_end_matches('/');
-    path == base || path.strip_prefix(base).is_some_and(|rest| rest.starts_with('/'))
 }
 
 fn clip(s: &str) -> String {
