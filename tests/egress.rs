@@ -17,7 +17,6 @@ use axum::Router;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use credhost::plugins::{Bound, Capability, HostServices, Runtime};
-use secrecy::SecretString;
 
 /// The response body limit of `http.send` (`MAX_BODY` in `caps/http.rs`, not exported).
 const MAX_BODY: usize = 1024 * 1024;
@@ -31,24 +30,13 @@ async fn serve_router(app: Router) -> u16 {
     port
 }
 
-fn hostile_bound(mode: &str, target: &str, secret: &str) -> Bound {
-    let mut b = Bound::default();
-    b.fields.insert("mode".into(), mode.into());
-    b.fields.insert("target_url".into(), target.into());
-    b.secrets.insert("secret".into(), SecretString::from(secret.to_string()));
-    b
-}
-
-/// The hostile fixture with `http` and `net` granted towards `allowed` only, and room
-/// to hand back a whole 1 MiB body (as summary, or as fact key and value).
+/// The hostile fixture with room to hand back a whole 1 MiB body (as summary, or as
+/// fact key and value).
 fn hostile_with_http(runtime: &Runtime, allowed: &[String]) -> credhost::plugins::Plugin {
-    let (mut manifest, wasm) = common::fixture("hostile");
-    manifest.capabilities.extend([Capability::Http, Capability::Net]);
-    manifest.allowed_hosts =
-        allowed.iter().map(|h| credhost::plugins::manifest::AllowedHost::parse(h).unwrap()).collect();
-    manifest.limits.output_kib = 4096;
-    manifest.limits.memory_mib = 64;
-    runtime.load(&wasm, manifest, "fixture:hostile".into()).expect("hostile loads")
+    common::hostile_with_http(runtime, allowed, |m| {
+        m.limits.output_kib = 4096;
+        m.limits.memory_mib = 64;
+    })
 }
 
 /// Runs a sandboxed test on a blocking thread (host capabilities block).
@@ -157,7 +145,7 @@ async fn echoed_secrets_are_scrubbed_in_every_form_and_at_the_cut() {
     let plugin = Arc::new(hostile_with_http(&runtime, std::slice::from_ref(&base)));
 
     // Every form in one body: the summary holds none of them.
-    let call = run_test(plugin.clone(), runtime.clone(), hostile_bound("echo", &format!("{base}/forms"), &secret)).await;
+    let call = run_test(plugin.clone(), runtime.clone(), common::hostile_bound("echo", &format!("{base}/forms"), &secret)).await;
     let report = call.result.expect("echo runs");
     assert!(report.summary.starts_with("echo:{"), "{}", report.summary);
     assert_clean(&report.summary, &secret, &marker, "the summary");
@@ -167,7 +155,7 @@ async fn echoed_secrets_are_scrubbed_in_every_form_and_at_the_cut() {
     assert_eq!(seen.lock().unwrap().last().map(String::as_str), Some(secret.as_str()), "the secret really went out");
 
     // The same body as a fact key and value: both scrubbed.
-    let call = run_test(plugin.clone(), runtime.clone(), hostile_bound("echo-fact", &format!("{base}/forms"), &secret)).await;
+    let call = run_test(plugin.clone(), runtime.clone(), common::hostile_bound("echo-fact", &format!("{base}/forms"), &secret)).await;
     let report = call.result.expect("echo-fact runs");
     assert_eq!(report.facts.len(), 1, "{:?}", report.facts.keys().collect::<Vec<_>>());
     for (k, v) in &report.facts {
@@ -182,7 +170,7 @@ async fn echoed_secrets_are_scrubbed_in_every_form_and_at_the_cut() {
     for (form, prefix) in [("raw", ""), ("json", ""), ("basic", "Authorization: Basic ")] {
         for k in [1usize, 5, 17, 29] {
             let url = format!("{base}/cut/{form}/{k}");
-            let call = run_test(plugin.clone(), runtime.clone(), hostile_bound("echo", &url, &secret)).await;
+            let call = run_test(plugin.clone(), runtime.clone(), common::hostile_bound("echo", &url, &secret)).await;
             let summary = call.result.expect("echo runs").summary;
             let lead = ".".repeat(MAX_BODY - k - prefix.len());
             assert_clean(&summary, &secret, &marker, &format!("the cut body ({form}/{k})"));
@@ -201,14 +189,14 @@ async fn echoed_secrets_are_scrubbed_in_every_form_and_at_the_cut() {
     // cut (1 or 5 characters of the secret) is replaced, not handed over.
     for k in [1usize, 5] {
         let url = format!("{base}/cut/partial/{k}");
-        let call = run_test(plugin.clone(), runtime.clone(), hostile_bound("echo", &url, &secret)).await;
+        let call = run_test(plugin.clone(), runtime.clone(), common::hostile_bound("echo", &url, &secret)).await;
         let summary = call.result.expect("echo runs").summary;
         assert_eq!(summary, format!("echo:{}[REDACTED]", ".".repeat(MAX_BODY - k)), "partial/{k}");
     }
     assert!(hits.load(Ordering::SeqCst) >= 16);
 
     // The host keeps serving: a plain call afterwards works.
-    let call = run_test(plugin.clone(), runtime.clone(), hostile_bound("nothing", &base, &secret)).await;
+    let call = run_test(plugin.clone(), runtime.clone(), common::hostile_bound("nothing", &base, &secret)).await;
     assert_eq!(call.result.unwrap().summary, "hostile plugin did nothing");
 }
 
@@ -233,7 +221,7 @@ async fn ipv6_literals_embedding_private_ipv4_are_refused() {
     ] {
         let target = format!("http://{host}:{port}");
         let plugin = Arc::new(hostile_with_http(&strict, std::slice::from_ref(&target)));
-        let call = run_test(plugin, strict.clone(), hostile_bound("exfil", &format!("{target}/"), &secret)).await;
+        let call = run_test(plugin, strict.clone(), common::hostile_bound("exfil", &format!("{target}/"), &secret)).await;
         let report = call.result.expect("the plugin reports the refusal");
         assert!(
             report.summary.starts_with("exfil:Error::Rejected") && report.summary.contains("private"),
@@ -249,7 +237,7 @@ async fn ipv6_literals_embedding_private_ipv4_are_refused() {
     let open = Arc::new(Runtime::new(HostServices { allow_private_networks: true }).unwrap());
     let target = format!("http://127.0.0.1:{port}");
     let plugin = Arc::new(hostile_with_http(&open, std::slice::from_ref(&target)));
-    let call = run_test(plugin, open, hostile_bound("exfil", &format!("{target}/"), &secret)).await;
+    let call = run_test(plugin, open, common::hostile_bound("exfil", &format!("{target}/"), &secret)).await;
     assert_eq!(call.result.unwrap().summary, "exfil:status 200");
     assert_eq!(hits.load(Ordering::SeqCst), 1);
 }

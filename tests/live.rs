@@ -29,7 +29,6 @@ use axum::routing::get;
 use axum::Router;
 use base64::Engine as _;
 use credhost::plugins::{Bound, Capability, HostServices, Runtime, TestStatus};
-use secrecy::SecretString;
 use serde_json::{json, Value};
 
 // ---------------------------------------------------------------- helpers
@@ -849,31 +848,6 @@ async fn recording_server(redirect_to: Option<String>) -> (u16, Arc<AtomicUsize>
     (serve_router(app).await, hits)
 }
 
-fn hostile_bound(mode: &str, target: &str, secret: &str) -> Bound {
-    let mut b = Bound::default();
-    b.fields.insert("mode".into(), mode.into());
-    b.fields.insert("target_url".into(), target.into());
-    b.secrets.insert("secret".into(), SecretString::from(secret.to_string()));
-    b
-}
-
-/// The hostile fixture with `http` and `net` granted towards `allowed` only.
-fn hostile_with_http(runtime: &Runtime, allowed: &[String]) -> credhost::plugins::Plugin {
-    let (mut manifest, wasm) = common::fixture("hostile");
-    manifest.capabilities.extend([Capability::Http, Capability::Net]);
-    manifest.allowed_hosts = allowed.iter().map(|h| h.parse_allowed()).collect();
-    runtime.load(&wasm, manifest, "fixture:hostile".into()).expect("hostile loads")
-}
-
-trait ParseAllowed {
-    fn parse_allowed(&self) -> credhost::plugins::manifest::AllowedHost;
-}
-
-impl ParseAllowed for String {
-    fn parse_allowed(&self) -> credhost::plugins::manifest::AllowedHost {
-        credhost::plugins::manifest::AllowedHost::parse(self).unwrap()
-    }
-}
 
 /// Runs a sandboxed test on a blocking thread (host capabilities block).
 async fn run_test(plugin: Arc<credhost::plugins::Plugin>, runtime: Arc<Runtime>, bound: Bound) -> credhost::plugins::Call<credhost::plugins::TestReport> {
@@ -888,17 +862,17 @@ async fn egress_is_confined_to_allowed_hosts_and_scrubbed() {
     let (echo_port, echo_hits) = recording_server(Some(format!("{off}/stolen"))).await;
     let echo = format!("http://127.0.0.1:{echo_port}");
     let runtime = Arc::new(Runtime::new(HostServices { allow_private_networks: true }).unwrap());
-    let plugin = Arc::new(hostile_with_http(&runtime, &[echo.clone()]));
+    let plugin = Arc::new(common::hostile_with_http(&runtime, &[echo.clone()], |_| {}));
 
     // Exfiltration to a host off the list: refused, audited, nothing arrives.
-    let call = run_test(plugin.clone(), runtime.clone(), hostile_bound("exfil", &format!("{off}/"), &secret)).await;
+    let call = run_test(plugin.clone(), runtime.clone(), common::hostile_bound("exfil", &format!("{off}/"), &secret)).await;
     let report = call.result.expect("the plugin reports the refusal");
     assert!(report.summary.starts_with("exfil:Error::Rejected"), "{}", report.summary);
     assert!(call.events.iter().any(|e| e.capability == Capability::Http && !e.allowed), "{:?}", call.events);
     assert_eq!(off_hits.load(Ordering::SeqCst), 0, "the off-list host got nothing");
 
     // A redirect from an allowed host to one off the list is not followed.
-    let call = run_test(plugin.clone(), runtime.clone(), hostile_bound("exfil", &format!("{echo}/hop"), &secret)).await;
+    let call = run_test(plugin.clone(), runtime.clone(), common::hostile_bound("exfil", &format!("{echo}/hop"), &secret)).await;
     let report = call.result.unwrap();
     assert!(report.summary.starts_with("exfil:Error::Rejected"), "{}", report.summary);
     assert!(report.summary.contains("redirect"), "{}", report.summary);
@@ -906,7 +880,7 @@ async fn egress_is_confined_to_allowed_hosts_and_scrubbed() {
     assert!(!call.events.iter().all(|e| e.allowed));
 
     // An allowed host that echoes the request: the plugin never sees the secret.
-    let call = run_test(plugin.clone(), runtime.clone(), hostile_bound("echo", &format!("{echo}/echo"), &secret)).await;
+    let call = run_test(plugin.clone(), runtime.clone(), common::hostile_bound("echo", &format!("{echo}/echo"), &secret)).await;
     let report = call.result.unwrap();
     assert!(report.summary.starts_with("echo:leak=[REDACTED] b64=[REDACTED] url=[REDACTED]"), "{}", report.summary);
     assert!(!report.summary.contains(&secret));
@@ -914,42 +888,42 @@ async fn egress_is_confined_to_allowed_hosts_and_scrubbed() {
 
     // A guest-set Host header is refused before anything is sent.
     let hits = echo_hits.load(Ordering::SeqCst);
-    let call = run_test(plugin.clone(), runtime.clone(), hostile_bound("host", &format!("{echo}/echo"), &secret)).await;
+    let call = run_test(plugin.clone(), runtime.clone(), common::hostile_bound("host", &format!("{echo}/echo"), &secret)).await;
     let report = call.result.unwrap();
     assert!(report.summary.starts_with("host:Error::Rejected"), "{}", report.summary);
     assert_eq!(echo_hits.load(Ordering::SeqCst), hits);
 
     // Without `secrets` in its manifest, the plugin cannot read a field.
-    let call = run_test(plugin.clone(), runtime.clone(), hostile_bound("reveal", &echo, &secret)).await;
+    let call = run_test(plugin.clone(), runtime.clone(), common::hostile_bound("reveal", &echo, &secret)).await;
     let report = call.result.unwrap();
     assert!(report.summary.starts_with("reveal:Error::Denied"), "{}", report.summary);
     assert!(call.events.iter().any(|e| e.capability == Capability::Secrets && !e.allowed));
 
     // net.tcp-probe: an allowed endpoint answers, one off the list is refused, a closed
     // port is unreachable.
-    let call = run_test(plugin.clone(), runtime.clone(), hostile_bound("probe", &echo, &secret)).await;
+    let call = run_test(plugin.clone(), runtime.clone(), common::hostile_bound("probe", &echo, &secret)).await;
     assert!(call.result.unwrap().summary.starts_with("probe:ok"));
-    let call = run_test(plugin.clone(), runtime.clone(), hostile_bound("probe", &off, &secret)).await;
+    let call = run_test(plugin.clone(), runtime.clone(), common::hostile_bound("probe", &off, &secret)).await;
     let report = call.result.unwrap();
     assert!(report.summary.starts_with("probe:Error::Rejected"), "{}", report.summary);
     assert!(call.events.iter().any(|e| e.capability == Capability::Net && !e.allowed));
     let closed = free_port();
-    let probe_plugin = Arc::new(hostile_with_http(&runtime, &[format!("http://127.0.0.1:{closed}")]));
-    let call = run_test(probe_plugin, runtime.clone(), hostile_bound("probe", &format!("http://127.0.0.1:{closed}"), &secret)).await;
+    let probe_plugin = Arc::new(common::hostile_with_http(&runtime, &[format!("http://127.0.0.1:{closed}")], |_| {}));
+    let call = run_test(probe_plugin, runtime.clone(), common::hostile_bound("probe", &format!("http://127.0.0.1:{closed}"), &secret)).await;
     let report = call.result.unwrap();
     assert!(report.summary.starts_with("probe:Error::Unreachable"), "{}", report.summary);
 
     // Without the operator's leave, loopback is refused even for an allowed host.
     let strict = Arc::new(Runtime::new(HostServices { allow_private_networks: false }).unwrap());
-    let strict_plugin = Arc::new(hostile_with_http(&strict, &[echo.clone()]));
+    let strict_plugin = Arc::new(common::hostile_with_http(&strict, &[echo.clone()], |_| {}));
     let hits = echo_hits.load(Ordering::SeqCst);
-    let call = run_test(strict_plugin.clone(), strict.clone(), hostile_bound("exfil", &format!("{echo}/"), &secret)).await;
+    let call = run_test(strict_plugin.clone(), strict.clone(), common::hostile_bound("exfil", &format!("{echo}/"), &secret)).await;
     let report = call.result.unwrap();
     assert!(report.summary.starts_with("exfil:Error::Rejected") && report.summary.contains("private"), "{}", report.summary);
     assert_eq!(echo_hits.load(Ordering::SeqCst), hits);
     // ...and a name that resolves to loopback is refused the same way (checked after DNS).
-    let by_name = Arc::new(hostile_with_http(&strict, &[format!("http://localhost:{echo_port}")]));
-    let call = run_test(by_name, strict.clone(), hostile_bound("exfil", &format!("http://localhost:{echo_port}/"), &secret)).await;
+    let by_name = Arc::new(common::hostile_with_http(&strict, &[format!("http://localhost:{echo_port}")], |_| {}));
+    let call = run_test(by_name, strict.clone(), common::hostile_bound("exfil", &format!("http://localhost:{echo_port}/"), &secret)).await;
     let report = call.result.unwrap();
     assert!(report.summary.starts_with("exfil:Error::Rejected") && report.summary.contains("private"), "{}", report.summary);
     assert_eq!(echo_hits.load(Ordering::SeqCst), hits);

@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
-use credhost::plugins::{HostServices, Manifest, Plugin, Registry, Runtime};
+use credhost::plugins::{Bound, Capability, HostServices, Manifest, Plugin, Registry, Runtime};
+use secrecy::SecretString;
 
 /// Directory holding the guest components built by `host/build.rs` (fixtures included).
 pub fn guest_dir() -> PathBuf {
@@ -35,6 +36,26 @@ pub fn hostile() -> &'static Plugin {
         let (manifest, wasm) = fixture("hostile");
         registry().runtime().load(&wasm, manifest, "fixture:hostile".into()).expect("hostile loads")
     })
+}
+
+/// The hostile fixture with `http` and `net` granted towards `allowed` only; `adjust`
+/// may change its manifest further (limits) before it is loaded.
+pub fn hostile_with_http(runtime: &Runtime, allowed: &[String], adjust: impl FnOnce(&mut Manifest)) -> Plugin {
+    let (mut manifest, wasm) = fixture("hostile");
+    manifest.capabilities.extend([Capability::Http, Capability::Net]);
+    manifest.allowed_hosts =
+        allowed.iter().map(|h| credhost::plugins::manifest::AllowedHost::parse(h).unwrap()).collect();
+    adjust(&mut manifest);
+    runtime.load(&wasm, manifest, "fixture:hostile".into()).expect("hostile loads")
+}
+
+/// A credential for the hostile fixture: its `mode`, `target_url` and `secret`.
+pub fn hostile_bound(mode: &str, target: &str, secret: &str) -> Bound {
+    let mut b = Bound::default();
+    b.fields.insert("mode".into(), mode.into());
+    b.fields.insert("target_url".into(), target.into());
+    b.secrets.insert("secret".into(), SecretString::from(secret.to_string()));
+    b
 }
 
 // ---- HTTP API fixtures: the real binary, its environment, a leak-checking client ----
