@@ -9,6 +9,8 @@ command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || need+=(openssh-serve
 [ -x /usr/bin/ssh-keygen ] || need+=(openssh-client)
 [ -x /usr/lib/postgresql/15/bin/initdb ] || need+=(postgresql-15)
 [ -x /usr/bin/openssl ] || need+=(openssl)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v jq >/dev/null 2>&1 || need+=(jq)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "scripts/test.sh: installing test peers: ${need[*]}"
@@ -25,5 +27,19 @@ if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
   rustup target add wasm32-wasip2 || { sleep 5; rustup target add wasm32-wasip2; }
 fi
 
+# The Python example plugin's test (tests/python_plugin.rs) builds it with componentize-py.
+command -v componentize-py >/dev/null 2>&1 || python3 -m pip install --quiet componentize-py==0.25.1 ||
+  echo "scripts/test.sh: could not install componentize-py; tests/python_plugin.rs will fail" >&2
+# The API contract test (tests/api_contract.rs) generates a client with openapi-python-client.
+command -v openapi-python-client >/dev/null 2>&1 || python3 -m pip install --quiet openapi-python-client==0.29.1
+
+# Every test server appends the statuses it answered here; checked against the OpenAPI
+# document after the suite (tests/api_contract.rs).
+export CREDHOST_STATUS_LOG="$PWD/target/status-log.txt"
+rm -f "$CREDHOST_STATUS_LOG"
+
 # Release: components compile ~20x faster than in debug, and `serve` shares the build.
-exec cargo test --release --workspace "$@"
+cargo test --release --workspace "$@"
+if [ $# -eq 0 ]; then
+  cargo test --release --test api_contract -- --ignored --exact statuses_seen_by_the_suite_are_documented
+fi

@@ -216,6 +216,7 @@ async fn a_request_that_times_out_commits_nothing() {
     let t = Instant::now();
     let r = hostile(&api, &w.alice, "slow-one", "slow", &w.guard.secret(format!("Sl-{}", random_alnum(28)))).await;
     r.expect_error(503, "timeout");
+    assert_eq!(r.header("retry-after"), Some("1"), "a 503 says when to retry");
     assert!(t.elapsed() < Duration::from_millis(1900), "answered at {:?}", t.elapsed());
     // The plugin finishes its 2 s of work after the answer; the create must not commit.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -260,11 +261,12 @@ async fn a_poisoned_compile_cache_entry_is_never_run() {
     std::fs::copy(&evil, &victim).unwrap();
     let server = w.env.start(&["--config", &w.config()]);
     let api = server.api(&w.guard);
+    // API requests wait until start-up has loaded the plugins (issue 13): then the log has it.
+    let types = api.get("/api/credential-types", None).await.json();
     let log = server.stderr();
     assert!(log.contains("precompiled cache entry ignored") && log.contains("authentication failed"), "{log}");
     assert_ne!(std::fs::read(&victim).unwrap(), std::fs::read(&evil).unwrap(), "the entry was recompiled");
     // api_key is still api_key: its own validation runs.
-    let types = api.get("/api/credential-types", None).await.json();
     assert!(types.as_array().unwrap().iter().any(|t| t["id"] == "api_key"));
     let r = api
         .post(

@@ -239,3 +239,218 @@ async fn reload_under_concurrent_calls_loses_no_request() {
     }
     assert_eq!(total, 160);
 }
+
+/// The hostile fixture's component and manifest text (for a plugin dir).
+fn hostile() -> (Vec<u8>, String) {
+    let wasm = std::fs::read(common::guest_dir().join("hostile.wasm")).expect("hostile.wasm built by build.rs");
+    let manifest =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/fixtures/hostile/manifest.toml"))
+            .unwrap();
+    (wasm, manifest)
+}
+
+fn cache_entries(env: &Env) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(env.data_dir().join("cache"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".cwasm"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// Operators' reload: an override for a type not installed is a warning (the server
+/// starts); reload re-reads the overrides from the config file; a config that no longer
+/// parses fails the reload (409) and changes nothing; a plugin that loaded before and is
+/// broken now keeps its previous version serving while the problem is reported (and the
+/// CLI exits 1); the compile cache loses the entries of removed plugins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_rereads_overrides_keeps_working_versions_and_prunes_the_cache() {
+    let env0 = Env::new();
+    let dir = plugin_dir(&env0);
+    let (wasm, manifest) = template();
+    let pin = sha256_hex(&wasm);
+    install(&dir, "example_service", &wasm, &manifest, Some(&pin));
+    let (hwasm, hmanifest) = hostile();
+    install(&dir, "hostile", &hwasm, &hmanifest, Some(&sha256_hex(&hwasm)));
+    let config = env0.dir.path().join("credhost.toml");
+    let base_config = format!("[plugins]\ndir = {:?}\n\n[plugins.overrides.not_installed_yet]\n", dir.to_str().unwrap());
+    std::fs::write(&config, &base_config).unwrap();
+    let env = env0.set("CREDHOST_CONFIG", config.to_str().unwrap());
+    let admin = env.add_user("ops", true);
+    let server = env.start(&[]);
+    let guard = LeakGuard::new();
+    let api = server.api(&guard);
+
+    // The unknown override: a warning, in the log and in the admin view; not fatal.
+    let view = api.get("/api/admin/plugins", Some(&admin)).await;
+    view.expect(200);
+    let view = view.json();
+    assert_eq!(view["problems"], json!([]), "{view}");
+    let warning = &view["warnings"][0];
+    assert!(warning["origin"].as_str().unwrap().contains("not_installed_yet"), "{view}");
+    assert!(warning["message"].as_str().unwrap().contains("once it is installed"), "{view}");
+    assert!(server.stderr().contains("no credential type `not_installed_yet` is loaded"), "{}", server.stderr());
+
+    let token = guard.secret("ex_0123456789abcdefghij");
+    let created = api
+        .post(
+            "/api/credentials",
+            Some(&admin),
+            json!({"name": "ex", "type": "example_service", "fields": {"account": "acme", "api_token": token}}),
+        )
+        .await;
+    created.expect(201);
+    let id = created.json()["id"].as_str().unwrap().to_string();
+
+    // Overrides are re-read at reload.
+    let allowed = |view: &serde_json::Value| -> Vec<String> {
+        let p = view["plugins"].as_array().unwrap().iter().find(|p| p["id"] == "example_service").unwrap();
+        p["allowed_hosts"].as_array().unwrap().iter().map(|h| h.as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(allowed(&view), ["field:base_url"]);
+    std::fs::write(
+        &config,
+        format!("{base_config}\n[plugins.overrides.example_service]\nallowed_hosts = [\"https://override.example\"]\n"),
+    )
+    .unwrap();
+    let r = api.post_empty("/api/admin/plugins/reload", Some(&admin)).await;
+    r.expect(200);
+    let view = api.get("/api/admin/plugins", Some(&admin)).await.json();
+    assert!(allowed(&view).iter().all(|h| h.contains("override.example")) && allowed(&view).len() == 1, "{view}");
+
+    // A config that no longer parses: 409 naming the problem, nothing changes.
+    std::fs::write(&config, "[plugins\nbroken").unwrap();
+    let refused = api.post_empty("/api/admin/plugins/reload", Some(&admin)).await.expect_error(409, "conflict");
+    assert!(refused["error"]["message"].as_str().unwrap().contains("credhost.toml"), "{refused}");
+    let same = api.get("/api/admin/plugins", Some(&admin)).await.json();
+    assert_eq!(same["plugins"], view["plugins"], "a refused reload changed the catalog");
+    std::fs::write(&config, &base_config).unwrap();
+
+    // Cache: one entry per loaded component (six built-ins, template, hostile); removing
+    // the hostile plugin and reloading removes its entry.
+    let hostile_entry = |names: &[String]| names.iter().any(|n| n.starts_with(&sha256_hex(&hwasm)));
+    let before = cache_entries(&env);
+    assert_eq!(before.len(), 8, "{before:?}");
+    assert!(hostile_entry(&before));
+    std::fs::remove_file(dir.join("hostile.wasm")).unwrap();
+    std::fs::remove_file(dir.join("hostile.toml")).unwrap();
+    let r = api.post_empty("/api/admin/plugins/reload", Some(&admin)).await;
+    r.expect(200);
+    assert!(!r.json()["loaded"].as_array().unwrap().iter().any(|t| t == "hostile"), "{}", r.text);
+    let after = cache_entries(&env);
+    assert_eq!(after.len(), 7, "{after:?}");
+    assert!(!hostile_entry(&after), "the removed plugin's entry was pruned: {after:?}");
+
+    // The plugin breaks (a manifest whose pin no longer matches): reported, and the
+    // version that loaded before keeps serving.
+    install(&dir, "example_service", &wasm, &manifest, Some(&"0".repeat(64)));
+    let r = api.post_empty("/api/admin/plugins/reload", Some(&admin)).await;
+    r.expect(200);
+    let report = r.json();
+    assert!(report["loaded"].as_array().unwrap().iter().any(|t| t == "example_service"), "{report}");
+    let problem = report["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["origin"].as_str().unwrap().ends_with("example_service.wasm"))
+        .unwrap_or_else(|| panic!("no problem for the broken plugin: {report}"));
+    let message = problem["message"].as_str().unwrap();
+    assert!(message.contains("sha256 mismatch") && message.contains("keeps serving"), "{message}");
+    let v = api.post_empty(&format!("/api/credentials/{id}/validate"), Some(&admin)).await;
+    v.expect(200);
+    assert_eq!(v.json()["valid"], true, "{}", v.text);
+    // The CLI says so too, and exits 1.
+    let out = env.command(&["plugins", "reload", "--url", &server.base]).env("CREDHOST_TOKEN", &admin).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("keeps serving"), "{stdout}");
+    // Fixed again: loads, no problems, and the CLI exits 0.
+    install(&dir, "example_service", &wasm, &manifest, Some(&pin));
+    let out = env.command(&["plugins", "reload", "--url", &server.base]).env("CREDHOST_TOKEN", &admin).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    guard.check("server log", &server.stderr());
+}
+
+/// A plugin's stderr reaches the log: scrubbed of the call's secrets, capped per call;
+/// a guest panic's message is visible. The flood does not stop the call or the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_stderr_reaches_the_log_scrubbed_and_capped() {
+    let env0 = Env::new();
+    let dir = plugin_dir(&env0);
+    let (hwasm, hmanifest) = hostile();
+    install(&dir, "hostile", &hwasm, &hmanifest, Some(&sha256_hex(&hwasm)));
+    let env = env0.set("CREDHOST_PLUGINS_DIR", dir.to_str().unwrap());
+    let admin = env.add_user("ops", true);
+    let server = env.start(&[]);
+    let guard = LeakGuard::new();
+    let api = server.api(&guard);
+    let secret = guard.secret(format!("hs_{}", common::server::random_alnum(24)));
+    let create = |mode: &str, name: &str| {
+        json!({"name": name, "type": "hostile",
+               "fields": {"mode": mode, "target_url": "http://127.0.0.1:9/", "secret": secret}})
+    };
+    // Writes the secret and 10k lines to stderr, then succeeds.
+    api.post("/api/credentials", Some(&admin), create("stderr", "chatty")).await.expect(201);
+    let log = server.stderr();
+    assert!(log.contains("hostile stderr: the secret is [REDACTED]"), "{log}");
+    let flood = log.lines().filter(|l| l.contains("hostile stderr flood line")).count();
+    assert!((1..20).contains(&flood), "{flood} flood lines logged (cap 20 per call)");
+    assert!(log.contains("more plugin stderr not logged"), "{log}");
+    // A panic's message is on stderr: now in the log, next to the 502.
+    api.post("/api/credentials", Some(&admin), create("panic", "crashy")).await.expect_error(502, "plugin_error");
+    let log = server.stderr();
+    assert!(log.contains("hostile plugin panics on request"), "{log}");
+    // Still serving.
+    api.get("/api/credentials", Some(&admin)).await.expect(200);
+    guard.check("server log", &log);
+}
+
+/// The audit tells a plugin reading a secret itself (`plugin.secrets.reveal`) apart from
+/// the host decrypting secrets for its own use, e.g. to fill them into a test's requests
+/// (`credential.unseal`), and from a reveal to the caller (`credential.reveal`: none here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_names_a_plugin_reveal_apart_from_host_side_use() {
+    let env0 = Env::new();
+    let dir = plugin_dir(&env0);
+    let (hwasm, hmanifest) = hostile();
+    let granted = hmanifest
+        .replace("capabilities = [\"log\"]", "capabilities = [\"log\", \"secrets\"]")
+        .replace("reveal = []", "reveal = [\"secret\"]");
+    assert_ne!(granted, hmanifest);
+    install(&dir, "hostile", &hwasm, &granted, Some(&sha256_hex(&hwasm)));
+    let env = env0.set("CREDHOST_PLUGINS_DIR", dir.to_str().unwrap());
+    let admin = env.add_user("ops", true);
+    let server = env.start(&[]);
+    let guard = LeakGuard::new();
+    let api = server.api(&guard);
+    let secret = guard.secret(format!("hs_{}", common::server::random_alnum(24)));
+    let created = api
+        .post(
+            "/api/credentials",
+            Some(&admin),
+            json!({"name": "r", "type": "hostile", "fields": {"mode": "test-reveal", "target_url": "http://127.0.0.1:9/", "secret": secret}}),
+        )
+        .await;
+    created.expect(201);
+    let id = created.json()["id"].as_str().unwrap().to_string();
+    let t = api.post_empty(&format!("/api/credentials/{id}/test"), Some(&admin)).await;
+    t.expect(200);
+    assert!(t.text.contains("revealed:"), "{}", t.text);
+
+    let records = api.get("/api/audit?limit=1000", Some(&admin)).await.json()["items"].as_array().unwrap().clone();
+    let of = |action: &str| -> Vec<String> {
+        records
+            .iter()
+            .filter(|r| r["action"] == action && r["credential"] == id.as_str())
+            .map(|r| r["detail"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    let plugin = of("plugin.secrets.reveal");
+    assert_eq!(plugin.len(), 1, "{records:?}");
+    assert!(plugin[0].contains("field secret"), "{plugin:?}");
+    let host = of("credential.unseal");
+    assert!(host.iter().any(|d| d.contains("purpose=\"test\"")), "{records:?}");
+    assert!(of("credential.reveal").is_empty(), "nothing was revealed to a caller: {records:?}");
+    assert!(of("plugin.secrets").is_empty(), "{records:?}");
+}

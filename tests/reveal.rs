@@ -69,7 +69,7 @@ fn expect_error(w: &World, (status, _, body): &(u16, reqwest::header::HeaderMap,
 async fn audit(w: &World, token: &str) -> Vec<Value> {
     let r = w.api.get("/api/audit?limit=1000", Some(token)).await;
     r.expect(200);
-    r.json().as_array().unwrap().clone()
+    r.json()["items"].as_array().unwrap().clone()
 }
 
 /// Reveal: scope, type, ownership and grants enforced; the answer is complete, not
@@ -252,7 +252,7 @@ async fn exec_puts_the_credential_in_the_childs_environment_only() {
 
     // Both runs were audited as reveals to alice.
     let r = w.api.get("/api/audit?limit=1000", Some(&revealer)).await;
-    let reveals = r.json().as_array().unwrap().iter().filter(|r| r["action"] == "credential.reveal" && r["outcome"] == "ok").count();
+    let reveals = r.json()["items"].as_array().unwrap().iter().filter(|r| r["action"] == "credential.reveal" && r["outcome"] == "ok").count();
     assert_eq!(reveals, 2);
 
     // Nothing on disk holds a value, apart from the file the child wrote: not the data

@@ -183,7 +183,7 @@ async fn absurd_token_lifetime_is_a_field_error_and_creates_nothing() {
     let api = server.api(&guard);
 
     let count_tokens = |recs: &Value| {
-        recs.as_array().unwrap().iter().filter(|r| r["action"].as_str().is_some_and(|a| a.ends_with(".create") && a != "credential.create")).count()
+        recs["items"].as_array().unwrap().iter().filter(|r| r["action"].as_str().is_some_and(|a| a.ends_with(".create") && a != "credential.create")).count()
     };
     let before = api.get("/api/audit?user=alice", Some(&root)).await;
     before.expect(200);
@@ -387,7 +387,7 @@ async fn pre_upgrade_database_is_migrated_and_then_protected() {
     guard.secret(alice.clone());
     let page = server.api(&guard).get("/api/audit", Some(&alice)).await;
     page.expect(200);
-    assert!(page.json().as_array().unwrap().iter().any(|r| r["action"] == "user.add"), "{}", page.text);
+    assert!(page.json()["items"].as_array().unwrap().iter().any(|r| r["action"] == "user.add"), "{}", page.text);
     drop(server);
     // Now even a legacy record cannot be rewritten: the first keyed record binds it.
     rewrite_chain(&db, |r| if r["action"] == "user.add" { r["detail"] = json!("edited") }, None, false);
@@ -424,17 +424,17 @@ async fn audit_pages_are_per_user_and_correct_after_many_records_of_others() {
     let page = api.get("/api/audit?limit=3", Some(&alice)).await;
     page.expect(200);
     let page = page.json();
-    let creds: Vec<&str> = page.as_array().unwrap().iter().map(|r| r["credential"].as_str().unwrap_or("")).collect();
+    let creds: Vec<&str> = page["items"].as_array().unwrap().iter().map(|r| r["credential"].as_str().unwrap_or("")).collect();
     let mut newest_first = alice_ids.clone();
     newest_first.reverse();
     assert_eq!(creds, newest_first, "alice's 3 newest records are her creates: {page}");
     let all = api.get("/api/audit?limit=1000", Some(&alice)).await.json();
     let text = all.to_string();
     assert!(bob_ids.iter().all(|id| !text.contains(id.as_str())), "bob's records in alice's page");
-    assert!(all.as_array().unwrap().iter().all(|r| r["actor"] != "bob"), "{all}");
+    assert!(all["items"].as_array().unwrap().iter().all(|r| r["actor"] != "bob"), "{all}");
     // Bob sees his 150 creates, and none of alice's.
     let bobs = api.get("/api/audit?limit=1000", Some(&bob)).await.json();
-    let bob_creates = bobs.as_array().unwrap().iter().filter(|r| r["action"] == "credential.create").count();
+    let bob_creates = bobs["items"].as_array().unwrap().iter().filter(|r| r["action"] == "credential.create").count();
     assert_eq!(bob_creates, 150);
     assert!(alice_ids.iter().all(|id| !bobs.to_string().contains(id.as_str())));
     // A new record of alice's shows first.
@@ -442,9 +442,72 @@ async fn audit_pages_are_per_user_and_correct_after_many_records_of_others() {
     r.expect(201);
     let last = r.json()["id"].as_str().unwrap().to_string();
     let page = api.get("/api/audit?limit=1", Some(&alice)).await.json();
-    assert_eq!(page[0]["credential"], last.as_str());
+    assert_eq!(page["items"][0]["credential"], last.as_str());
     logs_clean(&guard, &server);
     drop(server);
     let (ok, text) = verify(&env, &cfg);
     assert!(ok, "{text}");
+}
+
+/// Sends a CORS preflight for `GET /api/credentials` from `origin`.
+async fn preflight(base: &str, origin: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .request(reqwest::Method::OPTIONS, format!("{base}/api/credentials"))
+        .header("origin", origin)
+        .header("access-control-request-method", "GET")
+        .header("access-control-request-headers", "authorization")
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Issue 13 item 10: CORS is off unless origins are configured; then only those origins
+/// get the headers a browser needs, on preflights and on real answers (errors included).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_is_off_by_default_and_allows_only_configured_origins() {
+    let console = "https://console.example.com";
+    // Default: no CORS headers at all, for a preflight or a real request.
+    let (env, cfg) = env_with("");
+    let server = env.start(&["--config", cfg.to_str().unwrap()]);
+    let r = preflight(&server.base, console).await;
+    assert!(r.headers().get("access-control-allow-origin").is_none(), "{:?}", r.headers());
+    let r = reqwest::Client::new().get(format!("{}/api/credentials", server.base)).header("origin", console).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+    drop(server);
+
+    let (env, cfg) = env_with(&format!("cors_allowed_origins = [{console:?}]\n"));
+    let server = env.start(&["--config", cfg.to_str().unwrap()]);
+    let r = preflight(&server.base, console).await;
+    assert!(r.status().is_success(), "{}", r.status());
+    assert_eq!(r.headers()["access-control-allow-origin"], console);
+    let methods = r.headers()["access-control-allow-methods"].to_str().unwrap().to_string();
+    assert!(methods.contains("PATCH") && methods.contains("DELETE"), "{methods}");
+    assert!(r.headers()["access-control-allow-headers"].to_str().unwrap().contains("authorization"));
+    assert!(r.headers().get("access-control-allow-credentials").is_none(), "tokens are headers, not cookies");
+    // Another origin gets no allow header (the browser then refuses the call).
+    let r = preflight(&server.base, "https://evil.example.net").await;
+    assert!(r.headers().get("access-control-allow-origin").is_none(), "{:?}", r.headers());
+    // A real answer, an error here, carries the header so the page can read the error.
+    let r = reqwest::Client::new().get(format!("{}/api/credentials", server.base)).header("origin", console).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["access-control-allow-origin"], console);
+    let health = reqwest::get(format!("{}/healthz", server.base)).await.unwrap();
+    assert_eq!(health.status(), 200);
+}
+
+/// A bad origin is refused at start and by check-config, naming the key and the value.
+#[test]
+fn bad_cors_origins_are_refused_naming_the_key() {
+    for bad in ["*", "https://console.example.com/", "console.example.com", "https://x.example/path", "ftp://x.example"] {
+        let (env, cfg) = env_with(&format!("cors_allowed_origins = [{bad:?}]\n"));
+        let out = env.cli(&["--config", cfg.to_str().unwrap(), "serve"]);
+        assert!(!out.status.success(), "{bad} accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("cors_allowed_origins") && err.contains(bad), "{bad}: {err}");
+        let out = env.cli(&["check-config", cfg.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1), "{bad}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("cors_allowed_origins") && text.contains(bad), "{bad}: {text}");
+    }
 }

@@ -504,7 +504,7 @@ fn names_unique_per_namespace() {
         .unwrap();
     assert!(matches!(
         store.create_credential("alice", a.namespace, cred("prod", "t", &[])),
-        Err(StoreError::NameTaken { name }) if name == "prod"
+        Err(StoreError::NameTaken { name, deleted: None }) if name == "prod"
     ));
     assert!(matches!(
         store.add_user("admin", "alice", Role::User),
@@ -515,7 +515,7 @@ fn names_unique_per_namespace() {
     store.delete_credential("alice", a.namespace, c.id).unwrap();
     assert!(matches!(
         store.create_credential("alice", a.namespace, cred("prod", "t", &[])),
-        Err(StoreError::NameTaken { .. })
+        Err(StoreError::NameTaken { deleted: Some(holder), .. }) if holder == c.id
     ));
     let restored = store
         .restore_credential("alice", a.namespace, c.id)
@@ -531,7 +531,7 @@ fn names_unique_per_namespace() {
     };
     assert!(matches!(
         store.update_credential("alice", a.namespace, c.id, upd),
-        Err(StoreError::NameTaken { .. })
+        Err(StoreError::NameTaken { deleted: None, .. })
     ));
     let upd = CredentialUpdate {
         name: Some("prod-2".into()),
@@ -698,7 +698,7 @@ fn pagination_covers_every_item_exactly_once() {
                 ..Default::default()
             }
         ),
-        Err(StoreError::Invalid(_))
+        Err(StoreError::InvalidField { ref field, .. }) if field == "cursor"
     ));
 }
 
@@ -770,7 +770,7 @@ fn partial_update_keeps_untouched_secrets() {
     };
     assert!(matches!(
         store.update_credential("alice", a.namespace, c.id, upd),
-        Err(StoreError::Invalid(_))
+        Err(StoreError::InvalidField { ref field, .. }) if field == "secret"
     ));
 
     let t = store
@@ -782,6 +782,7 @@ fn partial_update_keeps_untouched_secrets() {
                 at: 42,
                 ok: true,
                 summary: "account ACTIVE".into(),
+                verdict: None,
             },
         )
         .unwrap();

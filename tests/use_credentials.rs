@@ -423,12 +423,12 @@ async fn the_proxy_applies_the_credential_and_hands_back_no_secret() {
     let mut audit = Value::Null;
     for _ in 0..50 {
         audit = api.get("/api/audit?limit=100", Some(&alice)).await.json();
-        if audit.as_array().unwrap().iter().filter(|r| r["action"] == "credential.use").count() >= 9 {
+        if audit["items"].as_array().unwrap().iter().filter(|r| r["action"] == "credential.use").count() >= 9 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let uses: Vec<&Value> = audit.as_array().unwrap().iter().filter(|r| r["action"] == "credential.use").collect();
+    let uses: Vec<&Value> = audit["items"].as_array().unwrap().iter().filter(|r| r["action"] == "credential.use").collect();
     assert!(uses.len() >= 9, "{audit}");
     assert!(uses.iter().any(|r| r["detail"].as_str().unwrap().starts_with("GET /v2/positions status=200") && r["detail"].as_str().unwrap().contains("via=grt_")));
     api.get("/healthz", None).await.expect(200);
@@ -457,6 +457,10 @@ const ROUTE_SCOPES: &[(&str, &str, &str)] = &[
     ("post", "/api/admin/users", "admin"),
     ("post", "/api/admin/users/{name}/tokens", "admin"),
     ("delete", "/api/admin/tokens/{id}", "admin"),
+    ("get", "/api/admin/users", "admin"),
+    ("get", "/api/admin/tokens", "admin"),
+    ("get", "/api/tokens", "read"),
+    ("delete", "/api/tokens/{id}", "write"),
     ("get", "/api/admin/plugins", "admin"),
     ("post", "/api/admin/plugins/reload", "admin"),
 ];

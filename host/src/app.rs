@@ -1,6 +1,7 @@
 //! Wiring: configuration → master key → store → plugins → service. Shared by
 //! `serve` and every CLI command that touches data.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use zeroize::Zeroizing;
@@ -66,6 +67,11 @@ fn open_store_with(config: &Config, key: MasterKey) -> Result<Store, String> {
 /// The plugin registry: built-ins, the plugin dir, overrides, and the compile cache when
 /// a cache key (derived from the master key) is given; without one every plugin is compiled.
 pub fn registry(config: &Config, cache_key: Option<Zeroizing<[u8; 32]>>) -> Result<Registry, String> {
+    let (runtime, sources) = registry_parts(config, cache_key)?;
+    Registry::load(runtime, sources).map_err(|e| e.to_string())
+}
+
+fn registry_parts(config: &Config, cache_key: Option<Zeroizing<[u8; 32]>>) -> Result<(Arc<Runtime>, Sources), String> {
     let host = HostServices { allow_private_networks: config.plugins.allow_private_networks };
     let runtime = Runtime::new(host).map_err(|e| e.to_string())?;
     let cache = match (config.plugin_cache_dir(), cache_key) {
@@ -78,7 +84,7 @@ pub fn registry(config: &Config, cache_key: Option<Zeroizing<[u8; 32]>>) -> Resu
         _ => None,
     };
     let sources = Sources { dir: config.plugins.dir.clone(), cache, overrides: config.plugins.overrides.clone() };
-    Registry::load(Arc::new(runtime), sources).map_err(|e| e.to_string())
+    Ok((Arc::new(runtime), sources))
 }
 
 /// Store + registry + service, ready for requests.
@@ -87,5 +93,19 @@ pub fn service(config: &Config) -> Result<Arc<Service>, String> {
     let cache_key = key.subkey(CACHE_KEY_LABEL);
     let store = open_store_with(config, key)?;
     let registry = registry(config, Some(cache_key))?;
+    Ok(Arc::new(Service::new(Arc::new(store), Arc::new(registry))))
+}
+
+/// The server's service: the store is open, the registry still empty (the caller runs
+/// [`Registry::load_all`] while already listening). A plugin reload re-reads the
+/// overrides from `config_path` (environment overrides applied as at start).
+pub fn starting_service(config: &Config, config_path: Option<PathBuf>) -> Result<Arc<Service>, String> {
+    let key = master_key(config)?;
+    let cache_key = key.subkey(CACHE_KEY_LABEL);
+    let store = open_store_with(config, key)?;
+    let (runtime, sources) = registry_parts(config, Some(cache_key))?;
+    let registry = Registry::empty(runtime, sources).with_reconfigure(Box::new(move || {
+        Config::load(config_path.as_deref()).map(|c| c.plugins.overrides)
+    }));
     Ok(Arc::new(Service::new(Arc::new(store), Arc::new(registry))))
 }

@@ -122,6 +122,7 @@ impl<'de> Deserialize<'de> for FieldSource {
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Listen address (`CREDHOST_LISTEN`).
+    #[serde(deserialize_with = "address")]
     pub listen: SocketAddr,
     /// Largest accepted request body, KiB.
     pub max_body_kib: usize,
@@ -139,6 +140,9 @@ pub struct ServerConfig {
     /// Open connections at most. Beyond it the server stops accepting: new connections
     /// wait in the kernel's backlog until a slot frees (never refused outright).
     pub max_connections: usize,
+    /// Web origins (`https://host[:port]`) whose pages may call the API from a browser
+    /// (CORS). Empty, the default, sends no CORS headers: browsers refuse cross-origin calls.
+    pub cors_allowed_origins: Vec<String>,
 }
 
 impl ServerConfig {
@@ -150,8 +154,11 @@ impl ServerConfig {
             ("max_connections", self.max_connections as u64),
         ] {
             if v == 0 {
-                return Err(format!("[server] {key} must be at least 1"));
+                return Err(format!("[server] {key}: {v} must be at least 1"));
             }
+        }
+        for origin in &self.cors_allowed_origins {
+            check_origin(origin).map_err(|why| format!("[server] cors_allowed_origins: {origin:?} {why}"))?;
         }
         Ok(())
     }
@@ -167,8 +174,36 @@ impl Default for ServerConfig {
             header_timeout_secs: 10,
             idle_timeout_secs: 60,
             max_connections: 1024,
+            cors_allowed_origins: Vec::new(),
         }
     }
+}
+
+const NOT_AN_ADDRESS: &str = "is not an address (expected IP:port, e.g. \"127.0.0.1:8080\")";
+
+fn parse_address(v: &str) -> Result<SocketAddr, &'static str> {
+    v.trim().parse().map_err(|_| NOT_AN_ADDRESS)
+}
+
+/// `listen`: the error says what is expected (serde's own says "invalid socket address syntax").
+fn address<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let v = String::deserialize(d)?;
+    parse_address(&v).map_err(serde::de::Error::custom)
+}
+
+/// An origin as browsers send it: `http(s)://host[:port]`, nothing more. `*` is refused:
+/// a deployment names the consoles it trusts.
+fn check_origin(origin: &str) -> Result<(), &'static str> {
+    if origin == "*" {
+        return Err("is not accepted: list each origin (e.g. \"https://console.example.com\")");
+    }
+    let url = url::Url::parse(origin).map_err(|_| "is not an origin (expected scheme://host[:port])")?;
+    let bare = url.path() == "/" && url.query().is_none() && url.fragment().is_none() && url.username().is_empty()
+        && url.password().is_none() && !origin.ends_with('/');
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() || !bare {
+        return Err("is not an origin (expected http(s)://host[:port], without a path or a trailing slash)");
+    }
+    Ok(())
 }
 
 /// `[storage]`: where the database lives.
@@ -236,7 +271,7 @@ impl Config {
 
     pub(crate) fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), String> {
         if let Some(v) = get("CREDHOST_LISTEN") {
-            self.server.listen = v.parse().map_err(|e| format!("CREDHOST_LISTEN={v:?}: {e}"))?;
+            self.server.listen = parse_address(&v).map_err(|why| format!("CREDHOST_LISTEN: {v:?} {why}"))?;
         }
         if let Some(v) = get("CREDHOST_DATA_DIR") {
             self.storage.data_dir = PathBuf::from(v);

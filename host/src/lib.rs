@@ -13,6 +13,8 @@ pub mod config;
 pub mod crypto;
 pub mod egress;
 pub mod fsperm;
+pub mod names;
+pub mod metrics;
 pub mod plugins;
 pub mod provision;
 pub mod redact;

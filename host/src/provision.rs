@@ -109,6 +109,10 @@ pub fn check(config: &Config, registry: Option<&Registry>, validate: bool) -> Ve
         if !seen.insert((c.user.as_str(), c.name.as_str())) {
             problems.push(Problem::new(Loc::Credential(i), format!("duplicate credential `{name}`")));
         }
+        let name_problems = crate::names::name(&c.name).err().into_iter().chain(crate::names::tags(&c.tags).err().into_iter().flatten());
+        for e in name_problems {
+            problems.push(Problem::new(Loc::Credential(i), format!("credential `{name}`: field `{}`: {}", e.field, e.message)));
+        }
         if !users.contains(c.user.as_str()) {
             problems.push(Problem::new(
                 Loc::Credential(i),
@@ -243,9 +247,11 @@ pub fn reconcile(service: &Service, config: &Config) -> Result<Report, String> {
             if c.user != u.name {
                 continue;
             }
-            declared.insert(c.name.clone());
+            // Stored names are canonical (NFC): an NFD spelling in the file names the same one.
+            let canonical = crate::names::name(&c.name).unwrap_or_else(|_| c.name.clone());
+            declared.insert(canonical.clone());
             let fields = std::mem::take(fields);
-            apply(service, &p, c, fields, existing.remove(&c.name), &mut report)?;
+            apply(service, &p, c, fields, existing.remove(&canonical), &mut report)?;
         }
         if config.provision.prune {
             for (name, cred) in existing {
@@ -311,15 +317,17 @@ fn apply(
     if restored {
         service.restore(p, &id).map_err(fail)?;
     }
+    // Compared in stored (canonical) form, so duplicates or NFD in the file are no change.
+    let tags = crate::names::tags(&c.tags).unwrap_or_else(|_| c.tags.clone());
     let result = (|| {
         let diff = service.compare_fields(p, &id, c.environment.clone(), inputs(&fields))?;
-        let meta = current.description != c.description || current.tags != c.tags;
+        let meta = current.description != c.description || current.tags != tags;
         if diff.is_empty() && !meta {
             return Ok(None);
         }
         let mut upd = UpdateCredential {
             description: (current.description != c.description).then(|| c.description.clone()),
-            tags: (current.tags != c.tags).then(|| c.tags.clone()),
+            tags: (current.tags != tags).then(|| tags.clone()),
             ..UpdateCredential::default()
         };
         if !diff.is_empty() {
@@ -337,7 +345,7 @@ fn apply(
         if current.description != c.description {
             what.push("description".into());
         }
-        if current.tags != c.tags {
+        if current.tags != tags {
             what.push("tags".into());
         }
         Ok(Some(what))
@@ -424,6 +432,7 @@ fn parse_all(text: &str) -> (Config, Lines, Vec<Problem>) {
     use toml::de::{DeTable, DeValue, ValueDeserializer};
 
     fn de<T: serde::de::DeserializeOwned>(
+        text: &str,
         section: &str,
         v: &toml::Spanned<DeValue<'_>>,
         problems: &mut Vec<Problem>,
@@ -432,10 +441,38 @@ fn parse_all(text: &str) -> (Config, Lines, Vec<Problem>) {
             Ok(t) => Some(t),
             Err(e) => {
                 let at = e.span().map_or(v.span().start, |s| s.start);
-                problems.push(Problem::new(Loc::Offset(at), format!("[{section}]: {}", e.message().trim())));
+                let why = e.message().trim();
+                // Name the key and quote the bad value, except in `[[credentials]]`: a
+                // literal there may be a secret given by mistake.
+                let message = match e.span().and_then(|s| key_at(v, &s)) {
+                    Some((key, value)) if section != "[credentials]" => {
+                        let shown: String = text.get(value).unwrap_or("").chars().take(80).collect();
+                        let sep = if why.starts_with("is ") { " " } else { ": " };
+                        format!("[{section}] {key}: {shown}{sep}{why}")
+                    }
+                    Some((key, _)) => format!("[{section}] {key}: {why}"),
+                    None => format!("[{section}]: {why}"),
+                };
+                problems.push(Problem::new(Loc::Offset(at), message));
                 None
             }
         }
+    }
+
+    /// The dotted key whose value holds `span`, and that value's span; none when `span`
+    /// is a key itself (an unknown key, which the message already names).
+    fn key_at(v: &toml::Spanned<DeValue<'_>>, span: &std::ops::Range<usize>) -> Option<(String, std::ops::Range<usize>)> {
+        let DeValue::Table(table) = v.get_ref() else { return None };
+        for (k, value) in table.iter() {
+            let vs = value.span();
+            if vs.start <= span.start && span.end <= vs.end {
+                return Some(match key_at(value, span) {
+                    Some((inner, at)) => (format!("{}.{inner}", k.get_ref()), at),
+                    None => (k.get_ref().to_string(), vs),
+                });
+            }
+        }
+        None
     }
 
     let mut problems = Vec::new();
@@ -449,11 +486,11 @@ fn parse_all(text: &str) -> (Config, Lines, Vec<Problem>) {
     for (key, value) in root.get_ref().iter() {
         let p = &mut problems;
         match key.get_ref().as_ref() {
-            "server" => config.server = de("server", value, p).unwrap_or(config.server),
-            "storage" => config.storage = de("storage", value, p).unwrap_or(config.storage),
-            "keys" => config.keys = de("keys", value, p).unwrap_or(config.keys),
-            "plugins" => config.plugins = de("plugins", value, p).unwrap_or(config.plugins),
-            "provision" => config.provision = de("provision", value, p).unwrap_or(config.provision),
+            "server" => config.server = de(text, "server", value, p).unwrap_or(config.server),
+            "storage" => config.storage = de(text, "storage", value, p).unwrap_or(config.storage),
+            "keys" => config.keys = de(text, "keys", value, p).unwrap_or(config.keys),
+            "plugins" => config.plugins = de(text, "plugins", value, p).unwrap_or(config.plugins),
+            "provision" => config.provision = de(text, "provision", value, p).unwrap_or(config.provision),
             "users" | "credentials" => {
                 let DeValue::Array(items) = value.get_ref() else {
                     p.push(Problem::new(Loc::Offset(key.span().start), format!("`{}` must be an array of tables ([[{}]])", key.get_ref(), key.get_ref())));
@@ -462,11 +499,11 @@ fn parse_all(text: &str) -> (Config, Lines, Vec<Problem>) {
                 for item in items.iter() {
                     let at = line_of(text, item.span().start);
                     if key.get_ref() == "users" {
-                        if let Some(u) = de("[users]", item, p) {
+                        if let Some(u) = de(text, "[users]", item, p) {
                             config.users.push(u);
                             lines.users.push(at);
                         }
-                    } else if let Some(c) = de::<CredentialEntry>("[credentials]", item, p) {
+                    } else if let Some(c) = de::<CredentialEntry>(text, "[credentials]", item, p) {
                         let mut field_lines = BTreeMap::new();
                         if let Some(DeValue::Table(f)) = item.get_ref().get("fields").map(|v| v.get_ref()) {
                             for (k, v) in f.iter() {
@@ -497,6 +534,9 @@ pub fn check_file(path: &Path) -> Vec<(usize, String)> {
     };
     let (mut config, lines, mut problems) = parse_all(&text);
     if let Err(e) = config.apply_env(|k| std::env::var(k).ok()) {
+        problems.push(Problem::new(Loc::File, e));
+    }
+    if let Err(e) = config.server.check() {
         problems.push(Problem::new(Loc::File, e));
     }
     if let Some(dir) = &config.plugins.dir {

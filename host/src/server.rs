@@ -27,29 +27,91 @@ use crate::service::Service;
 use crate::store::Role;
 
 /// Serves until SIGINT/SIGTERM, then drains requests in flight.
-pub async fn serve(config: Config) -> Result<(), String> {
+///
+/// Start-up order: bind first (a port in use fails before anything is written: no data
+/// dir, no dev user, no token), then open the store and, in dev mode, create the first
+/// admin and print its token, then print `listening on`. Plugins compile after that,
+/// built-ins first: `/healthz` answers at once, `/readyz` says 503 not ready and API
+/// requests wait until the plugins are loaded and the declared config is applied. A
+/// failure there (a broken built-in, a bad declared credential) stops the server with
+/// an error; a signal meanwhile lets start-up finish, then shuts down. `config_path` is
+/// re-read by a plugin reload (for the overrides).
+pub async fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> Result<(), String> {
     let started = std::time::Instant::now();
     config.server.check()?;
-    let cfg = config.clone();
-    let service: Arc<Service> =
-        tokio::task::spawn_blocking(move || crate::app::service(&cfg)).await.map_err(|e| e.to_string())??;
-    if config.keys.dev {
-        bootstrap_dev_admin(&service)?;
-    }
-    // Declared users and credentials, before the first request can see them.
-    let (svc, cfg) = (service.clone(), config.clone());
-    tokio::task::spawn_blocking(move || crate::provision::reconcile(&svc, &cfg)).await.map_err(|e| e.to_string())??;
-    let app = api::router(AppState::new(service.clone()), &config.server);
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    tracing::info!(%addr, types = service.types().len(), startup_ms = started.elapsed().as_millis() as u64, "credhost listening");
+    let cfg = config.clone();
+    let service: Arc<Service> = tokio::task::spawn_blocking(move || crate::app::starting_service(&cfg, config_path))
+        .await
+        .map_err(|e| e.to_string())??;
+    if config.keys.dev {
+        bootstrap_dev_admin(&service)?;
+    }
+    let state = AppState::starting(service.clone());
+    let app = api::router(state.clone(), &config.server);
+    tracing::info!(%addr, "credhost listening; loading plugins");
+    let signalled = shutdown_signal();
     // A line tests and scripts can wait for (the port may have been chosen by the OS).
     println!("listening on http://{addr}");
-    accept_loop(listener, app, &config.server, shutdown_signal()).await;
+
+    let (svc, cfg) = (service.clone(), config.clone());
+    let startup = tokio::spawn(async move {
+        tokio::task::spawn_blocking(move || {
+            svc.registry().load_all().map_err(|e| e.to_string())?;
+            // Declared users and credentials, before the first API request can see them.
+            crate::provision::reconcile(&svc, &cfg).map(|_| ())
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r)?;
+        state.ready.set();
+        tracing::info!(
+            types = state.service.types().len(),
+            startup_ms = started.elapsed().as_millis() as u64,
+            "credhost ready"
+        );
+        Ok::<(), String>(())
+    });
+    let failed = Arc::new(std::sync::Mutex::new(None));
+    let failure = failed.clone();
+    let record = move |r: Result<Result<(), String>, tokio::task::JoinError>| {
+        let e = match r {
+            Ok(Ok(())) => return false,
+            Ok(Err(e)) => e,
+            // A JoinError's text quotes the panic payload: the hook logged the location.
+            Err(_) => "start-up failed: a task panicked (see the log)".to_string(),
+        };
+        *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+        true
+    };
+    // Stops on a signal, or when start-up fails. A signal during start-up lets start-up
+    // finish first: declared config is never left applied halfway.
+    let stop = async move {
+        let mut startup = startup;
+        tokio::pin!(signalled);
+        tokio::select! {
+            _ = signalled.as_mut() => {
+                if !startup.is_finished() {
+                    tracing::info!("finishing start-up before shutting down");
+                }
+                record(startup.await);
+            }
+            r = &mut startup => {
+                if !record(r) {
+                    signalled.as_mut().await;
+                }
+            }
+        }
+    };
+    accept_loop(listener, app, &config.server, stop).await;
     if let Err(e) = service.store().flush_audit() {
         tracing::error!(error = %e, "could not make the last audit records durable");
+    }
+    if let Some(e) = failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        return Err(e);
     }
     tracing::info!("shut down cleanly");
     Ok(())
@@ -269,21 +331,33 @@ fn bootstrap_dev_admin(service: &Service) -> Result<(), String> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called, not
+/// when first polled: a signal that arrives right after `listening on` (during
+/// start-up) must not hit the default action and kill the process mid-way.
+fn shutdown_signal() -> impl Future<Output = ()> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
+    let handlers = {
+        use tokio::signal::unix::{signal, SignalKind};
+        (signal(SignalKind::terminate()).ok(), signal(SignalKind::interrupt()).ok())
     };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
-    tracing::info!("shutdown requested; finishing requests in flight");
+    async move {
+        #[cfg(unix)]
+        {
+            async fn recv(s: Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            }
+            let (term, int) = handlers;
+            tokio::select! { _ = recv(term) => {}, _ = recv(int) => {} }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        tracing::info!("shutdown requested; finishing requests in flight");
+    }
 }

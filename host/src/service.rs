@@ -11,10 +11,14 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 
+mod admin;
 mod grants;
+mod probes;
 mod proxy;
 mod reveal;
+pub use admin::{TokenView, UserView};
 pub use grants::{GrantView, IssuedGrant, NewGrant, MAX_GRANT_TTL_SECS};
+pub use probes::PROBE_ACTION;
 pub use proxy::{ProxyRequest, ProxyResponse, MAX_PROXY_RESPONSE};
 pub use reveal::{Revealed, REVEAL_PURPOSE};
 
@@ -24,8 +28,8 @@ use crate::plugins::{
     Bound, CapabilityEvent, FieldError, Plugin, PluginError, Registry, ReportedKind, TestReport, TypeDescriptor,
 };
 use crate::store::{
-    AuditEntry, AuditQuery, AuditRecord, Credential, CredentialId, CredentialUpdate, ListQuery, NewCredential,
-    Outcome, Principal, Role, Scope, Store, StoreError, TestResult, TokenInfo, TokenRefusal, User, BINDING_KEY,
+    AuditEntry, AuditPage, AuditQuery, Credential, Lookup, TestVerdict, CredentialId, CredentialUpdate, ListQuery, NewCredential,
+    Outcome, Principal, Role, Scope, Store, StoreError, TestResult, TokenInfo, TokenRefusal, BINDING_KEY,
 };
 
 /// Why an operation was refused. The API maps each variant to one status.
@@ -64,6 +68,10 @@ pub enum ServiceError {
     NotFound,
     #[error("{0}")]
     Conflict(String),
+    /// The name is taken (by a live credential, or a soft-deleted one: the message says
+    /// how to restore or purge it). `fields` names `name`.
+    #[error("{}", .0.message)]
+    NameTaken(FieldError),
     #[error("some fields are invalid")]
     InvalidFields(Vec<FieldError>),
     #[error("{0}")]
@@ -88,8 +96,20 @@ impl From<StoreError> for ServiceError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound => ServiceError::NotFound,
-            StoreError::NameTaken { .. } | StoreError::UserExists { .. } => ServiceError::Conflict(e.to_string()),
+            StoreError::NameTaken { name, deleted } => ServiceError::NameTaken(FieldError {
+                field: "name".into(),
+                message: match deleted {
+                    None => format!("a credential named {name:?} already exists"),
+                    Some(id) => format!(
+                        "the name {name:?} is held by the soft-deleted credential {id}: restore it \
+                         (POST /api/credentials/{id}/restore) or purge it (DELETE /api/credentials/{id}?purge=true) \
+                         to free the name"
+                    ),
+                },
+            }),
+            StoreError::UserExists { .. } => ServiceError::Conflict(e.to_string()),
             StoreError::Invalid(m) => ServiceError::BadInput(m),
+            StoreError::InvalidField { field, message } => ServiceError::InvalidFields(vec![FieldError { field, message }]),
             other => ServiceError::Internal(other.to_string()),
         }
     }
@@ -171,41 +191,79 @@ impl std::fmt::Debug for FieldInput {
     }
 }
 
-/// Input of [`Service::create`].
+/// A new credential.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateCredential {
+    #[schema(schema_with = crate::api::openapi::name_schema)]
     pub name: String,
-    /// Credential type id, e.g. `alpaca`.
+    /// Credential type id, e.g. `alpaca` (`GET /api/credential-types` lists them).
     #[serde(rename = "type")]
+    #[schema(min_length = 1)]
     pub kind: String,
     #[serde(default)]
     pub description: String,
     #[serde(default)]
+    #[schema(schema_with = crate::api::openapi::tags_schema)]
     pub tags: Vec<String>,
+    /// One of the type's environments (e.g. `paper`, `live`), for types that have them.
     #[serde(default)]
     pub environment: Option<String>,
-    /// Field values by name, secret ones included.
-    #[schema(value_type = BTreeMap<String, String>)]
+    #[schema(schema_with = crate::api::openapi::field_values_schema)]
     #[serde(default)]
     pub fields: BTreeMap<String, FieldInput>,
 }
 
-/// Input of [`Service::update`]: every member optional; absent means unchanged.
+/// A partial update: every member optional; absent means unchanged.
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateCredential {
+    #[schema(schema_with = crate::api::openapi::name_schema)]
     pub name: Option<String>,
     pub description: Option<String>,
+    #[schema(schema_with = crate::api::openapi::tags_schema)]
     pub tags: Option<Vec<String>>,
     /// `null` clears the environment.
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<String>)]
     pub environment: Option<Option<String>>,
-    /// Fields to set; `null` removes an optional field. Secret fields not named keep their value.
-    #[schema(value_type = BTreeMap<String, Option<String>>)]
+    #[schema(schema_with = crate::api::openapi::field_updates_schema)]
     #[serde(default)]
     pub fields: BTreeMap<String, Option<FieldInput>>,
+}
+
+/// Drops metadata members equal to the stored values; true when nothing is left to write.
+fn is_no_op(upd: &mut CredentialUpdate, current: &Credential) -> bool {
+    if upd.name.as_ref() == Some(&current.name) {
+        upd.name = None;
+    }
+    if upd.description.as_ref() == Some(&current.description) {
+        upd.description = None;
+    }
+    if upd.tags.as_ref() == Some(&current.tags) {
+        upd.tags = None;
+    }
+    upd.name.is_none()
+        && upd.description.is_none()
+        && upd.tags.is_none()
+        && upd.environment.is_none()
+        && upd.fields.is_empty()
+        && upd.secrets.is_empty()
+        && upd.clear_secrets.is_empty()
+        && upd.binding.is_none()
+}
+
+/// The summary of a test the plugin could not complete, from its reported reason
+/// (already scrubbed of the credential's secrets).
+fn untestable_summary(kind: ReportedKind, message: &str) -> String {
+    let why = match kind {
+        ReportedKind::Unsupported => "cannot be tested",
+        ReportedKind::Rejected | ReportedKind::Denied => "refused by the host's policy",
+        ReportedKind::Unreachable => "could not reach the service",
+        ReportedKind::Invalid => "invalid input",
+        ReportedKind::Internal => "plugin error",
+    };
+    format!("{why}: {message}")
 }
 
 fn double_option<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<Option<String>>, D::Error> {
@@ -227,14 +285,18 @@ pub enum FieldView {
 /// Last live-test result.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct LastTest {
+    #[schema(format = DateTime)]
     pub at: String,
     pub ok: bool,
+    /// `valid`, `invalid` or `indeterminate` (what the `status` listing filter matches).
+    pub status: String,
     pub summary: String,
 }
 
 /// A credential as shown to its owner: metadata, never a secret value.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct CredentialView {
+    #[schema(format = Uuid)]
     pub id: String,
     pub name: String,
     #[serde(rename = "type")]
@@ -245,9 +307,14 @@ pub struct CredentialView {
     pub fields: BTreeMap<String, FieldView>,
     /// Secret version; increases whenever a secret changes.
     pub version: u32,
+    #[schema(format = DateTime)]
     pub created_at: String,
+    /// Changes only when something about the credential changed.
+    #[schema(format = DateTime)]
     pub updated_at: String,
+    /// Set on soft-deleted credentials (listed with `include_deleted`).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
     pub deleted_at: Option<String>,
     pub last_test: Option<LastTest>,
 }
@@ -271,7 +338,17 @@ impl From<Credential> for CredentialView {
             created_at: rfc3339(c.created_at),
             updated_at: rfc3339(c.updated_at),
             deleted_at: c.deleted_at.map(rfc3339),
-            last_test: c.last_test.map(|t| LastTest { at: rfc3339(t.at), ok: t.ok, summary: t.summary }),
+            last_test: c.last_test.map(|t| LastTest {
+                at: rfc3339(t.at),
+                ok: t.ok,
+                status: match t.status() {
+                    TestVerdict::Valid => "valid",
+                    TestVerdict::Invalid => "invalid",
+                    TestVerdict::Indeterminate => "indeterminate",
+                }
+                .into(),
+                summary: t.summary,
+            }),
         }
     }
 }
@@ -283,6 +360,8 @@ pub struct CredentialPage {
     /// Pass as `cursor` for the next page; absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_cursor: Option<String>,
+    /// How many credentials match the filters, over all pages.
+    pub total: usize,
 }
 
 /// Result of the offline re-check of a stored credential.
@@ -334,6 +413,7 @@ pub struct Service {
     store: Arc<Store>,
     registry: Arc<Registry>,
     plans: proxy::PlanCache,
+    probes: probes::Probes,
 }
 
 impl Service {
@@ -348,7 +428,8 @@ impl Service {
                 tracing::error!(error = %e, "could not make audit records durable");
             }
         });
-        Service { store, registry, plans: proxy::PlanCache::default() }
+        let probes = probes::Probes::start(Arc::downgrade(&store));
+        Service { store, registry, plans: proxy::PlanCache::default(), probes }
     }
 
     pub fn store(&self) -> &Store {
@@ -373,8 +454,12 @@ impl Service {
         self.registry.list().iter().map(|p| p.descriptor.clone()).collect()
     }
 
-    pub fn create(&self, p: &Principal, req: CreateCredential) -> Result<CredentialView> {
+    pub fn create(&self, p: &Principal, mut req: CreateCredential) -> Result<CredentialView> {
         require(p, Scope::Write)?;
+        // Name and tags first: their problems come back together, before any plugin runs.
+        let (name, tags) = canonical_name_and_tags(Some(&req.name), Some(&req.tags))?;
+        req.name = name.unwrap_or_default();
+        req.tags = tags.unwrap_or_default();
         let plugin = self.registry.get(&req.kind)?;
         let mut input = Bound { environment: req.environment.clone(), ..Bound::default() };
         for (name, value) in req.fields {
@@ -402,23 +487,37 @@ impl Service {
         Ok(self.live(p, id)?.into())
     }
 
-    pub fn list(&self, p: &Principal, query: &ListQuery) -> Result<CredentialPage> {
+    /// One page of the caller's credentials. Name and tag filters are read in canonical
+    /// form (NFC), like the stored names; a bad one is a 422 naming the parameter.
+    pub fn list(&self, p: &Principal, mut query: ListQuery) -> Result<CredentialPage> {
         require_unbound(p, Scope::Read)?;
-        let page = self.store.list_credentials(p.namespace, query)?;
-        Ok(CredentialPage { items: page.items.into_iter().map(Into::into).collect(), next_cursor: page.next_cursor })
+        let mut errors = Vec::new();
+        for (field, value) in [("name", &mut query.name), ("name_prefix", &mut query.name_prefix), ("tag", &mut query.tag)] {
+            if let Some(v) = value.as_deref() {
+                match crate::names::filter(field, v) {
+                    Ok(v) => *value = Some(v),
+                    Err(e) => errors.push(e),
+                }
+            }
+        }
+        if !errors.is_empty() {
+            return Err(ServiceError::InvalidFields(errors));
+        }
+        let page = self.store.list_credentials(p.namespace, &query)?;
+        Ok(CredentialPage {
+            items: page.items.into_iter().map(Into::into).collect(),
+            next_cursor: page.next_cursor,
+            total: page.total,
+        })
     }
 
     /// Partial update. Field or environment changes are re-validated by the type against
     /// the merged credential; secrets not named keep their value.
     pub fn update(&self, p: &Principal, id: &str, req: UpdateCredential) -> Result<CredentialView> {
         require(p, Scope::Write)?;
+        let (name, tags) = canonical_name_and_tags(req.name.as_deref(), req.tags.as_deref())?;
         let current = self.live(p, id)?;
-        let mut upd = CredentialUpdate {
-            name: req.name,
-            description: req.description,
-            tags: req.tags,
-            ..CredentialUpdate::default()
-        };
+        let mut upd = CredentialUpdate { name, description: req.description, tags, ..CredentialUpdate::default() };
         if !req.fields.is_empty() || req.environment.is_some() {
             let plugin = self.registry.get(&current.kind)?;
             // Validation sees the whole merged credential, so it needs the stored secrets.
@@ -495,6 +594,10 @@ impl Service {
                 }
             }
         }
+        // A PATCH that changes nothing writes nothing: no `updated_at` bump, no audit record.
+        if is_no_op(&mut upd, &current) {
+            return Ok(current.into());
+        }
         before_commit()?;
         Ok(self.store.update_credential(&p.user, p.namespace, current.id, upd)?.into())
     }
@@ -545,26 +648,26 @@ impl Service {
     /// Soft delete (restorable), or with `purge` destroy every version.
     pub fn delete(&self, p: &Principal, id: &str, purge: bool) -> Result<()> {
         require_unbound(p, Scope::Write)?;
-        let id = parse_id(id)?;
+        let c = self.owned(p, id)?;
         if purge {
             // Purge works on soft-deleted credentials too: that is how a name is freed.
-            self.store.get_credential(p.namespace, id)?;
-            self.store.purge_credential(&p.user, p.namespace, id)?;
+            self.store.purge_credential(&p.user, p.namespace, c.id)?;
         } else {
-            self.live(p, &id.to_string())?;
-            self.store.delete_credential(&p.user, p.namespace, id)?;
+            if c.deleted_at.is_some() {
+                return Err(ServiceError::NotFound);
+            }
+            self.store.delete_credential(&p.user, p.namespace, c.id)?;
         }
         Ok(())
     }
 
     pub fn restore(&self, p: &Principal, id: &str) -> Result<CredentialView> {
         require_unbound(p, Scope::Write)?;
-        let id = parse_id(id)?;
-        let c = self.store.get_credential(p.namespace, id)?;
+        let c = self.owned(p, id)?;
         if c.deleted_at.is_none() {
             return Ok(c.into());
         }
-        Ok(self.store.restore_credential(&p.user, p.namespace, id)?.into())
+        Ok(self.store.restore_credential(&p.user, p.namespace, c.id)?.into())
     }
 
     /// Re-runs the type's offline checks on the stored credential.
@@ -585,12 +688,33 @@ impl Service {
         let c = self.live(p, id)?;
         let plugin = self.registry.get(&c.kind)?;
         let bound = self.bound(p, &plugin, &c, "test")?;
+        let started = std::time::Instant::now();
         let call = self.registry.runtime().test(&plugin, bound);
         self.audit_events(p, Some(c.id), &call.events);
-        let report = call.result.inspect_err(|e| {
-            self.audit(p, Some(c.id), "credential.test", Outcome::Failed, e.to_string());
-        })?;
-        let result = TestResult { at: crate::store::now_ms(), ok: report.ok(), summary: report.summary.clone() };
+        let report = match call.result {
+            Ok(report) => report,
+            // The plugin ran and says why it could not tell (no test URL, a target the
+            // host's policy refuses, an unreachable service): a verdict the caller can show
+            // next to the credential, not a server fault.
+            Err(PluginError::Reported { kind, message, .. }) if kind != ReportedKind::Internal => TestReport {
+                status: crate::plugins::TestStatus::Indeterminate,
+                summary: untestable_summary(kind, &message),
+                facts: BTreeMap::new(),
+                latency_ms: started.elapsed().as_millis().min(u128::from(u64::MAX)) as u64,
+            },
+            Err(e) => {
+                crate::metrics::test_outcome(&c.kind, "error");
+                self.audit(p, Some(c.id), "credential.test", Outcome::Failed, e.to_string());
+                return Err(e.into());
+            }
+        };
+        crate::metrics::test_outcome(&c.kind, report.status.as_str());
+        let result = TestResult {
+            at: crate::store::now_ms(),
+            ok: report.ok(),
+            summary: report.summary.clone(),
+            verdict: Some(verdict_of(report.status)),
+        };
         before_commit()?;
         self.store.record_test_result(&p.user, p.namespace, c.id, result)?;
         if report.ok() {
@@ -621,81 +745,108 @@ impl Service {
         Ok(())
     }
 
-    /// The caller's audit records, newest first; admins may name another user.
-    pub fn audit_log(&self, p: &Principal, user: Option<&str>, limit: usize) -> Result<Vec<AuditRecord>> {
+    /// One page of audit records, newest first: the caller's own, or (admins) another
+    /// user's or everyone's. Security events about a caller (its probes of other users'
+    /// ids) are shown to admins only. Bad filters are 422s naming the parameter.
+    pub fn audit_log(&self, p: &Principal, req: AuditRequest) -> Result<AuditPage> {
         require_unbound(p, Scope::Read)?;
-        let namespace = match user {
-            Some(u) if u != p.user => {
+        let namespace = match (req.user.as_deref(), req.all) {
+            (Some(_), true) => {
+                return Err(invalid_field("all", "give either `user` or `all`, not both"));
+            }
+            (_, true) => {
+                require_admin(p)?;
+                None
+            }
+            (Some(u), false) if u != p.user => {
                 require_admin(p)?;
                 Some(self.store.get_user(u)?.namespace)
             }
             _ => Some(p.namespace),
         };
-        Ok(self.store.list_audit(&AuditQuery { namespace, limit, ..AuditQuery::default() })?)
-    }
-
-    /// Creates a user (with namespace and data key) and a first token.
-    pub fn add_user(&self, actor: &str, name: &str, role: Role) -> Result<(User, IssuedToken)> {
-        let user = self.store.add_user(actor, name, role)?;
-        let token = self.issue_token(actor, name, None, "initial")?;
-        Ok((user, token))
-    }
-
-    /// `expires_in_secs`: lifetime from now (at most [`MAX_TOKEN_LIFETIME_SECS`]); `None`
-    /// means no expiry. Checked before anything is written.
-    pub fn issue_token(&self, actor: &str, user: &str, expires_in_secs: Option<u64>, label: &str) -> Result<IssuedToken> {
-        self.issue_scoped_token(actor, user, expires_in_secs, label, None)
-    }
-
-    /// A token with the given scopes (`None`: the role's defaults). `admin` needs an admin user.
-    pub fn issue_scoped_token(
-        &self,
-        actor: &str,
-        user: &str,
-        expires_in_secs: Option<u64>,
-        label: &str,
-        scopes: Option<BTreeSet<Scope>>,
-    ) -> Result<IssuedToken> {
-        let expires_at = token_expiry(expires_in_secs)?;
-        let spec = crate::store::TokenSpec { scopes, expires_at, label: label.into(), ..Default::default() };
-        let (info, token) = self.store.issue_token(actor, user, spec)?;
-        Ok(IssuedToken { info, token })
-    }
-
-    /// Admin-only wrappers used by the API.
-    pub fn admin_add_user(&self, p: &Principal, name: &str, role: Role) -> Result<(User, IssuedToken)> {
-        require_admin(p)?;
-        self.add_user(&p.user, name, role)
-    }
-
-    pub fn admin_issue_token(
-        &self,
-        p: &Principal,
-        user: &str,
-        expires_in_secs: Option<u64>,
-        label: &str,
-        scopes: Option<BTreeSet<Scope>>,
-    ) -> Result<IssuedToken> {
-        require_admin(p)?;
-        token_expiry(expires_in_secs)?;
-        self.store.get_user(user)?;
-        self.issue_scoped_token(&p.user, user, expires_in_secs, label, scopes)
-    }
-
-    pub fn admin_revoke_token(&self, p: &Principal, token_id: &str) -> Result<TokenInfo> {
-        require_admin(p)?;
-        Ok(self.store.revoke_token(&p.user, token_id)?)
+        let mut errors = Vec::new();
+        let mut time = |field: &str, v: Option<&str>| {
+            let v = v?;
+            match humantime::parse_rfc3339_weak(v) {
+                Ok(t) => t.duration_since(std::time::UNIX_EPOCH).ok().map(|d| d.as_millis() as u64).or(Some(0)),
+                Err(_) => {
+                    errors.push(FieldError {
+                        field: field.into(),
+                        message: "must be an RFC 3339 UTC time, e.g. 2026-12-01T08:00:00Z".into(),
+                    });
+                    None
+                }
+            }
+        };
+        let since = time("since", req.since.as_deref());
+        let until = time("until", req.until.as_deref());
+        let credential = match req.credential.as_deref() {
+            Some(c) => match parse_id(c) {
+                Ok(id) => Some(id),
+                Err(_) => {
+                    errors.push(FieldError { field: "credential".into(), message: "must be a credential id".into() });
+                    None
+                }
+            },
+            None => None,
+        };
+        if let Some(a) = req.action.as_deref() {
+            if a.is_empty() || a.len() > 64 || !a.trim_end_matches('*').chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+                errors.push(FieldError {
+                    field: "action".into(),
+                    message: "must be an action name such as `credential.update`, or a prefix ending in `*`".into(),
+                });
+            }
+        }
+        if !errors.is_empty() {
+            return Err(ServiceError::InvalidFields(errors));
+        }
+        let query = AuditQuery {
+            namespace,
+            credential,
+            action: req.action,
+            since,
+            until,
+            hide_security: p.role != Role::Admin,
+            cursor: req.cursor,
+            limit: req.limit,
+            ..AuditQuery::default()
+        };
+        Ok(self.store.list_audit_page(&query)?)
     }
 
     /// A live (not soft-deleted) credential of the caller.
     pub(crate) fn live(&self, p: &Principal, id: &str) -> Result<Credential> {
-        let id = parse_id(id)?;
-        grant_reaches(p, id)?;
-        let c = self.store.get_credential(p.namespace, id)?;
+        let c = self.owned(p, id)?;
         if c.deleted_at.is_some() {
             return Err(ServiceError::NotFound);
         }
         Ok(c)
+    }
+
+    /// A credential of the caller (soft-deleted ones too) that a grant, if any, reaches.
+    /// Every miss costs the same one read; one that names another user's credential is
+    /// reported as a probe, after the answer's work is done (see [`probes`]).
+    fn owned(&self, p: &Principal, id: &str) -> Result<Credential> {
+        let id = parse_id(id)?;
+        match self.store.find_credential(p.namespace, id)? {
+            Lookup::Found(c) if grant_reaches(p, id).is_ok() => Ok(c),
+            Lookup::Elsewhere(owner) => {
+                self.probes.report(p, id, owner);
+                Err(ServiceError::NotFound)
+            }
+            _ => Err(ServiceError::NotFound),
+        }
+    }
+
+    /// The NotFound for a credential a caller could not reach, after checking (like
+    /// [`Service::owned`]) whether the id is another user's: for callers that read the
+    /// credential their own way (the proxy).
+    pub(crate) fn not_found(&self, p: &Principal, id: CredentialId) -> ServiceError {
+        if let Ok(Lookup::Elsewhere(owner)) = self.store.find_credential(p.namespace, id) {
+            self.probes.report(p, id, owner);
+        }
+        ServiceError::NotFound
     }
 
     /// The stored credential with its secrets, bound for a plugin call (audited reveal).
@@ -711,7 +862,12 @@ impl Service {
     /// destination the credential names now. A metadata edit made behind the service's
     /// back (in the database file) leaves them sealed for the old one: refused, nothing sent.
     fn secrets_of(&self, p: &Principal, plugin: &Plugin, c: &Credential, purpose: &str) -> Result<SecretMap> {
-        let mut secrets = self.store.reveal(&p.user, p.namespace, c.id, purpose)?;
+        // Handed to the caller: a reveal; anything else is the host's own use.
+        let mut secrets = if purpose == REVEAL_PURPOSE {
+            self.store.reveal(&p.user, p.namespace, c.id, purpose)?
+        } else {
+            self.store.unseal(&p.user, p.namespace, c.id, purpose)?
+        };
         self.check_binding(p, plugin, c, &mut secrets, purpose)?;
         Ok(secrets)
     }
@@ -761,7 +917,12 @@ impl Service {
             .iter()
             .map(|e| {
                 let outcome = if e.allowed { Outcome::Ok } else { Outcome::Denied };
-                audit_entry(p, cred, &format!("plugin.{}", e.capability), outcome, e.detail.clone())
+                // A plugin reading a secret itself is named apart from the host filling one in.
+                let action = match e.capability {
+                    crate::plugins::Capability::Secrets => "plugin.secrets.reveal".to_string(),
+                    c => format!("plugin.{c}"),
+                };
+                audit_entry(p, cred, &action, outcome, e.detail.clone())
             })
             .collect();
         if let Err(e) = self.store.append_audit_batch(entries) {
@@ -860,8 +1021,59 @@ fn require_unbound(p: &Principal, scope: Scope) -> Result<()> {
     require(p, scope)
 }
 
+/// A credential id in its one canonical spelling (lowercase, hyphenated, as the API
+/// returns it); any other spelling of the same UUID (uppercase, braces, `urn:uuid:`, no
+/// hyphens) finds nothing.
 fn parse_id(id: &str) -> Result<CredentialId> {
-    id.parse().map_err(|_| ServiceError::NotFound)
+    let parsed: CredentialId = id.parse().map_err(|_| ServiceError::NotFound)?;
+    if parsed.to_string() != id {
+        return Err(ServiceError::NotFound);
+    }
+    Ok(parsed)
+}
+
+/// A name and tags in canonical form (see [`crate::names`]), with every problem of both.
+fn canonical_name_and_tags(
+    name: Option<&str>,
+    tags: Option<&[String]>,
+) -> Result<(Option<String>, Option<Vec<String>>)> {
+    let mut errors = Vec::new();
+    let name = name.and_then(|n| crate::names::name(n).map_err(|e| errors.push(e)).ok());
+    let tags = tags.and_then(|t| crate::names::tags(t).map_err(|e| errors.extend(e)).ok());
+    if errors.is_empty() {
+        Ok((name, tags))
+    } else {
+        Err(ServiceError::InvalidFields(errors))
+    }
+}
+
+fn invalid_field(field: &str, message: &str) -> ServiceError {
+    ServiceError::InvalidFields(vec![FieldError { field: field.into(), message: message.into() }])
+}
+
+fn verdict_of(status: crate::plugins::TestStatus) -> TestVerdict {
+    match status {
+        crate::plugins::TestStatus::Valid => TestVerdict::Valid,
+        crate::plugins::TestStatus::Invalid => TestVerdict::Invalid,
+        crate::plugins::TestStatus::Indeterminate => TestVerdict::Indeterminate,
+    }
+}
+
+/// Input of [`Service::audit_log`]: the API's query parameters, still as text.
+#[derive(Debug, Default, Clone)]
+pub struct AuditRequest {
+    /// Another user's records (admin only).
+    pub user: Option<String>,
+    /// Every user's records and system records (admin only).
+    pub all: bool,
+    pub credential: Option<String>,
+    pub action: Option<String>,
+    /// RFC 3339, inclusive.
+    pub since: Option<String>,
+    /// RFC 3339, exclusive.
+    pub until: Option<String>,
+    pub cursor: Option<String>,
+    pub limit: usize,
 }
 
 /// The longest token lifetime accepted: 10 years (a bound, so an absurd value is a clear
@@ -908,6 +1120,8 @@ pub struct PluginView {
 pub struct PluginsView {
     pub plugins: Vec<PluginView>,
     pub problems: Vec<crate::plugins::LoadProblem>,
+    /// E.g. overrides for types not installed.
+    pub warnings: Vec<crate::plugins::LoadProblem>,
 }
 
 impl Service {
@@ -917,11 +1131,30 @@ impl Service {
         Ok(self.plugins_view())
     }
 
-    /// Re-reads the plugin directory and swaps the catalog (admin only, audited).
+    /// Re-reads the config's plugin overrides and the plugin directory and swaps the
+    /// catalog (admin only, audited). A config that no longer loads, or an override a
+    /// built-in refuses, fails the reload (409, the problem named) and changes nothing.
     pub fn admin_reload_plugins(&self, p: &Principal) -> Result<crate::plugins::LoadReport> {
         require_admin(p)?;
-        let report = self.registry.reload()?;
-        let detail = format!("{} loaded, {} refused", report.loaded.len(), report.problems.len());
+        let report = match self.registry.reload() {
+            Ok(report) => report,
+            Err(PluginError::Load { origin, message }) => {
+                let mut entry = AuditEntry::ok(&p.user, "plugins.reload");
+                entry.outcome = Outcome::Failed;
+                entry.detail = format!("{origin}: {message}");
+                if let Err(e) = self.store.append_audit(entry) {
+                    tracing::error!(error = %e, "could not write audit record");
+                }
+                return Err(ServiceError::Conflict(format!("reload refused, nothing changed: {origin}: {message}")));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let detail = format!(
+            "{} loaded, {} refused, {} warnings",
+            report.loaded.len(),
+            report.problems.len(),
+            report.warnings.len()
+        );
         let mut entry = AuditEntry::ok(&p.user, "plugins.reload");
         entry.detail = detail;
         if let Err(e) = self.store.append_audit(entry) {
@@ -945,6 +1178,6 @@ impl Service {
                 test_read_only: p.manifest.test_read_only,
             })
             .collect();
-        PluginsView { plugins, problems: self.registry.problems() }
+        PluginsView { plugins, problems: self.registry.problems(), warnings: self.registry.warnings() }
     }
 }

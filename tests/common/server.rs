@@ -155,7 +155,9 @@ impl Env {
                 let _ = tx.send(line);
             }
         });
-        Server { child: Some(child), base: String::new(), stdout: lines, lines_rx: rx, stderr_path }
+        // Open now: the log outlives the env's temp dir (see `record_statuses`).
+        let stderr_log = std::fs::File::open(&stderr_path).ok();
+        Server { child: Some(child), base: String::new(), stdout: lines, lines_rx: rx, stderr_path, stderr_log }
     }
 }
 
@@ -169,6 +171,7 @@ pub struct Server {
     stdout: Arc<Mutex<Vec<String>>>,
     lines_rx: mpsc::Receiver<String>,
     stderr_path: PathBuf,
+    stderr_log: Option<std::fs::File>,
 }
 
 /// How long a server may take to print its `listening on` line.
@@ -192,7 +195,10 @@ impl Server {
                         panic!("server exited before listening ({status}); stderr:\n{}", self.stderr());
                     }
                     if Instant::now() >= deadline {
-                        panic!("server did not print `listening on` within {START_TIMEOUT:?}; stderr:\n{}", self.stderr());
+                        panic!(
+                            "server did not print `listening on` within {START_TIMEOUT:?}; stderr:\n{}",
+                            self.stderr()
+                        );
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
@@ -258,6 +264,48 @@ impl Drop for Server {
                 let _ = child.kill();
                 let _ = child.wait();
             }
+        }
+        self.record_statuses();
+    }
+}
+
+/// File to which every server started by the tests appends `METHOD PATH STATUS` for each
+/// request it answered (scripts/test.sh sets it; tests/api_contract.rs checks the lines
+/// against the OpenAPI document).
+pub const STATUS_LOG_ENV: &str = "CREDHOST_STATUS_LOG";
+
+impl Server {
+    /// Appends the server's own request log lines (`credhost::request`, one per answer,
+    /// whoever sent the request) to the status log, if one is configured.
+    fn record_statuses(&mut self) {
+        use std::io::{Read, Write};
+        let (Some(target), Some(log)) = (std::env::var_os(STATUS_LOG_ENV), self.stderr_log.as_mut()) else { return };
+        let mut text = String::new();
+        if log.read_to_string(&mut text).is_err() {
+            return;
+        }
+        let mut out = String::new();
+        for line in text.lines().filter(|l| l.contains("credhost::request")) {
+            // Text logs (`key=value`) or JSON logs (`"fields": {...}`).
+            let json: Option<Value> = serde_json::from_str(line).ok();
+            let field = |name: &str| match &json {
+                Some(v) => v["fields"][name]
+                    .as_str()
+                    .map(String::from)
+                    .or_else(|| v["fields"][name].as_u64().map(|n| n.to_string())),
+                None => {
+                    let rest = line.split_once(&format!(" {name}="))?.1;
+                    Some(rest.split(' ').next()?.trim_matches('"').to_string())
+                }
+            };
+            if let (Some(m), Some(p), Some(s)) = (field("method"), field("path"), field("status")) {
+                out.push_str(&format!("{m} {p} {s}\n"));
+            }
+        }
+        // One write per server: appends from parallel tests do not interleave.
+        if !out.is_empty() {
+            let file = std::fs::OpenOptions::new().create(true).append(true).open(&target);
+            let _ = file.and_then(|mut f| f.write_all(out.as_bytes()));
         }
     }
 }

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::auth::Auth;
 use super::extract::ApiQuery;
 use super::{ApiError, AppState};
-use crate::service::rfc3339;
+use crate::service::{rfc3339, AuditRequest};
 use crate::store::AuditRecord;
 
 pub fn router() -> Router<AppState> {
@@ -16,21 +16,53 @@ pub fn router() -> Router<AppState> {
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct AuditParams {
     /// Another user's records (admin only).
     user: Option<String>,
+    /// Every user's records and the system's (admin only; not with `user`).
+    #[serde(default)]
+    all: bool,
+    /// Only records about this credential id.
+    #[param(format = Uuid)]
+    credential: Option<String>,
+    /// Only this action (`credential.update`), or every action starting with a prefix
+    /// given with a trailing `*` (`credential.*`). Admins find probes with `security.probe`.
+    #[param(min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9._-]*\**$")]
+    action: Option<String>,
+    /// Only records at or after this time (RFC 3339 UTC, e.g. `2026-12-01T08:00:00Z`).
+    #[param(format = DateTime)]
+    since: Option<String>,
+    /// Only records before this time (RFC 3339 UTC).
+    #[param(format = DateTime)]
+    until: Option<String>,
     /// At most this many records (default 100, at most 1000).
+    #[param(maximum = 1000)]
     limit: Option<usize>,
+    /// `next_cursor` of the previous page (older records follow).
+    #[param(min_length = 1)]
+    cursor: Option<String>,
+}
+
+/// One page of audit records, newest first.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AuditPageView {
+    pub items: Vec<AuditView>,
+    /// Pass as `cursor` for the next (older) page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// One audit record. `hash` chains it to the previous record.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AuditView {
     pub seq: u64,
+    #[schema(format = DateTime)]
     pub at: String,
     pub actor: String,
     pub action: String,
+    #[schema(format = Uuid)]
     pub credential: Option<String>,
     /// `ok`, `denied` or `failed`.
     pub outcome: String,
@@ -53,13 +85,27 @@ impl From<AuditRecord> for AuditView {
     }
 }
 
-#[utoipa::path(get, path = "/api/audit", tag = "audit", params(AuditParams), security(("bearer" = [])),
-    responses((status = 200, body = Vec<AuditView>), (status = 403, body = super::error::ErrorBody)))]
+#[utoipa::path(get, path = "/api/audit", tag = "audit", operation_id = "list_audit_records", params(AuditParams),
+    security(("bearer" = [])),
+    responses((status = 200, body = AuditPageView),
+              (status = 403, body = super::error::ErrorBody, description = "another user's records need the admin role"),
+              (status = 404, body = super::error::ErrorBody, description = "no such user"),
+              (status = 422, body = super::error::ErrorBody, description = "a bad filter value; `fields` names every bad parameter")))]
 async fn list(
     State(s): State<AppState>,
     Auth(p): Auth,
     ApiQuery(q): ApiQuery<AuditParams>,
-) -> Result<Json<Vec<AuditView>>, ApiError> {
-    let records = s.run(move |svc| svc.audit_log(&p, q.user.as_deref(), q.limit.unwrap_or(0))).await?;
-    Ok(Json(records.into_iter().map(Into::into).collect()))
+) -> Result<Json<AuditPageView>, ApiError> {
+    let req = AuditRequest {
+        user: q.user,
+        all: q.all,
+        credential: q.credential,
+        action: q.action,
+        since: q.since,
+        until: q.until,
+        cursor: q.cursor,
+        limit: q.limit.unwrap_or(0),
+    };
+    let page = s.run(move |svc| svc.audit_log(&p, req)).await?;
+    Ok(Json(AuditPageView { items: page.items.into_iter().map(Into::into).collect(), next_cursor: page.next_cursor }))
 }

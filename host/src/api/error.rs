@@ -87,6 +87,7 @@ impl ApiError {
                     S::GrantExhausted => (StatusCode::TOO_MANY_REQUESTS, "grant_exhausted", message, None),
                     S::NotFound => (StatusCode::NOT_FOUND, "not_found", message, None),
                     S::Conflict(_) => (StatusCode::CONFLICT, "conflict", message, None),
+                    S::NameTaken(field) => (StatusCode::CONFLICT, "conflict", message, Some(vec![field])),
                     S::InvalidFields(fields) => {
                         (StatusCode::UNPROCESSABLE_ENTITY, "invalid_fields", message, Some(fields))
                     }
@@ -113,10 +114,32 @@ impl ApiError {
     }
 }
 
+/// Seconds a client should wait before retrying a 503 (busy sandbox, timed-out request).
+pub const RETRY_AFTER_SECS: u64 = 1;
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, message, fields) = self.parts();
-        (status, Json(ErrorBody { error: ErrorDetail { code, message, fields } })).into_response()
+        let mut response = (status, Json(ErrorBody { error: ErrorDetail { code, message, fields } })).into_response();
+        with_status_headers(&mut response);
+        response
+    }
+}
+
+/// The headers a status promises: a 401 names the scheme to authenticate with (RFC 9110
+/// 11.6.1), a 503 says when to come back. Applied to every answer, also ones built elsewhere.
+pub fn with_status_headers(response: &mut Response) {
+    use axum::http::{header, HeaderValue};
+    let status = response.status();
+    let headers = response.headers_mut();
+    match status {
+        StatusCode::UNAUTHORIZED => {
+            headers.entry(header::WWW_AUTHENTICATE).or_insert(HeaderValue::from_static("Bearer"));
+        }
+        StatusCode::SERVICE_UNAVAILABLE => {
+            headers.entry(header::RETRY_AFTER).or_insert(HeaderValue::from(RETRY_AFTER_SECS));
+        }
+        _ => {}
     }
 }
 

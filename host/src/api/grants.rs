@@ -2,7 +2,6 @@
 //! credential through the proxy without ever holding the secret.
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use axum::routing::{delete, post};
 use axum::{Json, Router};
 use secrecy::ExposeSecret;
@@ -32,34 +31,35 @@ pub struct GrantIssued {
 
 /// Issue a grant: a token that can only use this credential through the proxy (needs
 /// the `write` and `use` scopes).
-#[utoipa::path(post, path = "/api/credentials/{id}/grants", tag = "grants", request_body = NewGrant,
-    security(("bearer" = [])),
-    responses((status = 201, body = GrantIssued), (status = 404, body = super::error::ErrorBody),
-              (status = 422, body = super::error::ErrorBody)))]
+#[utoipa::path(post, path = "/api/credentials/{id}/grants", tag = "grants", operation_id = "create_grant",
+    request_body = NewGrant, security(("bearer" = [])),
+    responses((status = 201, body = GrantIssued, description = "issued; `Location` is the grant's URL"),
+              (status = 422, body = super::error::ErrorBody, description = "invalid limits; `fields` names each one")))]
 async fn create(
     State(s): State<AppState>,
     Auth(p): Auth,
     Path(id): Path<String>,
     ApiJson(req): ApiJson<NewGrant>,
-) -> Result<(StatusCode, Json<GrantIssued>), ApiError> {
+) -> Result<super::reply::Created<GrantIssued>, ApiError> {
     let issued = s.run(move |svc| svc.create_grant(&p, &id, req)).await?;
     let proxy_url = format!("/api/credentials/{}/proxy", issued.grant.credential);
-    Ok((
-        StatusCode::CREATED,
-        Json(GrantIssued { token: issued.token.token.expose_secret().to_string(), grant: issued.grant, proxy_url }),
+    let location = format!("/api/credentials/{}/grants/{}", issued.grant.credential, issued.grant.grant_id);
+    Ok(super::reply::Created(
+        location,
+        GrantIssued { token: issued.token.token.expose_secret().to_string(), grant: issued.grant, proxy_url },
     ))
 }
 
 /// The credential's grants (never their tokens).
-#[utoipa::path(get, path = "/api/credentials/{id}/grants", tag = "grants", security(("bearer" = [])),
-    responses((status = 200, body = Vec<GrantView>), (status = 404, body = super::error::ErrorBody)))]
+#[utoipa::path(get, path = "/api/credentials/{id}/grants", tag = "grants", operation_id = "list_grants",
+    security(("bearer" = [])), responses((status = 200, body = Vec<GrantView>)))]
 async fn list(State(s): State<AppState>, Auth(p): Auth, Path(id): Path<String>) -> Result<Json<Vec<GrantView>>, ApiError> {
     Ok(Json(s.read(|svc| svc.list_grants(&p, &id))?))
 }
 
 /// Revoke a grant; its holder gets 403 `grant_revoked` from then on.
-#[utoipa::path(delete, path = "/api/credentials/{id}/grants/{grant_id}", tag = "grants", security(("bearer" = [])),
-    responses((status = 200, body = GrantView), (status = 404, body = super::error::ErrorBody)))]
+#[utoipa::path(delete, path = "/api/credentials/{id}/grants/{grant_id}", tag = "grants", operation_id = "revoke_grant",
+    security(("bearer" = [])), responses((status = 200, body = GrantView, description = "revoked")))]
 async fn revoke(
     State(s): State<AppState>,
     Auth(p): Auth,

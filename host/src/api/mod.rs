@@ -11,7 +11,9 @@ mod grants;
 mod health;
 mod proxy;
 pub mod openapi;
+mod reply;
 mod reveal;
+mod tokens;
 mod types;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,12 +36,21 @@ pub use error::ApiError;
 #[derive(Clone)]
 pub struct AppState {
     pub service: Arc<Service>,
-    pub metrics: Arc<health::Metrics>,
+    /// False while the server starts (plugins compiling, declared config applied).
+    pub ready: Readiness,
 }
 
 impl AppState {
+    /// A state that serves at once (everything loaded).
     pub fn new(service: Arc<Service>) -> Self {
-        AppState { service, metrics: Arc::new(health::Metrics::default()) }
+        let ready = Readiness::default();
+        ready.set();
+        AppState { service, ready }
+    }
+
+    /// A state whose API waits until [`Readiness::set`] (see `server::serve`).
+    pub fn starting(service: Arc<Service>) -> Self {
+        AppState { service, ready: Readiness::default() }
     }
 
     /// Runs a service operation on the blocking pool (durable commits and sandboxed
@@ -66,6 +77,26 @@ impl AppState {
     /// calling task: handing it to the blocking pool would cost more than it does.
     pub(crate) fn read<T>(&self, f: impl FnOnce(&Service) -> ServiceResult<T>) -> Result<T, ApiError> {
         f(&self.service).map_err(ApiError::Service)
+    }
+}
+
+/// Whether the API serves yet. Until it does, `/healthz` and `/readyz` answer at once and
+/// API requests wait (within their time limit) instead of seeing a half-loaded catalog.
+#[derive(Clone, Default)]
+pub struct Readiness(Arc<tokio::sync::watch::Sender<bool>>);
+
+impl Readiness {
+    pub fn set(&self) {
+        self.0.send_replace(true);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    async fn wait(&self) {
+        let mut rx = self.0.subscribe();
+        let _ = rx.wait_for(|ready| *ready).await;
     }
 }
 
@@ -99,7 +130,8 @@ pub fn router(state: AppState, server: &ServerConfig) -> Router {
         .merge(proxy::router())
         .merge(types::router())
         .merge(audit::router())
-        .merge(admin::router());
+        .merge(admin::router())
+        .merge(tokens::router());
     let mut prefix = [0u8; 4];
     let _ = getrandom::fill(&mut prefix);
     let ids = RequestIds { prefix: crate::plugins::runtime::hex(&prefix).into(), next: Arc::new(AtomicU64::new(1)) };
@@ -113,20 +145,43 @@ pub fn router(state: AppState, server: &ServerConfig) -> Router {
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(error::panic_response))
         .layer(DefaultBodyLimit::max(server.max_body_kib * 1024))
         .layer(middleware::from_fn_with_state(
-            Finish { metrics: state.metrics.clone(), timeout: Duration::from_secs(server.request_timeout_secs.max(1)) },
+            Finish { ready: state.ready.clone(), timeout: Duration::from_secs(server.request_timeout_secs.max(1)) },
             finish,
         ))
         // Global: `Router::layer` wraps each route on its own, and a plain
         // `ConcurrencyLimitLayer` would give every route its own limit.
         .layer(GlobalConcurrencyLimitLayer::new(server.max_concurrency.max(1)))
+        // Outside the limit and `finish`: preflights never wait, and every answer (timeouts
+        // included) carries the CORS headers a browser needs to read it.
+        .layer(tower::util::option_layer(cors(server)))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, ids))
         .with_state(state)
 }
 
+/// CORS for the configured origins only; none configured means no CORS layer at all (the
+/// API is then not callable from other origins' pages). Tokens travel in headers, never
+/// cookies, so credentials mode stays off.
+fn cors(server: &ServerConfig) -> Option<tower_http::cors::CorsLayer> {
+    use axum::http::Method;
+    if server.cors_allowed_origins.is_empty() {
+        return None;
+    }
+    let origins: Vec<HeaderValue> =
+        server.cors_allowed_origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
+    Some(
+        tower_http::cors::CorsLayer::new()
+            .allow_origin(origins)
+            .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::PUT, Method::DELETE])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, REQUEST_ID])
+            .expose_headers([REQUEST_ID, header::LOCATION, header::RETRY_AFTER, header::WWW_AUTHENTICATE])
+            .max_age(Duration::from_secs(600)),
+    )
+}
+
 #[derive(Clone)]
 struct Finish {
-    metrics: Arc<health::Metrics>,
+    ready: Readiness,
     timeout: Duration,
 }
 
@@ -139,14 +194,24 @@ async fn finish(State(f): State<Finish>, req: Request, next: Next) -> Response {
     let id = req.headers().get(REQUEST_ID).cloned();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    // The route pattern, not the path: ids must not become metric series.
+    let route = req.extensions().get::<axum::extract::MatchedPath>().map_or("unmatched", |m| m.as_str()).to_owned();
     let deadline = std::time::Instant::now() + f.timeout;
-    let response = match tokio::time::timeout(f.timeout, REQUEST_DEADLINE.scope(deadline, next.run(req))).await {
+    // During start-up API requests wait for the catalog (health and metrics do not).
+    let ready = f.ready.clone();
+    let run = async move {
+        if path_waits(&ready, req.uri().path()) {
+            ready.wait().await;
+        }
+        next.run(req).await
+    };
+    let response = match tokio::time::timeout(f.timeout, REQUEST_DEADLINE.scope(deadline, run)).await {
         Ok(r) => json_errors(r),
         Err(_) => ApiError::Timeout.into_response(),
     };
     let took = started.elapsed();
     let status = response.status().as_u16();
-    f.metrics.record(status, took);
+    crate::metrics::http_request(method.as_str(), &route, status, took);
     let id = id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-");
     let ms = took.as_secs_f64() * 1000.0;
     if status >= 500 {
@@ -155,6 +220,10 @@ async fn finish(State(f): State<Finish>, req: Request, next: Next) -> Response {
         tracing::info!(target: "credhost::request", id, %method, path, status, ms, "request");
     }
     response
+}
+
+fn path_waits(ready: &Readiness, path: &str) -> bool {
+    path.starts_with("/api/") && !ready.is_ready()
 }
 
 /// Rewrites an error response that is not already in the API's JSON shape (its text is

@@ -51,13 +51,17 @@ fn presented_token(headers: &HeaderMap) -> Option<String> {
 
 /// Use the credential: the request goes to the credential's service with the credential
 /// applied; the response comes back with every form of its secrets scrubbed out.
-#[utoipa::path(get, path = "/api/credentials/{id}/proxy/{path}", tag = "use",
+#[utoipa::path(get, path = "/api/credentials/{id}/proxy/{path}", tag = "use", operation_id = "use_credential",
     params(("id" = String, Path, description = "credential id"),
            ("path" = String, Path, description = "path below the credential's base URL")),
     security(("bearer" = [])),
-    responses((status = 200, description = "the upstream's answer (any status), secrets scrubbed"),
-              (status = 403, body = super::error::ErrorBody), (status = 429, body = super::error::ErrorBody),
-              (status = 502, body = super::error::ErrorBody)))]
+    responses((status = 200, description = "the upstream's answer (its own status, any), secrets scrubbed"),
+              (status = 403, body = super::error::ErrorBody,
+               description = "outside the type's `[use]` policy or the grant's limits (`use_denied`), a revoked grant (`grant_revoked`)"),
+              (status = 409, body = super::error::ErrorBody, description = "secrets sealed for another destination (`destination_mismatch`)"),
+              (status = 429, body = super::error::ErrorBody, description = "the grant has used all of its calls (`grant_exhausted`)"),
+              (status = 502, body = super::error::ErrorBody,
+               description = "the egress policy refused the target (`egress_refused`) or it could not be reached (`upstream_unreachable`)")))]
 async fn proxied(
     State(s): State<AppState>,
     Path((id, _path)): Path<(String, String)>,

@@ -19,12 +19,12 @@ pub fn router() -> Router<AppState> {
 /// Reveal a credential: every field in clear and the type's environment variables (needs
 /// the `reveal` scope, which default tokens and grants lack; the type must allow reveal).
 /// Audited as `credential.reveal`; the answer must not be cached.
-#[utoipa::path(post, path = "/api/credentials/{id}/reveal", tag = "use",
+#[utoipa::path(post, path = "/api/credentials/{id}/reveal", tag = "use", operation_id = "reveal_credential",
     params(("id" = String, Path, description = "credential id")),
     security(("bearer" = [])),
     responses((status = 200, body = Revealed, description = "the credential in clear; `Cache-Control: no-store`"),
               (status = 403, body = super::error::ErrorBody, description = "`insufficient_scope` or `reveal_not_allowed`"),
-              (status = 404, body = super::error::ErrorBody)))]
+              (status = 409, body = super::error::ErrorBody, description = "secrets sealed for another destination (`destination_mismatch`)")))]
 async fn reveal(State(s): State<AppState>, Auth(p): Auth, Path(id): Path<String>) -> Result<Response, ApiError> {
     // A request body, if any, is ignored: there is nothing to choose.
     let revealed = s.run(move |svc| svc.reveal(&p, &id)).await?;

@@ -11,7 +11,7 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/credential-types", get(list))
 }
 
-#[utoipa::path(get, path = "/api/credential-types", tag = "types",
+#[utoipa::path(get, path = "/api/credential-types", tag = "types", operation_id = "list_credential_types",
     responses((status = 200, body = Vec<TypeDescriptor>)))]
 async fn list(State(s): State<AppState>) -> Json<Vec<TypeDescriptor>> {
     Json(s.service.types())

@@ -124,3 +124,32 @@ fn write_entry(cache: &CompileCache, path: &Path, body: &[u8]) -> std::io::Resul
     f.sync_all()?;
     std::fs::rename(&tmp, path)
 }
+
+/// Removes entries no loaded plugin references (older versions of a plugin, plugins
+/// since removed, entries of another wasmtime or other settings). `keep`: the sha256 of
+/// every plugin now loaded. Leftover temp files of a crashed write go too.
+pub fn prune(runtime: &Runtime, cache: &CompileCache, keep: &[&str]) -> usize {
+    let wanted: std::collections::BTreeSet<PathBuf> = keep.iter().map(|sha| entry_path(runtime, &cache.dir, sha)).collect();
+    let Ok(entries) = std::fs::read_dir(&cache.dir) else { return 0 };
+    let mut removed = 0;
+    for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        // A temp file may be another process's write in progress: only old ones go.
+        let stale_tmp = name.contains(".tmp")
+            && std::fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > std::time::Duration::from_secs(600)));
+        let ours = name.ends_with(".cwasm") || stale_tmp;
+        if !ours || wanted.contains(&path) || !path.is_file() {
+            continue;
+        }
+        match std::fs::remove_file(&path) {
+            Ok(()) => removed += 1,
+            Err(e) => tracing::warn!(path = %path.display(), error = %e, "could not prune a compile cache entry"),
+        }
+    }
+    if removed > 0 {
+        tracing::info!(removed, dir = %cache.dir.display(), "pruned compile cache entries nothing references");
+    }
+    removed
+}

@@ -3,13 +3,15 @@
 //!
 //! A reload builds a whole new catalog and swaps it in at once; a call in flight
 //! keeps the `Arc<Plugin>` it started with. A bad plugin is reported and skipped,
-//! never a reason to stop the others from loading.
+//! never a reason to stop the others from loading; one that served before keeps its
+//! previous version.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 
 use super::cache;
 use super::manifest::{Manifest, PluginOverride};
@@ -48,17 +50,37 @@ pub struct LoadProblem {
 pub struct LoadReport {
     /// Type ids now loaded.
     pub loaded: Vec<String>,
+    /// Plugins refused (a plugin that served before and fails now keeps its previous
+    /// version serving; its problem says so).
     pub problems: Vec<LoadProblem>,
+    /// Not errors: e.g. an override for a type that is not installed (yet).
+    pub warnings: Vec<LoadProblem>,
 }
 
 struct Catalog {
     plugins: BTreeMap<String, Arc<Plugin>>,
     problems: Vec<LoadProblem>,
+    warnings: Vec<LoadProblem>,
 }
+
+impl Catalog {
+    fn report(&self) -> LoadReport {
+        LoadReport {
+            loaded: self.plugins.keys().cloned().collect(),
+            problems: self.problems.clone(),
+            warnings: self.warnings.clone(),
+        }
+    }
+}
+
+/// Re-reads the operator's overrides at reload (the config file, with the environment
+/// applied as at start); an error leaves everything as it is.
+pub type Reconfigure = Box<dyn Fn() -> Result<BTreeMap<String, PluginOverride>, String> + Send + Sync>;
 
 pub struct Registry {
     runtime: Arc<Runtime>,
-    sources: Sources,
+    sources: RwLock<Sources>,
+    reconfigure: Option<Reconfigure>,
     catalog: RwLock<Arc<Catalog>>,
     /// One reload at a time; readers never wait for it.
     reloading: Mutex<()>,
@@ -71,14 +93,43 @@ impl Registry {
     }
 
     /// Loads built-ins and the plugin directory. Fails only when a built-in fails
-    /// (a build defect) or an override names no loaded type (a config typo);
-    /// directory plugins with problems are skipped and listed in [`Registry::problems`].
+    /// (a build defect, or a bad override of a built-in); directory plugins with problems
+    /// are skipped and listed in [`Registry::problems`].
     pub fn load(runtime: Arc<Runtime>, sources: Sources) -> Result<Registry, PluginError> {
-        let catalog = build_catalog(&runtime, &sources, None)?;
-        for p in &catalog.problems {
-            tracing::error!(origin = %p.origin, "plugin not loaded: {}", p.message);
+        let registry = Self::empty(runtime, sources);
+        registry.load_all()?;
+        Ok(registry)
+    }
+
+    /// A registry with nothing loaded yet; [`Registry::load_all`] fills it. Lets the
+    /// server listen (and answer health checks) while plugins compile.
+    pub fn empty(runtime: Arc<Runtime>, sources: Sources) -> Registry {
+        let catalog = Catalog { plugins: BTreeMap::new(), problems: Vec::new(), warnings: Vec::new() };
+        Registry {
+            runtime,
+            sources: RwLock::new(sources),
+            reconfigure: None,
+            catalog: RwLock::new(Arc::new(catalog)),
+            reloading: Mutex::new(()),
         }
-        Ok(Registry { runtime, sources, catalog: RwLock::new(Arc::new(catalog)), reloading: Mutex::new(()) })
+    }
+
+    /// Where [`Registry::reload`] re-reads the overrides from.
+    pub fn with_reconfigure(mut self, reconfigure: Reconfigure) -> Registry {
+        self.reconfigure = Some(reconfigure);
+        self
+    }
+
+    /// Loads the built-ins first (swapped in as soon as they are ready), then the plugin
+    /// directory; prunes the compile cache of entries nothing references.
+    pub fn load_all(&self) -> Result<LoadReport, PluginError> {
+        let _one = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        let sources = self.sources.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let builtins = build_catalog(&self.runtime, &sources, None, false)?;
+        self.swap(builtins);
+        let old = self.snapshot();
+        let next = build_catalog(&self.runtime, &sources, Some(&old), true)?;
+        self.finish(next, &sources)
     }
 
     pub fn runtime(&self) -> &Runtime {
@@ -100,16 +151,50 @@ impl Registry {
         self.snapshot().problems.clone()
     }
 
-    /// Re-reads the plugin directory and swaps the catalog atomically. Built-ins
-    /// are kept as they are. On a config-level error the old catalog stays.
+    /// Warnings of the last (re)load.
+    pub fn warnings(&self) -> Vec<LoadProblem> {
+        self.snapshot().warnings.clone()
+    }
+
+    /// Re-reads the overrides (when a [`Reconfigure`] is set) and the plugin directory,
+    /// and swaps the catalog atomically. Plugins whose files and manifest did not change
+    /// are kept as they are (not recompiled); a directory plugin that loaded before and
+    /// fails now keeps its previous version. On a config-level error (unreadable config,
+    /// a bad override of a built-in) nothing changes.
     pub fn reload(&self) -> Result<LoadReport, PluginError> {
         let _one = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        let mut sources = self.sources.read().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(reconfigure) = &self.reconfigure {
+            sources.overrides =
+                reconfigure().map_err(|message| PluginError::Load { origin: "config".into(), message })?;
+        }
         let old = self.snapshot();
-        let next = build_catalog(&self.runtime, &self.sources, Some(&old))?;
-        let report = LoadReport { loaded: next.plugins.keys().cloned().collect(), problems: next.problems.clone() };
-        *self.catalog.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+        let next = build_catalog(&self.runtime, &sources, Some(&old), true)?;
+        let report = self.finish(next, &sources)?;
+        *self.sources.write().unwrap_or_else(|p| p.into_inner()) = sources;
         tracing::info!(loaded = report.loaded.len(), problems = report.problems.len(), "plugins reloaded");
         Ok(report)
+    }
+
+    /// Swaps in a full catalog: logs its problems, prunes the cache.
+    fn finish(&self, next: Catalog, sources: &Sources) -> Result<LoadReport, PluginError> {
+        for p in &next.problems {
+            tracing::error!(origin = %p.origin, "plugin not loaded: {}", p.message);
+        }
+        for w in &next.warnings {
+            tracing::warn!(origin = %w.origin, "{}", w.message);
+        }
+        if let Some(cache) = &sources.cache {
+            let keep: Vec<&str> = next.plugins.values().map(|p| p.sha256.as_str()).collect();
+            cache::prune(&self.runtime, cache, &keep);
+        }
+        let report = next.report();
+        self.swap(next);
+        Ok(report)
+    }
+
+    fn swap(&self, next: Catalog) {
+        *self.catalog.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
     }
 
     fn snapshot(&self) -> Arc<Catalog> {
@@ -125,23 +210,27 @@ struct Candidate {
     builtin: bool,
 }
 
-fn build_catalog(runtime: &Runtime, sources: &Sources, previous: Option<&Catalog>) -> Result<Catalog, PluginError> {
+/// Builds a catalog: the built-ins, and with `with_dir` the plugin directory and the
+/// check of the overrides against what loaded. A plugin identical to one in `previous`
+/// (origin, component bytes, manifest after overrides) is reused, not recompiled.
+fn build_catalog(
+    runtime: &Runtime,
+    sources: &Sources,
+    previous: Option<&Catalog>,
+    with_dir: bool,
+) -> Result<Catalog, PluginError> {
     let mut plugins: BTreeMap<String, Arc<Plugin>> = BTreeMap::new();
     let mut problems = Vec::new();
+    let mut warnings = Vec::new();
 
-    // Built-ins: reused from the previous catalog on reload (they cannot change).
     let mut todo = Vec::new();
     for (name, manifest, wasm) in builtin_sources() {
         let origin = format!("builtin:{name}");
         let manifest = Manifest::parse(manifest).map_err(|message| PluginError::Load { origin: origin.clone(), message })?;
-        if let Some(p) = previous.and_then(|c| c.plugins.get(&manifest.id)).filter(|p| p.origin == origin) {
-            plugins.insert(manifest.id.clone(), p.clone());
-            continue;
-        }
         todo.push(Candidate { origin, manifest, wasm: wasm.to_vec(), builtin: true });
     }
 
-    if let Some(dir) = &sources.dir {
+    if let (true, Some(dir)) = (with_dir, &sources.dir) {
         match scan_dir(dir) {
             Ok((found, refused)) => {
                 todo.extend(found);
@@ -152,9 +241,7 @@ fn build_catalog(runtime: &Runtime, sources: &Sources, previous: Option<&Catalog
     }
 
     // Type ids: built-ins win unless the operator explicitly replaces one.
-    // Built-ins still to compile plus those reused from the previous catalog.
-    let builtin_ids: Vec<String> =
-        todo.iter().filter(|c| c.builtin).map(|c| c.manifest.id.clone()).chain(plugins.keys().cloned()).collect();
+    let builtin_ids: Vec<String> = todo.iter().filter(|c| c.builtin).map(|c| c.manifest.id.clone()).collect();
     let mut accepted: BTreeMap<String, Candidate> = BTreeMap::new();
     let mut failed_ids = Vec::new();
     for c in todo {
@@ -172,7 +259,6 @@ fn build_catalog(runtime: &Runtime, sources: &Sources, previous: Option<&Catalog
                      [plugins.overrides.{id}] to replace it"
                 ),
             });
-            failed_ids.push(id);
             continue;
         }
         if let Some(first) = accepted.get(&id).filter(|first| !first.builtin) {
@@ -182,7 +268,6 @@ fn build_catalog(runtime: &Runtime, sources: &Sources, previous: Option<&Catalog
             });
             continue;
         }
-        plugins.remove(&id);
         accepted.insert(id, c);
     }
 
@@ -191,12 +276,19 @@ fn build_catalog(runtime: &Runtime, sources: &Sources, previous: Option<&Catalog
             if let Err(message) = c.manifest.apply_override(o) {
                 // A bad override of a built-in is a config error; of a dir plugin, that plugin's problem.
                 if c.builtin {
-                    return Err(PluginError::Load { origin: c.origin, message });
+                    return Err(PluginError::Load { origin: format!("config [plugins.overrides.{id}]"), message });
                 }
                 problems.push(LoadProblem { origin: c.origin, message });
                 failed_ids.push(id);
                 continue;
             }
+        }
+        let unchanged = previous.and_then(|prev| prev.plugins.get(&id)).filter(|p| {
+            p.origin == c.origin && *p.manifest == c.manifest && p.sha256 == super::runtime::hex(&Sha256::digest(&c.wasm))
+        });
+        if let Some(p) = unchanged {
+            plugins.insert(id, p.clone());
+            continue;
         }
         match cache::load(runtime, &c.wasm, c.manifest, c.origin.clone(), sources.cache.as_ref()) {
             Ok(p) => {
@@ -210,13 +302,34 @@ fn build_catalog(runtime: &Runtime, sources: &Sources, previous: Option<&Catalog
         }
     }
 
-    if let Some(unknown) = sources.overrides.keys().find(|k| !plugins.contains_key(*k) && !failed_ids.contains(k)) {
-        return Err(PluginError::Load {
-            origin: format!("config [plugins.overrides.{unknown}]"),
-            message: format!("no credential type `{unknown}` is loaded"),
-        });
+    // A directory plugin that served before and fails now (bad manifest, broken
+    // component, bad override) keeps serving in its previous version.
+    if let Some(prev) = previous {
+        for (id, p) in &prev.plugins {
+            if p.origin.starts_with("builtin:") || plugins.contains_key(id) {
+                continue;
+            }
+            let Some(problem) = problems.iter_mut().find(|pr| pr.origin == p.origin) else { continue };
+            problem.message.push_str(&format!(
+                "; the previously loaded version of `{id}` (sha256 {}) keeps serving",
+                &p.sha256[..12]
+            ));
+            plugins.insert(id.clone(), p.clone());
+        }
     }
-    Ok(Catalog { plugins, problems })
+
+    if with_dir {
+        for unknown in sources.overrides.keys().filter(|k| !plugins.contains_key(*k) && !failed_ids.contains(k)) {
+            warnings.push(LoadProblem {
+                origin: format!("config [plugins.overrides.{unknown}]"),
+                message: format!(
+                    "no credential type `{unknown}` is loaded; the override applies once it is installed \
+                     (then reload)"
+                ),
+            });
+        }
+    }
+    Ok(Catalog { plugins, problems, warnings })
 }
 
 /// Reads every `<name>.toml` + `<name>.wasm` pair in `dir`. Files are checked

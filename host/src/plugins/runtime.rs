@@ -1,7 +1,8 @@
 //! The sandbox: one engine, components compiled once, a fresh store per call.
 //!
 //! Every call runs in its own `Store` with a memory cap, an epoch deadline (wall
-//! time) and WASI without preopens, env, args, stdio or sockets. A trap, a timeout,
+//! time) and WASI without preopens, env, args, stdin/stdout or sockets; stderr goes to
+//! a bounded buffer that is logged, scrubbed, after the call. A trap, a timeout,
 //! a memory overrun or an oversize result ends that call with a [`PluginError`];
 //! the engine and every other plugin go on serving.
 
@@ -26,8 +27,8 @@ use crate::redact;
 
 /// Epoch tick; deadlines are whole ticks, so a budget is honoured within one tick.
 const TICK: Duration = Duration::from_millis(10);
-/// Concurrent plugin instances the pool holds; a call beyond this fails as busy.
-const POOL_INSTANCES: u32 = 128;
+/// Concurrent plugin instances the pool holds; a call beyond this fails as busy (503).
+pub(crate) const POOL_INSTANCES: u32 = 128;
 /// Largest linear memory any plugin may have (manifests cap lower).
 const POOL_MAX_MEMORY: usize = super::manifest::MAX_LIMITS.memory_mib as usize * 1024 * 1024;
 /// Per-component bounds, so one plugin cannot take a large share of the pool's slots.
@@ -388,7 +389,7 @@ impl Runtime {
         let bound = Bound { environment: bound.environment, fields: bound.fields, secrets: Default::default() };
         let pre = plugin.pre.instance_pre();
         // `Phase::Validate`: offline and without `secrets`, within `validate_ms`.
-        let call = self.run_in(&plugin.manifest, Phase::Validate, bound, |store| {
+        let call = self.run_in(&plugin.manifest, Phase::Validate, "authenticate", bound, |store| {
             let instance = pre.instantiate(&mut *store)?;
             let typed = instance
                 .get_typed_func::<(&wit::TestContext,), (Result<wit_http::AuthPlan, wit::Error>,)>(&mut *store, &export);
@@ -418,15 +419,22 @@ impl Runtime {
         bound: Bound,
         f: impl FnOnce(&CredentialType, &mut Store<CallState>) -> wasmtime::Result<T>,
     ) -> Call<T> {
-        self.run_in(manifest, phase, bound, |store| pre.instantiate(&mut *store).and_then(|ct| f(&ct, store)))
+        let name = match phase {
+            Phase::Describe => "describe",
+            Phase::Validate => "validate",
+            Phase::Test => "test",
+        };
+        self.run_in(manifest, phase, name, bound, |store| pre.instantiate(&mut *store).and_then(|ct| f(&ct, store)))
     }
 
     /// One sandboxed call: fresh store, limits, deadline, then `f` instantiates and calls,
-    /// then the size check.
+    /// then the size check; then the call's stderr is logged and its time recorded under
+    /// `name` (the export).
     fn run_in<T: OutputSize>(
         &self,
         manifest: &Arc<Manifest>,
         phase: Phase,
+        name: &'static str,
         bound: Bound,
         f: impl FnOnce(&mut Store<CallState>) -> wasmtime::Result<T>,
     ) -> Call<T> {
@@ -439,8 +447,14 @@ impl Runtime {
         store.epoch_deadline_trap();
 
         let plugin = manifest.id.as_str();
+        let started = Instant::now();
+        let slot = crate::metrics::pool_enter();
         let outcome = f(&mut store);
+        drop(slot);
+        crate::metrics::plugin_call(plugin, name, started.elapsed());
         let state = store.data();
+        let (stderr, dropped) = state.stderr.take();
+        super::caps::log::log_stderr(plugin, &stderr, dropped, state.bound.secrets.values());
         let result = match outcome {
             Ok(value) => {
                 let size = value.output_size();
@@ -457,7 +471,10 @@ impl Runtime {
             Err(e) if e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) => {
                 Err(PluginError::Timeout { plugin: plugin.into(), limit_ms: budget_ms })
             }
-            Err(e) if is_pool_exhausted(&e) => Err(PluginError::Busy),
+            Err(e) if is_pool_exhausted(&e) => {
+                crate::metrics::pool_busy();
+                Err(PluginError::Busy)
+            }
             Err(e) => {
                 let message = match e.downcast_ref::<wasmtime::Trap>() {
                     Some(trap) => trap.to_string(),

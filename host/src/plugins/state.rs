@@ -2,7 +2,9 @@
 //! lives in a fresh `Store` for exactly one export call.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use secrecy::SecretString;
@@ -75,15 +77,20 @@ pub struct CallState {
     /// could otherwise walk the count down by failing growths on purpose).
     memory_used: usize,
     pub(crate) memory_exceeded: bool,
+    /// What the guest wrote to stderr (bounded); logged after the call.
+    pub(crate) stderr: StderrCapture,
     wasi: WasiCtx,
     table: ResourceTable,
 }
 
 impl CallState {
     pub(crate) fn new(manifest: Arc<Manifest>, phase: Phase, bound: Bound, host: Arc<HostServices>) -> Self {
-        // No preopens, env, args, stdio or sockets: the builder's defaults plus explicit
-        // network denial (its defaults have changed between releases).
+        // No preopens, env, args, stdin/stdout or sockets: the builder's defaults plus
+        // explicit network denial (its defaults have changed between releases). Stderr goes
+        // to a bounded buffer the host logs, scrubbed, after the call.
+        let stderr = StderrCapture::default();
         let wasi = WasiCtx::builder()
+            .stderr(stderr.clone())
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
@@ -102,6 +109,7 @@ impl CallState {
             memory_cap,
             memory_used: 0,
             memory_exceeded: false,
+            stderr,
             wasi,
             table: ResourceTable::new(),
         }
@@ -221,3 +229,84 @@ impl wasmtime::ResourceLimiter for CallState {
 }
 
 impl types::Host for CallState {}
+
+/// Bytes of a call's stderr kept; the rest is counted and dropped (the guest's writes
+/// always succeed, so a chatty plugin is not broken by the cap).
+pub const STDERR_CAP: usize = 8 * 1024;
+
+/// A call's stderr: a bounded in-memory buffer.
+#[derive(Clone, Default)]
+pub struct StderrCapture(Arc<Mutex<Captured>>);
+
+#[derive(Default)]
+struct Captured {
+    bytes: Vec<u8>,
+    dropped: usize,
+}
+
+impl StderrCapture {
+    fn push(&self, data: &[u8]) {
+        let mut c = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = STDERR_CAP.saturating_sub(c.bytes.len()).min(data.len());
+        c.bytes.extend_from_slice(&data[..n]);
+        c.dropped = c.dropped.saturating_add(data.len() - n);
+    }
+
+    /// What was kept, and how many bytes were dropped over the cap.
+    pub(crate) fn take(&self) -> (Vec<u8>, usize) {
+        let mut c = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        (std::mem::take(&mut c.bytes), std::mem::take(&mut c.dropped))
+    }
+}
+
+impl wasmtime_wasi::cli::IsTerminal for StderrCapture {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl wasmtime_wasi::cli::StdoutStream for StderrCapture {
+    fn p2_stream(&self) -> Box<dyn wasmtime_wasi::p2::OutputStream> {
+        Box::new(self.clone())
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl wasmtime_wasi::p2::OutputStream for StderrCapture {
+    fn write(&mut self, bytes: bytes::Bytes) -> wasmtime_wasi::p2::StreamResult<()> {
+        self.push(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> wasmtime_wasi::p2::StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> wasmtime_wasi::p2::StreamResult<usize> {
+        Ok(64 * 1024)
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl wasmtime_wasi::p2::Pollable for StderrCapture {
+    async fn ready(&mut self) {}
+}
+
+impl tokio::io::AsyncWrite for StderrCapture {
+    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        self.push(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}

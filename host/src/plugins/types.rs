@@ -118,6 +118,17 @@ pub enum TestStatus {
     Indeterminate,
 }
 
+impl TestStatus {
+    /// The serialised name (`valid`, `invalid`, `indeterminate`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TestStatus::Valid => "valid",
+            TestStatus::Invalid => "invalid",
+            TestStatus::Indeterminate => "indeterminate",
+        }
+    }
+}
+
 impl From<wit::TestStatus> for TestStatus {
     fn from(s: wit::TestStatus) -> Self {
         match s {

@@ -12,11 +12,12 @@ use crate::store::{Grant, Principal, Scope, TokenInfo, TokenSpec};
 /// Longest grant lifetime: 30 days. Grants are for a task, not for keeps.
 pub const MAX_GRANT_TTL_SECS: u64 = 30 * 24 * 3600;
 
-/// Input of [`Service::create_grant`].
+/// A new grant: its lifetime and what its holder may do.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewGrant {
     /// Lifetime in seconds (1 to 2592000).
+    #[schema(schema_with = crate::api::openapi::grant_ttl_schema)]
     pub ttl_secs: u64,
     /// HTTP methods the holder may use; empty = what the type allows.
     #[serde(default)]
@@ -35,11 +36,15 @@ pub struct NewGrant {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct GrantView {
     pub grant_id: String,
+    #[schema(format = Uuid)]
     pub credential: String,
     pub label: String,
+    #[schema(format = DateTime)]
     pub created_at: String,
+    #[schema(format = DateTime)]
     pub expires_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
     pub revoked_at: Option<String>,
     pub methods: Vec<String>,
     pub path_prefixes: Vec<String>,

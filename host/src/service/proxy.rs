@@ -126,7 +126,10 @@ impl Service {
         let id = super::parse_id(id)?;
         super::grant_reaches(p, id)?;
         // One read transaction for the (live) credential and its secrets: this is a hot path.
-        let (c, mut secrets) = self.store().credential_for_use(p.namespace, id)?;
+        let (c, mut secrets) = match self.store().credential_for_use(p.namespace, id) {
+            Err(crate::store::StoreError::NotFound) => return Err(self.not_found(p, id)),
+            r => r?,
+        };
         let plugin = self.registry().get(&c.kind)?;
         let denied = |why: String| ServiceError::UseDenied(why);
         let policy = http_use(&plugin)?;

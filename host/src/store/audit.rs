@@ -17,6 +17,8 @@
 
 use std::sync::Arc;
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
 use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 
@@ -142,10 +144,66 @@ pub struct AuditQuery {
     pub namespace: Option<NamespaceId>,
     pub actor: Option<String>,
     pub credential: Option<CredentialId>,
+    /// Only this action; with a trailing `*`, every action starting with the rest
+    /// (`credential.*`).
+    pub action: Option<String>,
+    /// Only records at or after this time (unix ms).
+    pub since: Option<u64>,
+    /// Only records before this time (unix ms).
+    pub until: Option<u64>,
+    /// Leave out `security.*` records: what a user must not see of its own probes (a
+    /// probe record exists only for ids that exist, so showing it would tell).
+    pub hide_security: bool,
     /// Only records with a smaller seq (pagination: pass the last seq seen).
     pub before_seq: Option<u64>,
+    /// `next_cursor` of the previous page (combines with `before_seq`: the smaller wins).
+    pub cursor: Option<String>,
     /// At most this many (0 means 100; capped at 1000).
     pub limit: usize,
+}
+
+/// Action prefix of security events (e.g. `security.probe`).
+pub const SECURITY_PREFIX: &str = "security.";
+
+impl AuditQuery {
+    fn keeps(&self, rec: &AuditRecord) -> bool {
+        let action_ok = match self.action.as_deref() {
+            None => true,
+            Some(a) => match a.strip_suffix('*') {
+                Some(prefix) => rec.action.starts_with(prefix),
+                None => rec.action == a,
+            },
+        };
+        action_ok
+            && self.namespace.is_none_or(|n| rec.namespace == Some(n))
+            && self.actor.as_ref().is_none_or(|a| &rec.actor == a)
+            && self.credential.is_none_or(|c| rec.credential == Some(c))
+            && self.since.is_none_or(|t| rec.at >= t)
+            && self.until.is_none_or(|t| rec.at < t)
+            && !(self.hide_security && rec.action.starts_with(SECURITY_PREFIX))
+    }
+}
+
+/// One page of audit records, newest first.
+#[derive(Debug, Clone)]
+pub struct AuditPage {
+    pub items: Vec<AuditRecord>,
+    /// Pass as [`AuditQuery::cursor`] for the next (older) page; `None` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+fn encode_cursor(seq: u64) -> String {
+    URL_SAFE_NO_PAD.encode(format!("seq:{seq}"))
+}
+
+fn decode_cursor(c: &str) -> Result<u64> {
+    let bad = || StoreError::InvalidField {
+        field: "cursor".into(),
+        message: "is not a cursor this listing returned".into(),
+    };
+    let raw = URL_SAFE_NO_PAD.decode(c).map_err(|_| bad())?;
+    let text = String::from_utf8(raw).map_err(|_| bad())?;
+    text.strip_prefix("seq:").and_then(|n| n.parse().ok()).ok_or_else(bad)
 }
 
 /// Appends `entry` inside `txn`; the caller commits.
@@ -187,6 +245,8 @@ pub(crate) fn append_many(txn: &Txn, entries: Vec<AuditEntry>) -> Result<Vec<Aud
         out.push(rec);
     }
     meta.insert(META_AUDIT_HEAD, enc(&head).as_slice())?;
+    // Counted when appended (a transaction that then aborts is rare: a failed commit).
+    crate::metrics::audit_written(out.len());
     Ok(out)
 }
 
@@ -334,22 +394,40 @@ impl Store {
         Ok(())
     }
 
-    /// Audit records matching `query`, newest first. With a namespace, only that
-    /// namespace's records are read (through the `(namespace, seq)` index).
+    /// Audit records matching `query`, newest first (one page of [`Store::list_audit_page`]).
     pub fn list_audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>> {
+        Ok(self.list_audit_page(query)?.items)
+    }
+
+    /// One page of the audit records matching `query`, newest first. With a namespace,
+    /// only that namespace's records are read (through the `(namespace, seq)` index).
+    /// Time filters do not end the scan early: record times follow the wall clock, which
+    /// may step back, while seqs only grow.
+    pub fn list_audit_page(&self, query: &AuditQuery) -> Result<AuditPage> {
         let limit = match query.limit {
             0 => 100,
             n => n.min(1000),
         };
-        let before = query.before_seq.unwrap_or(u64::MAX);
+        let mut before = query.before_seq.unwrap_or(u64::MAX);
+        if let Some(c) = &query.cursor {
+            before = before.min(decode_cursor(c)?);
+        }
         let txn = self.db.begin_read()?;
         let table = txn.open_table(AUDIT)?;
-        let keep = |rec: &AuditRecord| {
-            query.namespace.is_none_or(|n| rec.namespace == Some(n))
-                && query.actor.as_ref().is_none_or(|a| &rec.actor == a)
-                && query.credential.is_none_or(|c| rec.credential == Some(c))
+        let mut items = Vec::new();
+        let mut more = false;
+        // Takes a matching record; says whether the page is full (one more match seen).
+        let mut take = |rec: AuditRecord| {
+            if !query.keeps(&rec) {
+                return false;
+            }
+            if items.len() == limit {
+                more = true;
+                return true;
+            }
+            items.push(rec);
+            false
         };
-        let mut out = Vec::new();
         if let Some(ns) = query.namespace {
             let index = txn.open_table(AUDIT_BY_NS)?;
             for row in index.range((ns.key(), 0)..(ns.key(), before))?.rev() {
@@ -357,27 +435,19 @@ impl Store {
                 let v = table
                     .get(seq)?
                     .ok_or_else(|| StoreError::Corrupt(format!("audit index names missing record {seq}")))?;
-                let rec: AuditRecord = dec(v.value(), "audit record")?;
-                if keep(&rec) {
-                    out.push(rec);
-                    if out.len() == limit {
-                        break;
-                    }
+                if take(dec(v.value(), "audit record")?) {
+                    break;
                 }
             }
-            return Ok(out);
-        }
-        for row in table.range(..before)?.rev() {
-            let (_, v) = row?;
-            let rec: AuditRecord = dec(v.value(), "audit record")?;
-            if keep(&rec) {
-                out.push(rec);
-                if out.len() == limit {
+        } else {
+            for row in table.range(..before)?.rev() {
+                if take(dec(row?.1.value(), "audit record")?) {
                     break;
                 }
             }
         }
-        Ok(out)
+        let next_cursor = if more { items.last().map(|r| encode_cursor(r.seq)) } else { None };
+        Ok(AuditPage { items, next_cursor })
     }
 
     /// Walks the whole audit chain, checking every keyed hash with the master key.

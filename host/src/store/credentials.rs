@@ -1,7 +1,6 @@
 //! Credentials: metadata, the per-namespace name index, and sealed secret versions.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::ops::Bound;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -26,6 +25,58 @@ pub struct TestResult {
     pub at: u64,
     pub ok: bool,
     pub summary: String,
+    /// The type's verdict; absent in records written before it was kept (see [`TestResult::status`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<TestVerdict>,
+}
+
+impl TestResult {
+    /// The verdict, derived from `ok` for records that predate it (`indeterminate` was
+    /// stored as not ok, so those read as `invalid`).
+    pub fn status(&self) -> TestVerdict {
+        self.verdict.unwrap_or(if self.ok { TestVerdict::Valid } else { TestVerdict::Invalid })
+    }
+}
+
+/// A live test's verdict, as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TestVerdict {
+    Valid,
+    Invalid,
+    Indeterminate,
+}
+
+/// The listing filter on the last live test: a verdict, or never tested.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestStatusFilter {
+    Is(TestVerdict),
+    Untested,
+}
+
+impl std::str::FromStr for TestStatusFilter {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Ok(match s {
+            "valid" => TestStatusFilter::Is(TestVerdict::Valid),
+            "invalid" => TestStatusFilter::Is(TestVerdict::Invalid),
+            "indeterminate" => TestStatusFilter::Is(TestVerdict::Indeterminate),
+            "untested" => TestStatusFilter::Untested,
+            _ => return Err("must be one of: valid, invalid, indeterminate, untested".into()),
+        })
+    }
+}
+
+/// Which credentials a listing includes by their soft-deletion state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Deleted {
+    /// Live ones only.
+    #[default]
+    Exclude,
+    /// Live and soft-deleted.
+    Include,
+    /// Soft-deleted ones only (the restore / purge view).
+    Only,
 }
 
 /// A secret field that is set: never its value, only a keyed fingerprint.
@@ -114,14 +165,25 @@ pub struct CredentialUpdate {
     pub binding: Option<String>,
 }
 
-/// Query for [`Store::list_credentials`]. Results are ordered by name.
+/// Query for [`Store::list_credentials`]. Results are ordered by name; every set filter
+/// must match. Name filters compare canonical (NFC) text: pass them through
+/// [`crate::names::filter`] first.
 #[derive(Debug, Clone, Default)]
 pub struct ListQuery {
     /// Only this type.
     pub kind: Option<String>,
     /// Only credentials carrying this tag.
     pub tag: Option<String>,
+    /// Only the credential with exactly this name.
+    pub name: Option<String>,
+    /// Only names starting with this text (read as a range of the name index).
+    pub name_prefix: Option<String>,
+    /// Only credentials whose last live test has this outcome (or that were never tested).
+    pub status: Option<TestStatusFilter>,
+    /// Shorthand for `deleted: Deleted::Include` (kept for existing callers).
     pub include_deleted: bool,
+    /// Live, soft-deleted or both; `include_deleted` widens `Exclude` to `Include`.
+    pub deleted: Deleted,
     /// Page size (0 means 50; capped at 1000).
     pub limit: usize,
     /// `next_cursor` of the previous page.
@@ -134,17 +196,72 @@ pub struct Page {
     pub items: Vec<Credential>,
     /// Pass as [`ListQuery::cursor`] for the next page; `None` on the last page.
     pub next_cursor: Option<String>,
+    /// How many credentials match the query's filters over all pages (cursor ignored).
+    pub total: usize,
 }
 
-fn invalid(msg: impl Into<String>) -> StoreError {
-    StoreError::Invalid(msg.into())
+/// Where a credential id leads, for the service's not-found handling.
+#[derive(Debug)]
+pub enum Lookup {
+    /// The caller's own (soft-deleted or not).
+    Found(Credential),
+    /// No credential has this id.
+    Missing,
+    /// It exists in another namespace: to the caller, exactly like `Missing`.
+    Elsewhere(NamespaceId),
 }
 
-fn check_text(what: &str, v: &str, max: usize) -> Result<()> {
+/// The parts of a stored credential a listing filter reads: decoding only these lets a
+/// listing count every match without building each credential.
+#[derive(Deserialize)]
+struct Listed {
+    #[serde(rename = "type")]
+    kind: String,
+    tags: Vec<String>,
+    deleted_at: Option<u64>,
+    last_test: Option<TestResult>,
+}
+
+impl ListQuery {
+    fn deleted(&self) -> Deleted {
+        match self.deleted {
+            Deleted::Exclude if self.include_deleted => Deleted::Include,
+            d => d,
+        }
+    }
+
+    fn keeps(&self, c: &Listed) -> bool {
+        let deleted_ok = match self.deleted() {
+            Deleted::Exclude => c.deleted_at.is_none(),
+            Deleted::Include => true,
+            Deleted::Only => c.deleted_at.is_some(),
+        };
+        let status_ok = match self.status {
+            None => true,
+            Some(TestStatusFilter::Untested) => c.last_test.is_none(),
+            Some(TestStatusFilter::Is(v)) => c.last_test.as_ref().is_some_and(|t| t.status() == v),
+        };
+        deleted_ok
+            && status_ok
+            && self.kind.as_ref().is_none_or(|t| &c.kind == t)
+            && self.tag.as_ref().is_none_or(|t| c.tags.contains(t))
+    }
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> StoreError {
+    StoreError::InvalidField { field: field.to_owned(), message: message.into() }
+}
+
+fn field_error(e: crate::plugins::FieldError) -> StoreError {
+    StoreError::InvalidField { field: e.field, message: e.message }
+}
+
+fn check_text(field: &str, v: &str, max: usize) -> Result<()> {
     if v.is_empty() || v.len() > max || v.chars().any(char::is_control) || v.trim() != v {
-        return Err(invalid(format!(
-            "{what} must be 1-{max} bytes without control characters or surrounding spaces"
-        )));
+        return Err(invalid(
+            field,
+            format!("must be 1-{max} bytes without control characters or surrounding spaces"),
+        ));
     }
     Ok(())
 }
@@ -156,24 +273,33 @@ fn check_field_name(v: &str) -> Result<()> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
     {
-        return Err(invalid(format!(
-            "field name {v:?} must be 1-64 characters of A-Z a-z 0-9 _ - ."
-        )));
+        return Err(invalid(v, "field names are 1-64 characters of A-Z a-z 0-9 _ - ."));
     }
     Ok(())
 }
 
 fn check_value_len(name: &str, len: usize) -> Result<()> {
     if len > MAX_VALUE_LEN {
-        return Err(invalid(format!(
-            "field {name:?} is longer than {MAX_VALUE_LEN} bytes"
-        )));
+        return Err(invalid(name, format!("is longer than {MAX_VALUE_LEN} bytes")));
     }
     Ok(())
 }
 
-fn check_tags(tags: &[String]) -> Result<()> {
-    tags.iter().try_for_each(|t| check_text("a tag", t, 64))
+/// Canonical tags (see [`crate::names::tags`]); the first problem names its index.
+fn canonical_tags(tags: &[String]) -> Result<Vec<String>> {
+    crate::names::tags(tags).map_err(|mut e| field_error(e.swap_remove(0)))
+}
+
+/// The error for a name already in the index: says whether a soft-deleted credential
+/// holds it (then restore or purge frees it).
+fn name_taken(
+    creds: &impl ReadableTable<u128, &'static [u8]>,
+    ns: NamespaceId,
+    holder: u128,
+    name: String,
+) -> Result<StoreError> {
+    let holder = load(creds, ns, CredentialId::from_key(holder))?;
+    Ok(StoreError::NameTaken { name, deleted: holder.deleted_at.map(|_| holder.id) })
 }
 
 /// Loads a credential of `ns` (deleted or not). Another namespace's id is `NotFound`.
@@ -220,11 +346,11 @@ impl Store {
         &self,
         actor: &str,
         ns: NamespaceId,
-        new: NewCredential,
+        mut new: NewCredential,
     ) -> Result<Credential> {
-        check_text("name", &new.name, 200)?;
+        new.name = crate::names::name(&new.name).map_err(field_error)?;
         check_text("type", &new.kind, 64)?;
-        check_tags(&new.tags)?;
+        new.tags = canonical_tags(&new.tags)?;
         if let Some(env) = &new.environment {
             check_text("environment", env, 64)?;
         }
@@ -236,9 +362,7 @@ impl Store {
             check_field_name(k)?;
             check_value_len(k, v.expose_secret().len())?;
             if new.fields.contains_key(k) {
-                return Err(invalid(format!(
-                    "field {k:?} is given both as secret and non-secret"
-                )));
+                return Err(invalid(k, "is given both as secret and non-secret"));
             }
         }
         let id = new_credential_id()?;
@@ -246,8 +370,8 @@ impl Store {
         let cred = {
             let dek = self.dek_in(&txn.open_table(NAMESPACES)?, ns)?;
             let mut names = txn.open_table(NAMES)?;
-            if names.get((ns.key(), new.name.as_str()))?.is_some() {
-                return Err(StoreError::NameTaken { name: new.name });
+            if let Some(holder) = names.get((ns.key(), new.name.as_str()))?.map(|v| v.value()) {
+                return Err(name_taken(&txn.open_table(CREDENTIALS)?, ns, holder, new.name)?);
             }
             let fpk = dek.fingerprint_key();
             let secrets = new
@@ -315,59 +439,78 @@ impl Store {
         load(&txn.open_table(CREDENTIALS)?, ns, id)
     }
 
+    /// Where `id` leads from `ns`: the caller's credential, nothing, or another
+    /// namespace's credential (which callers must treat exactly like nothing).
+    pub fn find_credential(&self, ns: NamespaceId, id: CredentialId) -> Result<Lookup> {
+        let txn = self.db.begin_read()?;
+        let creds = txn.open_table(CREDENTIALS)?;
+        let cred: Credential = match creds.get(id.key())? {
+            Some(v) => dec(v.value(), "credential")?,
+            None => return Ok(Lookup::Missing),
+        };
+        Ok(if cred.namespace == ns { Lookup::Found(cred) } else { Lookup::Elsewhere(cred.namespace) })
+    }
+
     /// One page of the credentials of `ns`, ordered by name; every credential appears
-    /// exactly once across the pages of an unchanged namespace.
+    /// exactly once across the pages of an unchanged namespace. `total` counts every
+    /// match, so each page reads the whole filtered range of the name index (only the
+    /// page's own credentials are decoded in full).
     pub fn list_credentials(&self, ns: NamespaceId, query: &ListQuery) -> Result<Page> {
         let limit = match query.limit {
             0 => 50,
             n => n.min(1000),
         };
+        let bad_cursor = || invalid("cursor", "is not a cursor this listing returned");
         let after = match &query.cursor {
             Some(c) => {
-                let raw = URL_SAFE_NO_PAD
-                    .decode(c)
-                    .map_err(|_| invalid("bad cursor"))?;
-                Some(String::from_utf8(raw).map_err(|_| invalid("bad cursor"))?)
+                let raw = URL_SAFE_NO_PAD.decode(c).map_err(|_| bad_cursor())?;
+                Some(String::from_utf8(raw).map_err(|_| bad_cursor())?)
             }
             None => None,
         };
         let txn = self.db.begin_read()?;
         let names = txn.open_table(NAMES)?;
         let creds = txn.open_table(CREDENTIALS)?;
-        let start = match &after {
-            Some(name) => Bound::Excluded((ns.key(), name.as_str())),
-            None => Bound::Included((ns.key(), "")),
+        // The range of the index the name filters allow: an exact name is a one-key range.
+        let from = query.name.as_deref().or(query.name_prefix.as_deref()).unwrap_or("");
+        let in_range = |name: &str| {
+            query.name.as_ref().is_none_or(|n| name == n)
+                && query.name_prefix.as_ref().is_none_or(|p| name.starts_with(p.as_str()))
         };
         let mut items = Vec::new();
         let mut next_cursor = None;
-        for row in names.range::<(u128, &str)>((start, Bound::Unbounded))? {
+        let mut total = 0;
+        for row in names.range::<(u128, &str)>((ns.key(), from)..)? {
             let (k, v) = row?;
-            if k.value().0 != ns.key() {
+            let (row_ns, name) = k.value();
+            if row_ns != ns.key() || !in_range(name) {
                 break;
             }
-            let cred =
-                load(&creds, ns, CredentialId::from_key(v.value())).map_err(|e| match e {
-                    StoreError::NotFound => StoreError::Corrupt(format!(
-                        "name index points to a missing credential ({:?})",
-                        k.value().1
-                    )),
-                    e => e,
-                })?;
-            let keep = (query.include_deleted || cred.deleted_at.is_none())
-                && query.kind.as_ref().is_none_or(|t| &cred.kind == t)
-                && query.tag.as_ref().is_none_or(|t| cred.tags.contains(t));
-            if !keep {
+            let missing = || StoreError::Corrupt(format!("name index points to a missing credential ({name:?})"));
+            let raw = creds.get(v.value())?.ok_or_else(missing)?;
+            let listed: Listed = dec(raw.value(), "credential")?;
+            if !query.keeps(&listed) {
+                continue;
+            }
+            total += 1;
+            if after.as_deref().is_some_and(|a| name <= a) {
                 continue;
             }
             if items.len() == limit {
                 // There is at least one more: the page ends at the last item taken.
-                let last: &Credential = items.last().expect("limit >= 1");
-                next_cursor = Some(URL_SAFE_NO_PAD.encode(last.name.as_bytes()));
-                break;
+                if next_cursor.is_none() {
+                    let last: &Credential = items.last().expect("limit >= 1");
+                    next_cursor = Some(URL_SAFE_NO_PAD.encode(last.name.as_bytes()));
+                }
+                continue;
             }
+            let cred = load(&creds, ns, CredentialId::from_key(v.value())).map_err(|e| match e {
+                StoreError::NotFound => missing(),
+                e => e,
+            })?;
             items.push(cred);
         }
-        Ok(Page { items, next_cursor })
+        Ok(Page { items, next_cursor, total })
     }
 
     /// Applies a partial update to a live credential. Secret changes write version N+1
@@ -379,11 +522,12 @@ impl Store {
         id: CredentialId,
         upd: CredentialUpdate,
     ) -> Result<Credential> {
+        let mut upd = upd;
         if let Some(name) = &upd.name {
-            check_text("name", name, 200)?;
+            upd.name = Some(crate::names::name(name).map_err(field_error)?);
         }
         if let Some(tags) = &upd.tags {
-            check_tags(tags)?;
+            upd.tags = Some(canonical_tags(tags)?);
         }
         if let Some(Some(env)) = &upd.environment {
             check_text("environment", env, 64)?;
@@ -403,8 +547,8 @@ impl Store {
             let mut cred = load_live(&creds, ns, id)?;
             if let Some(name) = upd.name.filter(|n| *n != cred.name) {
                 let mut names = txn.open_table(NAMES)?;
-                if names.get((ns.key(), name.as_str()))?.is_some() {
-                    return Err(StoreError::NameTaken { name });
+                if let Some(holder) = names.get((ns.key(), name.as_str()))?.map(|v| v.value()) {
+                    return Err(name_taken(&creds, ns, holder, name)?);
                 }
                 names.remove((ns.key(), cred.name.as_str()))?;
                 names.insert((ns.key(), name.as_str()), id.key())?;
@@ -427,7 +571,7 @@ impl Store {
                 match v {
                     Some(v) => {
                         if cred.secrets.contains_key(&k) && !upd.clear_secrets.contains(&k) {
-                            return Err(invalid(format!("field {k:?} is a secret field")));
+                            return Err(invalid(&k, "is a secret field"));
                         }
                         cred.fields.insert(k.clone(), v);
                     }
@@ -444,7 +588,7 @@ impl Store {
                 .collect();
             if !upd.secrets.is_empty() || !clears.is_empty() || upd.binding.is_some() {
                 if let Some(k) = upd.secrets.keys().find(|k| cred.fields.contains_key(*k)) {
-                    return Err(invalid(format!("field {k:?} is a non-secret field")));
+                    return Err(invalid(k, "is a non-secret field"));
                 }
                 let dek = self.dek_in(&txn.open_table(NAMESPACES)?, ns)?;
                 let mut versions = txn.open_table(VERSIONS)?;
@@ -617,11 +761,38 @@ impl Store {
         Ok(cred)
     }
 
-    /// Decrypts the current secrets of a live credential — the only decrypting read.
-    /// The audit record (actor, purpose, field names) is committed before the secrets
-    /// are returned; if it cannot be written, nothing is revealed.
+    /// Decrypts the current secrets of a live credential to hand them to the caller
+    /// (audited as `credential.reveal`). See [`Store::unseal`] for the host's own use.
     pub fn reveal(
         &self,
+        actor: &str,
+        ns: NamespaceId,
+        id: CredentialId,
+        purpose: &str,
+    ) -> Result<SecretMap> {
+        self.open_audited("credential.reveal", actor, ns, id, purpose)
+    }
+
+    /// Decrypts the current secrets for the host's own use — filling them into a plugin
+    /// call's requests, validating, comparing — never shown to anyone (audited as
+    /// `credential.unseal`, distinct from a reveal to the caller and from a plugin's
+    /// `secrets.reveal`, which is `plugin.secrets.reveal`).
+    pub fn unseal(
+        &self,
+        actor: &str,
+        ns: NamespaceId,
+        id: CredentialId,
+        purpose: &str,
+    ) -> Result<SecretMap> {
+        self.open_audited("credential.unseal", actor, ns, id, purpose)
+    }
+
+    /// The only decrypting read with an audit record of its own (actor, purpose, field
+    /// names), committed before the secrets are returned; if it cannot be written,
+    /// nothing is decrypted for the caller.
+    fn open_audited(
+        &self,
+        action: &str,
         actor: &str,
         ns: NamespaceId,
         id: CredentialId,
@@ -646,7 +817,7 @@ impl Store {
         );
         audit::append(
             &txn,
-            AuditEntry::ok(actor, "credential.reveal")
+            AuditEntry::ok(actor, action)
                 .ns(ns)
                 .cred(id)
                 .detail(detail),

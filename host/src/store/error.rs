@@ -11,15 +11,18 @@ pub enum StoreError {
     #[error("not found")]
     NotFound,
     /// A credential with this name already exists in the namespace (soft-deleted ones
-    /// keep their name until purged).
+    /// keep their name until purged: then `deleted` is the holder's id).
     #[error("a credential named {name:?} already exists")]
-    NameTaken { name: String },
+    NameTaken { name: String, deleted: Option<super::CredentialId> },
     /// A user with this name already exists.
     #[error("user {name:?} already exists")]
     UserExists { name: String },
     /// Input rejected before touching the database.
     #[error("invalid input: {0}")]
     Invalid(String),
+    /// One input field rejected before touching the database.
+    #[error("invalid {field}: {message}")]
+    InvalidField { field: String, message: String },
     /// The master key given is not the one this database was written with. Nothing was
     /// read or written.
     #[error(

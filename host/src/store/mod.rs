@@ -53,9 +53,10 @@ use redb::{
 };
 use serde::{Deserialize, Serialize};
 
-pub use audit::{AuditEntry, AuditQuery, AuditRecord, Outcome};
+pub use audit::{AuditEntry, AuditPage, AuditQuery, AuditRecord, Outcome};
 pub use credentials::{
-    Credential, CredentialUpdate, ListQuery, NewCredential, Page, SecretField, TestResult, BINDING_KEY,
+    Credential, CredentialUpdate, Deleted, ListQuery, Lookup, NewCredential, Page, SecretField, TestResult,
+    TestStatusFilter, TestVerdict, BINDING_KEY,
 };
 pub use error::{Result, StoreError};
 pub use schema::{CredentialId, NamespaceId, SCHEMA_VERSION};
@@ -338,6 +339,13 @@ impl Store {
         let users = txn.open_table(USERS)?;
         let v = users.get(name)?.ok_or(StoreError::NotFound)?;
         dec(v.value(), "user")
+    }
+
+    /// The user owning namespace `ns`.
+    pub fn namespace_user(&self, ns: NamespaceId) -> Result<String> {
+        let txn = self.db.begin_read()?;
+        let v = txn.open_table(NAMESPACES)?.get(ns.key())?.ok_or(StoreError::NotFound)?;
+        Ok(dec::<NamespaceRecord>(v.value(), "namespace")?.user)
     }
 
     /// All users, ordered by name.

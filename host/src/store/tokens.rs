@@ -334,6 +334,11 @@ impl Store {
         };
         let mut entry = AuditEntry::ok(actor, if info.grant.is_some() { "grant.revoke" } else { "token.revoke" })
             .detail(format!("token={token_id} user={}", info.user));
+        // In the owner's namespace, like `token.create`: the user sees it in their audit log.
+        if let Some(u) = txn.open_table(USERS)?.get(info.user.as_str())? {
+            let owner: User = dec(u.value(), "user")?;
+            entry = entry.ns(owner.namespace);
+        }
         entry.credential = info.grant.as_ref().map(|g| g.credential);
         audit::append(&txn, entry)?;
         txn.commit()?;

@@ -40,3 +40,63 @@ impl log::Host for CallState {
         }
     }
 }
+
+/// Stderr lines logged per call; more are summarised in one line.
+pub const MAX_STDERR_LINES: usize = 20;
+/// Stderr lines logged per type per minute, over all its calls (a plugin that prints on
+/// every call cannot flood the log under load).
+pub const MAX_STDERR_LINES_PER_MINUTE: u32 = 200;
+
+/// Per type: when the current minute started, lines logged in it, lines suppressed.
+static STDERR_RATE: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, u32, u64)>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// Logs what a call wrote to stderr (a guest panic message, a Python traceback): each
+/// line scrubbed of the call's secrets, cut to [`MAX_LINE`], at most [`MAX_STDERR_LINES`]
+/// per call and [`MAX_STDERR_LINES_PER_MINUTE`] per type.
+pub(crate) fn log_stderr<'a>(
+    plugin: &str,
+    captured: &[u8],
+    dropped: usize,
+    secrets: impl IntoIterator<Item = &'a secrecy::SecretString>,
+) {
+    if captured.is_empty() {
+        return;
+    }
+    let scrubber = redact::Scrubber::new(secrets);
+    let text = String::from_utf8_lossy(captured);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let budget = {
+        let mut rates = STDERR_RATE.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = rates.entry(plugin.to_string()).or_insert((std::time::Instant::now(), 0, 0));
+        if entry.0.elapsed() >= std::time::Duration::from_secs(60) {
+            if entry.2 > 0 {
+                tracing::warn!(target: "credhost::plugin", plugin, suppressed = entry.2, "plugin stderr lines suppressed in the last minute (rate limit)");
+            }
+            *entry = (std::time::Instant::now(), 0, 0);
+        }
+        let allowed = (MAX_STDERR_LINES_PER_MINUTE.saturating_sub(entry.1) as usize).min(MAX_STDERR_LINES).min(lines.len());
+        entry.1 += allowed as u32;
+        entry.2 += (lines.len() - allowed) as u64;
+        allowed
+    };
+    let last = lines.len().saturating_sub(1);
+    for (i, line) in lines.iter().take(budget).enumerate() {
+        // The capture may have cut the last line inside a secret: its tail is treated as one.
+        let (mut msg, cut) = scrubber.scrub_capped(line, MAX_LINE, i == last && dropped > 0);
+        if cut {
+            msg.push('…');
+        }
+        tracing::warn!(target: "credhost::plugin", plugin, stream = "stderr", "{msg}");
+    }
+    if budget < lines.len() || dropped > 0 {
+        tracing::warn!(
+            target: "credhost::plugin",
+            plugin,
+            stream = "stderr",
+            lines_not_logged = lines.len() - budget,
+            bytes_dropped = dropped,
+            "more plugin stderr not logged (per-call and per-minute caps)"
+        );
+    }
+}

@@ -3,7 +3,7 @@
 
 mod http;
 pub mod keys;
-mod log;
+pub(crate) mod log;
 mod net;
 pub(crate) mod netio;
 mod pgtls;

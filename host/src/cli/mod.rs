@@ -1,4 +1,10 @@
-//! The `credhost` command line. Commands are thin callers of the library.
+//! The `credhost` command line. Commands are thin callers of the library. `users`,
+//! `tokens` and `test` work on the store directly, or through a running server's API
+//! when one holds the store ([`remote::target`]).
+
+mod accounts;
+mod exec;
+mod remote;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,7 +15,6 @@ use secrecy::{ExposeSecret, SecretString};
 use crate::config::Config;
 use crate::crypto::MasterKey;
 use crate::plugins::{Bound, Registry, TypeDescriptor};
-use crate::store::Role;
 
 #[derive(Debug, Parser)]
 #[command(name = "credhost", version, about = "A credential host with sandboxed WebAssembly credential types")]
@@ -17,6 +22,15 @@ pub struct Cli {
     /// Configuration file (TOML). Without one, dev defaults apply (see README).
     #[arg(long, short = 'c', global = true, env = "CREDHOST_CONFIG")]
     pub config: Option<PathBuf>,
+    /// A running server's base URL, for `users`, `tokens`, `test`, `exec` and
+    /// `plugins reload`. Without it they use the server that holds the store (at
+    /// http://<server.listen>), or the store itself when no server runs.
+    #[arg(long, global = true, env = "CREDHOST_URL")]
+    pub url: Option<String>,
+    /// A file holding the API token for talking to a server (else CREDHOST_TOKEN is read).
+    /// The token itself is never a flag: flags show in `ps`.
+    #[arg(long, global = true, env = "CREDHOST_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -74,24 +88,23 @@ pub enum Command {
     Test {
         /// Credential id.
         credential_id: String,
-        /// The user who owns the credential.
+        /// The user who owns the credential. Required on the store directly; through a
+        /// server the token's user is tested as, and a different --user is refused.
         #[arg(long)]
-        user: String,
+        user: Option<String>,
         /// Print the outcome as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Run a program with a stored credential in its environment (the type's `[use.env]`
-    /// variables, e.g. APCA_API_KEY_ID for alpaca), asked from a running server. The API
-    /// token comes from CREDHOST_TOKEN only (never a flag: flags show in `ps`) and needs the
+    /// variables, e.g. APCA_API_KEY_ID for alpaca), asked from a running server (--url,
+    /// default http://127.0.0.1:8080). The API token comes from CREDHOST_TOKEN or
+    /// CREDHOST_TOKEN_FILE / --token-file (never a flag: flags show in `ps`) and needs the
     /// `reveal` scope. Nothing is written to disk; exits with the program's exit code.
     Exec {
         /// Name of the credential.
         #[arg(long)]
         credential: String,
-        /// Server base URL.
-        #[arg(long, env = "CREDHOST_URL", default_value = "http://127.0.0.1:8080")]
-        url: String,
         /// The program and its arguments, after `--`.
         #[arg(last = true, required = true, value_name = "PROGRAM")]
         command: Vec<String>,
@@ -164,15 +177,9 @@ pub enum PluginsCommand {
     List,
     /// Like `list`, but exit 1 when any plugin is refused.
     Verify,
-    /// Ask a running server to reload its plugin dir (needs an admin token).
-    Reload {
-        /// Server base URL (default: http://<server.listen>).
-        #[arg(long)]
-        url: Option<String>,
-        /// Admin API token.
-        #[arg(long, env = "CREDHOST_TOKEN", hide_env_values = true)]
-        token: String,
-    },
+    /// Ask a running server (--url, default http://<server.listen>) to reload its plugin
+    /// dir. Needs an admin token in CREDHOST_TOKEN or CREDHOST_TOKEN_FILE / --token-file.
+    Reload,
 }
 
 #[derive(Debug, Subcommand)]
@@ -196,23 +203,32 @@ fn dispatch(cli: Cli) -> Result<ExitCode, String> {
     if let Command::CheckConfig { file } = &cli.command {
         return Ok(check_config(file));
     }
-    // A client of a running server: needs no config, data dir or master key.
-    if let Command::Exec { credential, url, command } = cli.command {
-        return exec::run(&credential, &url, command);
+    let connect = remote::Connect { url: cli.url.clone(), token_file: cli.token_file.clone() };
+    match cli.command {
+        // A client of a running server: needs no config, data dir or master key.
+        Command::Exec { credential, command } => {
+            let url = connect.url.as_deref().unwrap_or("http://127.0.0.1:8080");
+            return exec::run(&credential, url, connect.token_file.as_deref(), command);
+        }
+        Command::Users { cmd } => return accounts::users(remote::target(&connect, cli.config.as_deref())?, cmd),
+        Command::Tokens { cmd } => return accounts::tokens(remote::target(&connect, cli.config.as_deref())?, cmd),
+        Command::Test { credential_id, user, json } => {
+            let target = remote::target(&connect, cli.config.as_deref())?;
+            return accounts::test(target, &credential_id, user.as_deref(), json);
+        }
+        _ => {}
     }
     let config = Config::load(cli.config.as_deref())?;
     match cli.command {
         Command::Serve => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
-            rt.block_on(crate::server::serve(config))?;
+            rt.block_on(crate::server::serve(config, cli.config.clone()))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Users { cmd } => users(&config, cmd),
-        Command::Test { credential_id, user, json } => test_credential(&config, &credential_id, &user, json),
-        Command::Tokens { cmd } => tokens(&config, cmd),
         Command::Keys { cmd } => keys(&config, cmd),
-        Command::Plugins { cmd } => plugins(&config, cmd),
+        Command::Plugins { cmd } => plugins(&config, &connect, cmd),
         Command::Audit { cmd: AuditCommand::Verify } => {
+            remote::refuse_if_in_use(&config, "audit verify")?;
             let store = crate::app::open_store(&config)?;
             // Every keyed hash is checked with the master key this command was given.
             match store.verify_audit() {
@@ -280,7 +296,9 @@ fn dispatch(cli: Cli) -> Result<ExitCode, String> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::CheckConfig { .. } | Command::Exec { .. } => unreachable!("handled before the config is loaded"),
+        Command::CheckConfig { .. } | Command::Exec { .. } | Command::Users { .. } | Command::Tokens { .. } | Command::Test { .. } => {
+            unreachable!("handled before the config is loaded")
+        }
         Command::Validate { type_id, fields, environment } => {
             let registry = registry(&config)?;
             let plugin = registry.get(&type_id).map_err(|e| e.to_string())?;
@@ -354,95 +372,13 @@ fn registry(config: &Config) -> Result<Registry, String> {
 
 const CLI_ACTOR: &str = "cli";
 
-/// `credhost test <id> --user NAME`: the same operation as `POST /api/credentials/{id}/test`.
-fn test_credential(config: &Config, id: &str, user: &str, json: bool) -> Result<ExitCode, String> {
-    let service = crate::app::service(config)?;
-    let u = service.store().get_user(user).map_err(|e| format!("user `{user}`: {e}"))?;
-    let principal = crate::store::Principal::operator(&u, CLI_ACTOR);
-    let view = service.test(&principal, id).map_err(|e| format!("testing credential {id}: {e}"))?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&view).map_err(|e| e.to_string())?);
-    } else {
-        let status = serde_json::to_value(view.report.status).ok().and_then(|v| v.as_str().map(str::to_owned));
-        println!("{}: {} ({} ms)", status.unwrap_or_default(), view.report.summary, view.report.latency_ms);
-        for (k, v) in &view.report.facts {
-            println!("  {k} = {v}");
-        }
-    }
-    Ok(if view.ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
-}
-
-fn users(config: &Config, cmd: UsersCommand) -> Result<ExitCode, String> {
-    let service = crate::app::service(config)?;
-    match cmd {
-        UsersCommand::Add { name, admin } => {
-            let role = if admin { Role::Admin } else { Role::User };
-            let (user, token) = service.add_user(CLI_ACTOR, &name, role).map_err(|e| e.to_string())?;
-            eprintln!("created user {} ({:?}), token id {}", user.name, user.role, token.info.id);
-            println!("{}", token.token.expose_secret());
-        }
-        UsersCommand::List => {
-            for u in service.store().list_users().map_err(|e| e.to_string())? {
-                println!("{:<24} {:<6} {}", u.name, format!("{:?}", u.role).to_lowercase(), u.namespace);
-            }
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-fn tokens(config: &Config, cmd: TokensCommand) -> Result<ExitCode, String> {
-    let store = crate::app::open_store(config)?;
-    match cmd {
-        TokensCommand::Create { user, label, expires_in_secs, scopes } => {
-            // Same bound as the API, checked before anything is written.
-            let expires = crate::service::token_expiry(expires_in_secs).map_err(|e| match e {
-                crate::service::ServiceError::InvalidFields(f) => {
-                    f.iter().map(|f| format!("--{}: {}", f.field.replace('_', "-"), f.message)).collect::<Vec<_>>().join("; ")
-                }
-                e => e.to_string(),
-            })?;
-            let spec = crate::store::TokenSpec {
-                scopes: (!scopes.is_empty()).then(|| scopes.into_iter().collect()),
-                expires_at: expires,
-                label,
-                ..Default::default()
-            };
-            let (info, token) = store.issue_token(CLI_ACTOR, &user, spec).map_err(|e| e.to_string())?;
-            eprintln!("created token {} for {}", info.id, info.user);
-            println!("{}", token.expose_secret());
-        }
-        TokensCommand::List { user } => {
-            println!("{:<36} {:<16} {:<6} {:<8} {:<28} LABEL", "ID", "USER", "ROLE", "STATE", "SCOPES");
-            for t in store.list_tokens(user.as_deref()).map_err(|e| e.to_string())? {
-                let state = if t.revoked_at.is_some() {
-                    "revoked"
-                } else if t.expires_at.is_some_and(|e| e <= crate::store::now_ms()) {
-                    "expired"
-                } else {
-                    "active"
-                };
-                let scopes: Vec<&str> = t.scopes().iter().map(|s| s.as_str()).collect();
-                let scopes = if t.grant.is_some() { format!("grant:{}", scopes.join(",")) } else { scopes.join(",") };
-                println!(
-                    "{:<36} {:<16} {:<6} {:<8} {:<28} {}",
-                    t.id,
-                    t.user,
-                    format!("{:?}", t.role).to_lowercase(),
-                    state,
-                    scopes,
-                    t.label
-                );
-            }
-        }
-        TokensCommand::Revoke { token_id } => {
-            let t = store.revoke_token(CLI_ACTOR, &token_id).map_err(|e| e.to_string())?;
-            println!("revoked token {} of {}", t.id, t.user);
-        }
-    }
-    Ok(ExitCode::SUCCESS)
+/// Field errors as the CLI's flags: `expires_in_secs` → `--expires-in-secs: message`.
+fn flag_errors<'a>(fields: impl Iterator<Item = (&'a str, &'a str)>) -> String {
+    fields.map(|(f, m)| format!("--{}: {m}", f.replace('_', "-"))).collect::<Vec<_>>().join("; ")
 }
 
 fn keys(config: &Config, cmd: KeysCommand) -> Result<ExitCode, String> {
+    remote::refuse_if_in_use(config, "keys")?;
     let mut store = crate::app::open_store(config)?;
     match cmd {
         KeysCommand::Rotate { new_key_file } => {
@@ -473,23 +409,22 @@ fn write_new_key_file(path: &std::path::Path, key: &MasterKey) -> Result<(), Str
     f.sync_all().map_err(|e| format!("{}: {e}", path.display()))
 }
 
-fn plugins(config: &Config, cmd: PluginsCommand) -> Result<ExitCode, String> {
-    if let PluginsCommand::Reload { url, token } = cmd {
-        let base = url.unwrap_or_else(|| format!("http://{}", config.server.listen));
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
-        let (status, body) = rt.block_on(async {
-            let client = api_client()?;
-            let resp = client
-                .post(format!("{}/api/admin/plugins/reload", base.trim_end_matches('/')))
-                .bearer_auth(token)
-                .send()
-                .await
-                .map_err(|e| format!("cannot reach {base}: {e}"))?;
-            let status = resp.status();
-            Ok::<_, String>((status, resp.text().await.unwrap_or_default()))
-        })?;
-        println!("{body}");
-        return Ok(if status.is_success() { ExitCode::SUCCESS } else { ExitCode::from(1) });
+fn plugins(config: &Config, connect: &remote::Connect, cmd: PluginsCommand) -> Result<ExitCode, String> {
+    if let PluginsCommand::Reload = cmd {
+        let url = match &connect.url {
+            Some(u) => u.clone(),
+            None => remote::listen_url(config)?,
+        };
+        let api = remote::Remote::new(&url, connect, "`plugins reload` asks the running server")?;
+        let report = api.request(reqwest::Method::POST, api.url(&["api", "admin", "plugins", "reload"]), None)?;
+        println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
+        // Refused plugins (even those whose previous version keeps serving) are problems.
+        let problems = report["problems"].as_array().map_or(0, Vec::len);
+        if problems > 0 {
+            eprintln!("reload finished with {problems} problem(s)");
+            return Ok(ExitCode::from(1));
+        }
+        return Ok(ExitCode::SUCCESS);
     }
     let registry = registry(config)?;
     println!("{:<16} {:<8} {:<14} {:<26} ORIGIN", "TYPE", "VERSION", "SHA256", "CAPABILITIES");
@@ -500,6 +435,9 @@ fn plugins(config: &Config, cmd: PluginsCommand) -> Result<ExitCode, String> {
     let problems = registry.problems();
     for p in &problems {
         println!("REFUSED {}: {}", p.origin, p.message);
+    }
+    for w in registry.warnings() {
+        println!("WARNING {}: {}", w.origin, w.message);
     }
     let strict = matches!(cmd, PluginsCommand::Verify);
     Ok(if strict && !problems.is_empty() { ExitCode::from(1) } else { ExitCode::SUCCESS })
@@ -514,167 +452,4 @@ fn api_client() -> Result<reqwest::Client, String> {
         .timeout(std::time::Duration::from_secs(60))
         .build()
         .map_err(|e| format!("building the HTTP client: {e}"))
-}
-
-/// `credhost exec --credential NAME -- PROGRAM ARGS...`
-mod exec {
-    use std::collections::BTreeMap;
-    use std::process::ExitCode;
-
-    use secrecy::{ExposeSecret, SecretString};
-    use serde::Deserialize;
-    use zeroize::Zeroize;
-
-    pub(super) fn run(name: &str, url: &str, command: Vec<String>) -> Result<ExitCode, String> {
-        let token = match std::env::var("CREDHOST_TOKEN") {
-            Ok(t) if !t.trim().is_empty() => SecretString::from(t.trim().to_string()),
-            _ => {
-                return Err("CREDHOST_TOKEN is not set: `credhost exec` reads its API token (one with the `reveal` \
-                            scope) from that environment variable only"
-                    .into())
-            }
-        };
-        let base = url.trim_end_matches('/').to_string();
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
-        let env = rt.block_on(fetch_env(&base, name, &token))?;
-        drop(rt);
-        drop(token);
-        launch(command, env)
-    }
-
-    #[derive(Deserialize)]
-    struct Page {
-        items: Vec<Item>,
-        next_cursor: Option<String>,
-    }
-
-    #[derive(Deserialize)]
-    struct Item {
-        id: String,
-        name: String,
-    }
-
-    #[derive(Deserialize)]
-    struct ErrorBody {
-        error: ErrorDetail,
-    }
-
-    #[derive(Deserialize)]
-    struct ErrorDetail {
-        code: String,
-        message: String,
-    }
-
-    /// The server's refusal as a sentence naming the fix where there is one.
-    fn refusal(what: &str, status: reqwest::StatusCode, body: &str) -> String {
-        let Ok(ErrorBody { error }) = serde_json::from_str::<ErrorBody>(body) else {
-            return format!("{what}: the server answered {status}");
-        };
-        match error.code.as_str() {
-            "unauthorized" => format!("{what}: the server refused CREDHOST_TOKEN (unknown, expired or revoked)"),
-            "insufficient_scope" => format!(
-                "{what}: {} (exec needs a token with the `read` and `reveal` scopes; an admin issues one with \
-                 `credhost tokens create USER --scope read --scope reveal`)",
-                error.message
-            ),
-            "reveal_not_allowed" => format!("{what}: {}", error.message),
-            _ => format!("{what}: {} ({status}, {})", error.message, error.code),
-        }
-    }
-
-    /// Name → id (paging through the listing), then the reveal. Only the `env` part of the
-    /// answer is kept; the response text is zeroized once parsed.
-    async fn fetch_env(base: &str, name: &str, token: &SecretString) -> Result<BTreeMap<String, SecretString>, String> {
-        let client = super::api_client()?;
-        let unreachable = |e: reqwest::Error| format!("cannot reach the credhost server at {base}: {e}");
-        let mut cursor: Option<String> = None;
-        let id = loop {
-            let mut req = client.get(format!("{base}/api/credentials")).bearer_auth(token.expose_secret()).query(&[("limit", "1000")]);
-            if let Some(c) = &cursor {
-                req = req.query(&[("cursor", c)]);
-            }
-            let resp = req.send().await.map_err(unreachable)?;
-            let status = resp.status();
-            let body = resp.text().await.map_err(unreachable)?;
-            if !status.is_success() {
-                return Err(refusal("listing credentials", status, &body));
-            }
-            let page: Page = serde_json::from_str(&body).map_err(|e| format!("listing credentials: unexpected answer: {e}"))?;
-            if let Some(item) = page.items.into_iter().find(|i| i.name == name) {
-                break item.id;
-            }
-            match page.next_cursor {
-                Some(c) => cursor = Some(c),
-                None => return Err(format!("no credential named {name:?} (among this token's user's credentials)")),
-            }
-        };
-        let resp = client
-            .post(format!("{base}/api/credentials/{id}/reveal"))
-            .bearer_auth(token.expose_secret())
-            .send()
-            .await
-            .map_err(unreachable)?;
-        let status = resp.status();
-        let mut body = resp.text().await.map_err(unreachable)?;
-        if !status.is_success() {
-            let what = format!("revealing credential {name:?}");
-            let message = refusal(&what, status, &body);
-            body.zeroize();
-            return Err(message);
-        }
-        let parsed = serde_json::from_str::<serde_json::Value>(&body);
-        body.zeroize();
-        // Errors here never quote the body: it holds the secrets.
-        let mut value = parsed.map_err(|_| format!("revealing credential {name:?}: the answer is not JSON"))?;
-        let mut env = BTreeMap::new();
-        if let Some(serde_json::Value::Object(vars)) = value.get_mut("env").map(serde_json::Value::take) {
-            for (k, v) in vars {
-                if let serde_json::Value::String(s) = v {
-                    env.insert(k, SecretString::from(s));
-                }
-            }
-        }
-        wipe(&mut value);
-        if env.is_empty() {
-            return Err(format!("credential {name:?}: its type declares no environment variables ([use.env])"));
-        }
-        Ok(env)
-    }
-
-    /// Zeroizes every string of a parsed JSON value (the revealed fields).
-    fn wipe(v: &mut serde_json::Value) {
-        match v {
-            serde_json::Value::String(s) => s.zeroize(),
-            serde_json::Value::Array(a) => a.iter_mut().for_each(wipe),
-            serde_json::Value::Object(m) => m.values_mut().for_each(wipe),
-            _ => {}
-        }
-    }
-
-    /// Runs the program with `env` added and without CREDHOST_TOKEN (the program has no
-    /// business with the vault). On Unix the process becomes the program (exec): signals,
-    /// the exit code and the terminal are the program's, and this process's memory holding
-    /// the values is gone.
-    fn launch(command: Vec<String>, env: BTreeMap<String, SecretString>) -> Result<ExitCode, String> {
-        let (program, args) = command.split_first().ok_or("no program given after `--`")?;
-        let mut cmd = std::process::Command::new(program);
-        cmd.args(args).env_remove("CREDHOST_TOKEN");
-        for (k, v) in &env {
-            cmd.env(k, v.expose_secret());
-        }
-        drop(env);
-        #[cfg(unix)]
-        {
-            use std::os::unix::process::CommandExt;
-            // Returns only on failure.
-            let e = cmd.exec();
-            Err(format!("cannot run {program:?}: {e}"))
-        }
-        #[cfg(not(unix))]
-        {
-            let status = cmd.status().map_err(|e| format!("cannot run {program:?}: {e}"))?;
-            drop(cmd);
-            Ok(ExitCode::from(status.code().unwrap_or(1).clamp(0, 255) as u8))
-        }
-    }
 }
