@@ -27,6 +27,10 @@ if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
   rustup target add wasm32-wasip2 || { sleep 5; rustup target add wasm32-wasip2; }
 fi
 
+# pip puts console scripts in the interpreter's scripts dir; pyenv shims for them only
+# appear after a rehash, so put that dir on PATH first.
+PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
+export PATH
 # The Python example plugin's test (tests/python_plugin.rs) builds it with componentize-py.
 command -v componentize-py >/dev/null 2>&1 || python3 -m pip install --quiet componentize-py==0.25.1 ||
   echo "scripts/test.sh: could not install componentize-py; tests/python_plugin.rs will fail" >&2

@@ -10,7 +10,9 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::server::{assert_error_shape, mode_of, random_alnum, random_hex, world, Api, Body, Env, LeakGuard, Server};
+use common::server::{
+    assert_error_shape, create, id_of, mode_of, names, random_alnum, random_hex, world, Body, Env, LeakGuard, Server,
+};
 use reqwest::Method;
 use serde_json::{json, Value};
 use sha2::Digest;
@@ -73,22 +75,6 @@ fn bearer(name: &str, tags: &[&str]) -> Value {
 fn ssh(name: &str) -> Value {
     json!({"name": name, "type": "ssh",
            "fields": {"host": "db1.internal", "port": 2222, "username": "deploy", "password": format!("pw-{}", random_alnum(20))}})
-}
-
-/// Creates a credential and returns its view.
-async fn create(api: &Api, token: &str, body: Value) -> Value {
-    let r = api.post("/api/credentials", Some(token), body).await;
-    r.expect(201);
-    r.json()
-}
-
-fn id_of(v: &Value) -> String {
-    v["id"].as_str().expect("id").to_string()
-}
-
-/// Names of a listing page.
-fn names(page: &Value) -> Vec<String> {
-    page["items"].as_array().expect("items").iter().map(|c| c["name"].as_str().unwrap().to_string()).collect()
 }
 
 /// The leak check on everything the servers printed, and a sanity check that the guard

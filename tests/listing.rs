@@ -8,25 +8,11 @@ mod common;
 
 use std::time::{Duration, Instant, SystemTime};
 
-use common::server::{random_alnum, world, Api, Env, LeakGuard, Server};
+use common::server::{create, id_of, names, random_alnum, world, Api, Env, LeakGuard, Server};
 use serde_json::{json, Value};
 
 fn bearer(name: &str, tags: &[&str]) -> Value {
     json!({"name": name, "type": "bearer_token", "tags": tags, "fields": {"token": format!("tok-{}", random_alnum(32))}})
-}
-
-async fn create(api: &Api, token: &str, body: Value) -> Value {
-    let r = api.post("/api/credentials", Some(token), body).await;
-    r.expect(201);
-    r.json()
-}
-
-fn id_of(v: &Value) -> String {
-    v["id"].as_str().expect("id").to_string()
-}
-
-fn names(page: &Value) -> Vec<String> {
-    page["items"].as_array().expect("items").iter().map(|c| c["name"].as_str().unwrap().to_string()).collect()
 }
 
 fn fields(err: &Value) -> Vec<String> {

@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 use std::sync::Arc;
 
-use common::server::{Env, LeakGuard};
+use common::server::{Env, LeakGuard, Server};
 use credhost::plugins::cache::CompileCache;
 use credhost::plugins::{HostServices, Registry, Runtime, Sources};
 use serde_json::json;
@@ -32,6 +32,20 @@ fn install(dir: &Path, name: &str, wasm: &[u8], manifest: &str, pin: Option<&str
         None => manifest.to_string(),
     };
     std::fs::write(dir.join(format!("{name}.toml")), text).unwrap();
+}
+
+/// A server whose plugin dir holds `plugins` (name, component, manifest; each pinned by
+/// its sha256), with an admin `ops`: (env, admin token, server).
+fn serve_with(plugins: &[(&str, &[u8], &str)]) -> (Env, String, Server) {
+    let env0 = Env::new();
+    let dir = plugin_dir(&env0);
+    for (name, wasm, manifest) in plugins {
+        install(&dir, name, wasm, manifest, Some(&sha256_hex(wasm)));
+    }
+    let env = env0.set("CREDHOST_PLUGINS_DIR", dir.to_str().unwrap());
+    let admin = env.add_user("ops", true);
+    let server = env.start(&[]);
+    (env, admin, server)
 }
 
 fn plugin_dir(env: &Env) -> std::path::PathBuf {
@@ -196,13 +210,8 @@ fn precompiled_cache_is_used_and_corrupt_entries_are_recompiled() {
 
 #[tokio::test]
 async fn reload_under_concurrent_calls_loses_no_request() {
-    let env0 = Env::new();
-    let dir = plugin_dir(&env0);
     let (wasm, manifest) = template();
-    install(&dir, "example_service", &wasm, &manifest, Some(&sha256_hex(&wasm)));
-    let env = env0.set("CREDHOST_PLUGINS_DIR", dir.to_str().unwrap());
-    let admin = env.add_user("ops", true);
-    let server = env.start(&[]);
+    let (_env, admin, server) = serve_with(&[("example_service", &wasm, &manifest)]);
     let guard = LeakGuard::new();
     let api = server.api(&guard);
     let created = api
@@ -376,13 +385,8 @@ async fn reload_rereads_overrides_keeps_working_versions_and_prunes_the_cache() 
 /// a guest panic's message is visible. The flood does not stop the call or the server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugin_stderr_reaches_the_log_scrubbed_and_capped() {
-    let env0 = Env::new();
-    let dir = plugin_dir(&env0);
     let (hwasm, hmanifest) = hostile();
-    install(&dir, "hostile", &hwasm, &hmanifest, Some(&sha256_hex(&hwasm)));
-    let env = env0.set("CREDHOST_PLUGINS_DIR", dir.to_str().unwrap());
-    let admin = env.add_user("ops", true);
-    let server = env.start(&[]);
+    let (_env, admin, server) = serve_with(&[("hostile", &hwasm, &hmanifest)]);
     let guard = LeakGuard::new();
     let api = server.api(&guard);
     let secret = guard.secret(format!("hs_{}", common::server::random_alnum(24)));
@@ -411,17 +415,12 @@ async fn plugin_stderr_reaches_the_log_scrubbed_and_capped() {
 /// (`credential.unseal`), and from a reveal to the caller (`credential.reveal`: none here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_names_a_plugin_reveal_apart_from_host_side_use() {
-    let env0 = Env::new();
-    let dir = plugin_dir(&env0);
     let (hwasm, hmanifest) = hostile();
     let granted = hmanifest
         .replace("capabilities = [\"log\"]", "capabilities = [\"log\", \"secrets\"]")
         .replace("reveal = []", "reveal = [\"secret\"]");
     assert_ne!(granted, hmanifest);
-    install(&dir, "hostile", &hwasm, &granted, Some(&sha256_hex(&hwasm)));
-    let env = env0.set("CREDHOST_PLUGINS_DIR", dir.to_str().unwrap());
-    let admin = env.add_user("ops", true);
-    let server = env.start(&[]);
+    let (_env, admin, server) = serve_with(&[("hostile", &hwasm, &granted)]);
     let guard = LeakGuard::new();
     let api = server.api(&guard);
     let secret = guard.secret(format!("hs_{}", common::server::random_alnum(24)));

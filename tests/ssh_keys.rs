@@ -322,8 +322,9 @@ async fn key_bombs_over_http_leave_the_server_serving() {
     for b in bombs {
         let (r, took) = b.await.unwrap();
         assert!(took < Duration::from_secs(5), "bomb answered in {took:?}");
-        assert!(r.status >= 400, "refused: {} {}", r.status, r.text);
+        // A user-caused test problem: 200 `indeterminate` with the reason (issue 13), never a 5xx.
         let v: Value = r.json();
+        assert!(r.status == 200 && v["status"] == "indeterminate" && v["ok"] == false, "refused: {} {}", r.status, r.text);
         let text = v.to_string();
         assert!(text.contains("private_key") && text.contains("scrypt N=1099511627776"), "clear error: {text}");
     }

@@ -558,3 +558,20 @@ pub async fn world() -> World {
     api.learn_secret_fields().await;
     World { env, server, api, guard, root, alice, bob }
 }
+
+/// Creates a credential (expecting 201) and returns its view.
+pub async fn create(api: &Api, token: &str, body: Value) -> Value {
+    let r = api.post("/api/credentials", Some(token), body).await;
+    r.expect(201);
+    r.json()
+}
+
+/// The `id` of a credential view.
+pub fn id_of(v: &Value) -> String {
+    v["id"].as_str().expect("id").to_string()
+}
+
+/// Names of a listing page.
+pub fn names(page: &Value) -> Vec<String> {
+    page["items"].as_array().expect("items").iter().map(|c| c["name"].as_str().unwrap().to_string()).collect()
+}
