@@ -28,14 +28,14 @@ if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
 fi
 
 # pip puts console scripts in the interpreter's scripts dir; pyenv shims for them only
-# appear after a rehash, so put that dir on PATH first.
-PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
-export PATH
+# appear after a rehash (and may outlive the package), so look there and put it on PATH.
+pyscripts="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')"
+export PATH="$pyscripts:$PATH"
 # The Python example plugin's test (tests/python_plugin.rs) builds it with componentize-py.
-command -v componentize-py >/dev/null 2>&1 || python3 -m pip install --quiet componentize-py==0.25.1 ||
+[ -x "$pyscripts/componentize-py" ] || python3 -m pip install --quiet componentize-py==0.25.1 ||
   echo "scripts/test.sh: could not install componentize-py; tests/python_plugin.rs will fail" >&2
 # The API contract test (tests/api_contract.rs) generates a client with openapi-python-client.
-command -v openapi-python-client >/dev/null 2>&1 || python3 -m pip install --quiet openapi-python-client==0.29.1
+[ -x "$pyscripts/openapi-python-client" ] || python3 -m pip install --quiet openapi-python-client==0.29.1
 
 # Every test server appends the statuses it answered here; checked against the OpenAPI
 # document after the suite (tests/api_contract.rs).
