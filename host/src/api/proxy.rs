@@ -51,6 +51,8 @@ fn presented_token(headers: &HeaderMap) -> Option<String> {
 
 /// Use the credential: the request goes to the credential's service with the credential
 /// applied; the response comes back with every form of its secrets scrubbed out.
+/// Documented as GET; the route takes every method the type's `[use]` policy (and a
+/// grant's `methods`) allow, with the same statuses, and forwards the request body.
 #[utoipa::path(get, path = "/api/credentials/{id}/proxy/{path}", tag = "use", operation_id = "use_credential",
     params(("id" = String, Path, description = "credential id"),
            ("path" = String, Path, description = "path below the credential's base URL")),

@@ -21,13 +21,11 @@ pub(super) fn run(name: &str, url: &str, token_file: Option<&std::path::Path>, c
 #[derive(Deserialize)]
 struct Page {
     items: Vec<Item>,
-    next_cursor: Option<String>,
 }
 
 #[derive(Deserialize)]
 struct Item {
     id: String,
-    name: String,
 }
 
 #[derive(Deserialize)]
@@ -58,31 +56,27 @@ fn refusal(what: &str, source: &str, status: reqwest::StatusCode, body: &str) ->
     }
 }
 
-/// Name → id (paging through the listing), then the reveal. Only the `env` part of the
-/// answer is kept; the response text is zeroized once parsed.
+/// Name → id (the listing's exact `name` filter, which NFC-normalizes like the store),
+/// then the reveal. Only the `env` part of the answer is kept; the response text is
+/// zeroized once parsed.
 async fn fetch_env(base: &str, name: &str, token: &super::remote::ApiToken) -> Result<BTreeMap<String, SecretString>, String> {
     let client = super::api_client()?;
     let unreachable = |e: reqwest::Error| format!("cannot reach the credhost server at {base}: {e}");
-    let mut cursor: Option<String> = None;
-    let id = loop {
-        let mut req = client.get(format!("{base}/api/credentials")).bearer_auth(token.secret.expose_secret()).query(&[("limit", "1000")]);
-        if let Some(c) = &cursor {
-            req = req.query(&[("cursor", c)]);
-        }
-        let resp = req.send().await.map_err(unreachable)?;
-        let status = resp.status();
-        let body = resp.text().await.map_err(unreachable)?;
-        if !status.is_success() {
-            return Err(refusal("listing credentials", &token.source, status, &body));
-        }
-        let page: Page = serde_json::from_str(&body).map_err(|e| format!("listing credentials: unexpected answer: {e}"))?;
-        if let Some(item) = page.items.into_iter().find(|i| i.name == name) {
-            break item.id;
-        }
-        match page.next_cursor {
-            Some(c) => cursor = Some(c),
-            None => return Err(format!("no credential named {name:?} (among this token's user's credentials)")),
-        }
+    let resp = client
+        .get(format!("{base}/api/credentials"))
+        .bearer_auth(token.secret.expose_secret())
+        .query(&[("name", name)])
+        .send()
+        .await
+        .map_err(unreachable)?;
+    let status = resp.status();
+    let body = resp.text().await.map_err(unreachable)?;
+    if !status.is_success() {
+        return Err(refusal("finding the credential", &token.source, status, &body));
+    }
+    let page: Page = serde_json::from_str(&body).map_err(|e| format!("listing credentials: unexpected answer: {e}"))?;
+    let Some(id) = page.items.into_iter().next().map(|i| i.id) else {
+        return Err(format!("no credential named {name:?} (among this token's user's credentials)"));
     };
     let resp = client
         .post(format!("{base}/api/credentials/{id}/reveal"))
