@@ -1,8 +1,9 @@
 //! Names, ids, listing filters and the audit log, against the real `credhost` binary over
 //! HTTP (issue 13, items 3 and 4): canonical (NFC) names and tags with hidden characters
 //! refused, one spelling per id, the 409 for a name a soft-deleted credential holds,
-//! listing filters with a total, audit pages with a cursor and filters, and cross-user
-//! probes answered like a missing id while an admin sees them.
+//! listing filters with a total, audit pages with a cursor and filters (a bounded scan per
+//! page that resumes from the cursor), and cross-user probes answered like a missing id
+//! while an admin sees them.
 
 mod common;
 
@@ -370,6 +371,98 @@ async fn audit_pages_follow_a_cursor_and_filter() {
     let actors: std::collections::BTreeSet<&str> =
         everyone["items"].as_array().unwrap().iter().map(|r| r["actor"].as_str().unwrap()).collect();
     assert!(actors.contains("alice") && actors.contains("system"), "{actors:?}");
+    logs_clean(&w.guard, &w.server);
+}
+
+/// Every record of an audit listing `q`, following `next_cursor` to the end; also how
+/// many pages that took and the first page.
+async fn audit_all(api: &Api, token: &str, q: &str) -> (Vec<Value>, usize, Value) {
+    let (mut items, mut pages, mut first) = (Vec::new(), 0, Value::Null);
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = match &cursor {
+            Some(c) => audit(api, token, &format!("{q}&cursor={}", enc(c))).await,
+            None => audit(api, token, q).await,
+        };
+        items.extend(page["items"].as_array().unwrap().iter().cloned());
+        pages += 1;
+        assert!(pages < 1000, "paging does not end: {page}");
+        cursor = page["next_cursor"].as_str().map(String::from);
+        if pages == 1 {
+            first = page;
+        }
+        if cursor.is_none() {
+            return (items, pages, first);
+        }
+    }
+}
+
+/// One audit page examines at most 1000 records (10 per `limit`, floor 1000): a filter
+/// that matches nothing among the newest records (here 1200 of bob's own probes, hidden
+/// from him) answers at once with an empty page and a `next_cursor`, and paging on finds
+/// the record that lies beyond the cap. The same holds for `all=true` and time filters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_pages_stop_at_the_scan_cap_and_resume_from_the_cursor() {
+    const PROBES: usize = 1200;
+    let w = world().await;
+    let (api, alice, bob, root) = (&w.api, w.alice.as_str(), w.bob.as_str(), w.root.as_str());
+    let old = id_of(&create(api, bob, bearer("old", &[])).await);
+    let hers = id_of(&create(api, alice, bearer("hers", &[])).await);
+    // Bob's probes of alice's id: records in bob's namespace, newer than his `old`.
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..12 {
+        let (api, bob, path) = (api.clone(), bob.to_string(), format!("/api/credentials/{hers}"));
+        set.spawn(async move {
+            for _ in 0..PROBES / 12 {
+                api.get(&path, Some(&bob)).await.expect(404);
+            }
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r.unwrap();
+    }
+    // Probe records are written in the background: wait until the admin sees them all.
+    let mut seen = 0;
+    for _ in 0..200 {
+        seen = audit_all(api, root, "user=bob&action=security.probe&limit=1000").await.0.len();
+        if seen >= PROBES {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen, PROBES);
+
+    // Bob's own log: the newest 1000 records are hidden probes, so the first page is empty
+    // yet has a cursor, and paging on reaches `old`'s creation and the rest of his log.
+    let first = audit(api, bob, "action=credential.create&limit=1").await;
+    assert_eq!(first["items"].as_array().unwrap().len(), 0, "{first}");
+    assert!(first["next_cursor"].is_string(), "a page cut at the scan cap says to keep paging: {first}");
+    let (found, pages, _) = audit_all(api, bob, "action=credential.create&limit=1").await;
+    assert_eq!(pages, 2, "1200 hidden records, 1000 per page");
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0]["credential"].as_str(), Some(old.as_str()), "{found:?}");
+    // A large page examines more (10 per `limit`): one page is enough there.
+    let big = audit(api, bob, "action=credential.create&limit=1000").await;
+    assert_eq!(big["items"].as_array().unwrap().len(), 1, "{big}");
+    assert!(big.get("next_cursor").is_none(), "{big}");
+    // Paging without a filter still gives every visible record once, newest first.
+    let (mine, _, _) = audit_all(api, bob, "limit=5").await;
+    let seqs: Vec<u64> = mine.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|p| p[0] > p[1]), "{seqs:?}");
+    assert!(mine.iter().all(|r| !r["action"].as_str().unwrap().starts_with("security.")));
+    assert!(mine.iter().any(|r| r["credential"].as_str() == Some(old.as_str())));
+
+    // Admins over the whole log, and time filters: the same cap, the same cursor.
+    let (none, pages, first) = audit_all(api, root, "all=true&action=nothing.here&limit=10").await;
+    assert!(none.is_empty() && pages >= 2, "{pages} pages");
+    assert!(first["items"].as_array().unwrap().is_empty() && first["next_cursor"].is_string(), "{first}");
+    let (future, pages, first) = audit_all(api, root, "user=bob&since=2999-01-01T00:00:00Z&limit=10").await;
+    assert!(future.is_empty() && pages >= 2, "{pages} pages");
+    assert!(first["next_cursor"].is_string(), "{first}");
+    let (past, _, _) = audit_all(api, root, "all=true&until=2000-01-01T00:00:00Z&limit=10").await;
+    assert!(past.is_empty());
+    let (created, _, _) = audit_all(api, root, &format!("all=true&credential={old}&limit=1")).await;
+    assert_eq!(created.iter().map(|r| r["action"].as_str().unwrap()).collect::<Vec<_>>(), ["credential.create"]);
     logs_clean(&w.guard, &w.server);
 }
 

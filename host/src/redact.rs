@@ -3,7 +3,8 @@
 //!
 //! A [`Scrubber`] is built once per set of secrets and then applied to every text of a
 //! call (response headers, body, errors, facts). It finds a secret
-//! - in *needles* precomputed per secret: raw; `+` for space; std and URL-safe base64,
+//! - in *needles* precomputed per secret, for the value, its trimmed form and each line
+//!   (≥ [`MIN_LINE_LEN`] characters) of a multi-line value: raw; `+` for space; std and URL-safe base64,
 //!   padded and unpadded; percent-encoded (upper/lower hex, form-encoded); JSON-escaped
 //!   (as serde_json writes it, all-ASCII `\uXXXX`, with `\/`); hex lower/upper;
 //! - through *views* of the text that undo one layer of percent- or JSON-escaping, so a
@@ -54,12 +55,10 @@ impl Scrubber {
     pub fn new<'a>(secrets: impl IntoIterator<Item = &'a SecretString>) -> Scrubber {
         let mut needles: Vec<Zeroizing<Vec<u8>>> = Vec::new();
         for s in secrets {
-            let v = s.expose_secret();
-            if v.len() < MIN_SCRUB_LEN {
-                continue;
-            }
-            for form in forms(v) {
-                needles.push(Zeroizing::new(form));
+            for v in variants(s.expose_secret()) {
+                for form in forms(v) {
+                    needles.push(Zeroizing::new(form));
+                }
             }
         }
         needles.retain(|n| !n.is_empty());
@@ -234,6 +233,24 @@ impl Scrubber {
             })
         })
     }
+}
+
+/// Lines of a multi-line secret shorter than this (in characters, trimmed) are not
+/// searched on their own: PEM's `-----` or a blank line would redact everything.
+pub const MIN_LINE_LEN: usize = 8;
+
+/// The texts searched for one secret (each in every [`forms`] encoding): the value, its
+/// trimmed form (a secret read from a file ends with `\n`, which a printed line lacks),
+/// and each trimmed line of a multi-line secret (a PEM key printed, logged or split line
+/// by line). Parts of the secret, so never copies.
+fn variants(v: &str) -> Vec<&str> {
+    let trimmed = v.trim();
+    let mut out: Vec<&str> = [v, trimmed].into_iter().filter(|t| t.len() >= MIN_SCRUB_LEN).collect();
+    if trimmed.contains(['\n', '\r']) {
+        out.extend(trimmed.split(['\n', '\r']).map(str::trim).filter(|l| l.chars().count() >= MIN_LINE_LEN));
+    }
+    out.dedup();
+    out
 }
 
 /// Every form of one secret that is searched for literally.
@@ -563,6 +580,39 @@ mod tests {
         assert_eq!(sc.scrub_capped("short", 100, false), ("short".to_string(), false));
     }
 
+    #[test]
+    fn a_secret_is_found_without_its_surrounding_whitespace() {
+        let sc = Scrubber::new([&SecretString::from("core-secret-1\n"), &SecretString::from(" \t core-secret-2\r\n")]);
+        // Printed without its whitespace (the raw value, newline included, is a form too).
+        assert_eq!(sc.scrub("a core-secret-1, b core-secret-2.\n"), "a [REDACTED], b [REDACTED].\n");
+        assert_eq!(sc.scrub("a core-secret-1\nb"), "a [REDACTED]b");
+        assert_eq!(sc.scrub(&STANDARD.encode("core-secret-1")), REDACTED);
+        // Trimmed to less than MIN_SCRUB_LEN: not searched (it would blank the text).
+        assert_eq!(scrub("abc abcd", [&SecretString::from("  abc \n")]), "abc abcd");
+    }
+
+    #[test]
+    fn each_long_line_of_a_multi_line_secret_is_found_alone() {
+        let (l1, l2) = ("MIIEvQIBADANBgkqhkiG9w0B", "QkFBU0NBU0l3Z2dTakFnRUFB");
+        let pem = format!("-----BEGIN PRIVATE KEY-----\r\n{l1}\r\n{l2}\r\n-----END PRIVATE KEY-----\n");
+        let sc = Scrubber::new([&SecretString::from(pem.clone())]);
+        assert_eq!(sc.scrub(&format!("key: {pem}done")), "key: [REDACTED]done");
+        assert_eq!(sc.scrub(&format!("1 {l1}\n2 {l2}\n")), "1 [REDACTED]\n2 [REDACTED]\n");
+        let json = serde_json::to_string(l2).unwrap();
+        assert_eq!(sc.scrub(&format!("{{\"k\":{json}}}")), r#"{"k":"[REDACTED]"}"#);
+        // Short lines are not searched on their own.
+        let sc = Scrubber::new([&SecretString::from("-----\nabcdefgh\n1234567\n")]);
+        assert_eq!(sc.scrub("----- 1234567 abcdefgh"), "----- 1234567 [REDACTED]");
+        // A source cut inside a line of the secret leaves none of it.
+        let sc = Scrubber::new([&SecretString::from(pem)]);
+        for k in 1..l1.len() {
+            let text = format!("{}{}", "-".repeat(50), &l1[..k]);
+            let (out, cut) = sc.scrub_capped(&text, text.len(), true);
+            assert!(cut);
+            assert!(!out.contains('M') && out.ends_with(REDACTED), "{k}: {out}");
+        }
+    }
+
     fn b64_forms(v: &[u8]) -> Vec<String> {
         [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD].iter().map(|e| e.encode(v)).collect()
     }
@@ -603,6 +653,17 @@ mod tests {
         .prop_map(|c| c.into_iter().collect())
     }
 
+    /// Lines of a multi-line secret: some long enough to be searched alone, some short.
+    fn multi_line_secret() -> impl Strategy<Value = (String, Vec<String>)> {
+        let line = prop_oneof![
+            3 => r"[A-Za-z0-9+/=_.-]{8,30}",
+            1 => r"[-=]{0,7}",
+            1 => secret_strategy(),
+        ];
+        (r"[ \t\r\n]{0,3}", proptest::collection::vec(line, 2..6), prop::sample::select(vec!["\n", "\r\n"]), r"[ \t\r\n]{0,3}")
+            .prop_map(|(lead, lines, sep, trail)| (format!("{lead}{}{trail}", lines.join(sep)), lines))
+    }
+
     fn filler() -> impl Strategy<Value = String> {
         r#"[ a-zA-Z0-9:=,{}"\\%/+-]{0,40}"#
     }
@@ -641,5 +702,62 @@ mod tests {
                 }
             }
         }
+
+        /// A multi-line secret with surrounding whitespace, printed line by line (each line
+        /// in some encoding) and as its trimmed whole: no trimmed line of ≥ 8 characters and
+        /// not the trimmed whole survives in any encoding, nor as the tail at any cut.
+        #[test]
+        fn trimmed_value_and_long_lines_survive_no_cut((secret, lines) in multi_line_secret(), pre in filler(), which in 0usize..16) {
+            let trimmed = secret.trim();
+            let mut targets: Vec<&str> = lines.iter().map(|l| l.trim()).filter(|l| l.chars().count() >= 8).collect();
+            if trimmed.len() >= MIN_SCRUB_LEN {
+                targets.push(trimmed);
+            }
+            prop_assume!(!targets.is_empty());
+            for t in &targets {
+                prop_assume!(!REDACTED.contains(t));
+            }
+            let sc = Scrubber::new([&SecretString::from(secret.clone())]);
+            let mut text = pre.clone();
+            for (i, t) in targets.iter().enumerate() {
+                let encs = encodings(t);
+                text.push_str(&format!("\n{i}: {}", encs[(which + i) % encs.len()]));
+            }
+            let whole = sc.scrub(&text);
+            for t in &targets {
+                for e in encodings(t) {
+                    prop_assert!(!whole.contains(e.as_str()), "form {e:?} of {t:?} survived in {whole:?}");
+                }
+            }
+            let forms: Vec<String> = targets.iter().flat_map(|t| plain_forms(t)).collect();
+            for limit in 0..=text.len() {
+                let (out, _) = sc.scrub_capped(&text, limit, true);
+                if !out.ends_with(REDACTED) {
+                    for f in &forms {
+                        for k in 1..f.len() {
+                            if f.is_char_boundary(k) {
+                                prop_assert!(!out.ends_with(&f[..k]), "limit {limit}: ends with {:?} of {f:?}: {out:?}", &f[..k]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
+}
+
+/// Parser messages (serde, toml) say what is wrong and where, but "invalid type" errors
+/// quote the offending value, which may be a secret: double-quoted text becomes `"…"`.
+pub fn unquote(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut in_quote = false;
+    for c in text.chars() {
+        if c == '"' {
+            out.push_str(if in_quote { "…\"" } else { "\"" });
+            in_quote = !in_quote;
+        } else if !in_quote {
+            out.push(c);
+        }
+    }
+    out
 }

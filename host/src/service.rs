@@ -149,9 +149,14 @@ pub fn with_deadline<T>(deadline: Option<std::time::Instant>, f: impl FnOnce() -
     f()
 }
 
+/// When the current caller stops waiting, if it said (see [`with_deadline`]).
+fn deadline() -> Option<std::time::Instant> {
+    DEADLINE.with(|d| d.get())
+}
+
 /// Called right before a write that follows a plugin call.
 fn before_commit() -> Result<()> {
-    match DEADLINE.with(|d| d.get()) {
+    match deadline() {
         Some(deadline) if std::time::Instant::now() >= deadline => Err(ServiceError::Timeout),
         _ => Ok(()),
     }
@@ -747,7 +752,9 @@ impl Service {
 
     /// One page of audit records, newest first: the caller's own, or (admins) another
     /// user's or everyone's. Security events about a caller (its probes of other users'
-    /// ids) are shown to admins only. Bad filters are 422s naming the parameter.
+    /// ids) are shown to admins only. Bad filters are 422s naming the parameter. A page
+    /// examines a bounded number of records (see [`Store::list_audit_page`]), so a
+    /// short or empty page with a `next_cursor` means: keep paging.
     pub fn audit_log(&self, p: &Principal, req: AuditRequest) -> Result<AuditPage> {
         require_unbound(p, Scope::Read)?;
         let namespace = match (req.user.as_deref(), req.all) {
@@ -810,6 +817,9 @@ impl Service {
             hide_security: p.role != Role::Admin,
             cursor: req.cursor,
             limit: req.limit,
+            // A scan still running when the request times out stops with the page so far
+            // (which the timed-out caller never sees) instead of reading on for nobody.
+            deadline: deadline(),
             ..AuditQuery::default()
         };
         Ok(self.store.list_audit_page(&query)?)

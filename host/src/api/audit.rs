@@ -49,7 +49,8 @@ struct AuditParams {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AuditPageView {
     pub items: Vec<AuditView>,
-    /// Pass as `cursor` for the next (older) page; absent on the last page.
+    /// Pass as `cursor` for the next (older) page; absent on the last page. Present on a
+    /// short or empty page whose scan was cut short: keep paging.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_cursor: Option<String>,
 }
@@ -85,6 +86,14 @@ impl From<AuditRecord> for AuditView {
     }
 }
 
+/// List audit records, newest first, one page at a time.
+///
+/// One page examines at most ten records per `limit` (at least 1000, at most 10 000)
+/// and stops early when the request's time limit runs out. A page cut short either way
+/// carries a `next_cursor` that resumes right after the last record examined, so a short
+/// or even empty page with a `next_cursor` means: keep paging. Only a page without
+/// `next_cursor` is the last. Filters that match few records (a rare `action`, a narrow
+/// `since`/`until` window) may therefore take several pages to reach their matches.
 #[utoipa::path(get, path = "/api/audit", tag = "audit", operation_id = "list_audit_records", params(AuditParams),
     security(("bearer" = [])),
     responses((status = 200, body = AuditPageView),

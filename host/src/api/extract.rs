@@ -42,7 +42,7 @@ impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJ
         }
         serde_json::from_slice(&body)
             .map(OptionalJson)
-            .map_err(|e| ApiError::BadRequest(unquote(&format!("invalid JSON body: {e}"))))
+            .map_err(|e| ApiError::BadRequest(crate::redact::unquote(&format!("invalid JSON body: {e}"))))
     }
 }
 
@@ -67,23 +67,5 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
 /// serde's message says which member is wrong and where, but "invalid type" errors quote
 /// the offending string, which may be a secret: quoted text is replaced by `"…"`.
 fn body_text(r: JsonRejection) -> String {
-    unquote(&r.body_text())
-}
-
-fn unquote(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut in_quote = false;
-    for c in text.chars() {
-        if c == '"' {
-            if in_quote {
-                out.push_str("…\"");
-            } else {
-                out.push('"');
-            }
-            in_quote = !in_quote;
-        } else if !in_quote {
-            out.push(c);
-        }
-    }
-    out
+    crate::redact::unquote(&r.body_text())
 }

@@ -145,12 +145,16 @@ pub fn router(state: AppState, server: &ServerConfig) -> Router {
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(error::panic_response))
         .layer(DefaultBodyLimit::max(server.max_body_kib * 1024))
         .layer(middleware::from_fn_with_state(
-            Finish { ready: state.ready.clone(), timeout: Duration::from_secs(server.request_timeout_secs.max(1)) },
+            Finish { timeout: Duration::from_secs(server.request_timeout_secs.max(1)) },
             finish,
         ))
         // Global: `Router::layer` wraps each route on its own, and a plain
         // `ConcurrencyLimitLayer` would give every route its own limit.
         .layer(GlobalConcurrencyLimitLayer::new(server.max_concurrency.max(1)))
+        .layer(middleware::from_fn_with_state(
+            Startup { ready: state.ready.clone(), timeout: Duration::from_secs(server.request_timeout_secs.max(1)) },
+            wait_until_ready,
+        ))
         // Outside the limit and `finish`: preflights never wait, and every answer (timeouts
         // included) carries the CORS headers a browser needs to read it.
         .layer(tower::util::option_layer(cors(server)))
@@ -181,8 +185,26 @@ fn cors(server: &ServerConfig) -> Option<tower_http::cors::CorsLayer> {
 
 #[derive(Clone)]
 struct Finish {
+    timeout: Duration,
+}
+
+#[derive(Clone)]
+struct Startup {
     ready: Readiness,
     timeout: Duration,
+}
+
+/// During start-up API requests wait for the catalog (health and metrics do not), up to
+/// the request time limit. This runs outside the concurrency limit: waiting requests hold
+/// no slot, so a crowd of them cannot starve `/healthz` while plugins compile.
+async fn wait_until_ready(State(s): State<Startup>, req: Request, next: Next) -> Response {
+    if req.uri().path().starts_with("/api/") && !s.ready.is_ready()
+        && tokio::time::timeout(s.timeout, s.ready.wait()).await.is_err()
+    {
+        tracing::warn!(target: "credhost::request", path = req.uri().path(), status = 503, "still starting: request timed out");
+        return ApiError::Timeout.into_response();
+    }
+    next.run(req).await
 }
 
 /// Outermost per-request step: the request time limit, the one error shape for every
@@ -197,15 +219,7 @@ async fn finish(State(f): State<Finish>, req: Request, next: Next) -> Response {
     // The route pattern, not the path: ids must not become metric series.
     let route = req.extensions().get::<axum::extract::MatchedPath>().map_or("unmatched", |m| m.as_str()).to_owned();
     let deadline = std::time::Instant::now() + f.timeout;
-    // During start-up API requests wait for the catalog (health and metrics do not).
-    let ready = f.ready.clone();
-    let run = async move {
-        if path_waits(&ready, req.uri().path()) {
-            ready.wait().await;
-        }
-        next.run(req).await
-    };
-    let response = match tokio::time::timeout(f.timeout, REQUEST_DEADLINE.scope(deadline, run)).await {
+    let response = match tokio::time::timeout(f.timeout, REQUEST_DEADLINE.scope(deadline, next.run(req))).await {
         Ok(r) => json_errors(r),
         Err(_) => ApiError::Timeout.into_response(),
     };
@@ -220,10 +234,6 @@ async fn finish(State(f): State<Finish>, req: Request, next: Next) -> Response {
         tracing::info!(target: "credhost::request", id, %method, path, status, ms, "request");
     }
     response
-}
-
-fn path_waits(ready: &Readiness, path: &str) -> bool {
-    path.starts_with("/api/") && !ready.is_ready()
 }
 
 /// Rewrites an error response that is not already in the API's JSON shape (its text is

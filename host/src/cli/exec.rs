@@ -10,7 +10,7 @@ use zeroize::Zeroize;
 pub(super) fn run(name: &str, url: &str, token_file: Option<&std::path::Path>, command: Vec<String>) -> Result<ExitCode, String> {
     let token = super::remote::ApiToken::from_env(token_file)
         .map_err(|e| format!("{e}: `credhost exec` needs an API token with the `read` and `reveal` scopes"))?;
-    let base = url.trim_end_matches('/').to_string();
+    let base = super::remote::server_url(url)?.as_str().trim_end_matches('/').to_string();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     let env = rt.block_on(fetch_env(&base, name, &token))?;
     drop(rt);

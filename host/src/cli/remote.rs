@@ -147,22 +147,28 @@ pub struct Remote {
     client: reqwest::Client,
 }
 
+/// Parses a server URL; warns when a token would cross the network in plain HTTP.
+pub fn server_url(url: &str) -> Result<reqwest::Url, String> {
+    let base = reqwest::Url::parse(url).map_err(|e| format!("server URL {url:?}: {e}"))?;
+    if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
+        return Err(format!("server URL {url:?}: expected http://HOST:PORT or https://HOST:PORT"));
+    }
+    let loopback = match base.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d == "localhost",
+        None => false,
+    };
+    if base.scheme() == "http" && !loopback {
+        eprintln!("warning: {base} is plain HTTP to another host: the API token crosses the network unencrypted");
+    }
+    Ok(base)
+}
+
 impl Remote {
     /// `why` says why the API is used (in the error when there is no token).
     pub fn new(url: &str, connect: &Connect, why: &str) -> Result<Remote, String> {
-        let base = reqwest::Url::parse(url).map_err(|e| format!("server URL {url:?}: {e}"))?;
-        if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
-            return Err(format!("server URL {url:?}: expected http://HOST:PORT or https://HOST:PORT"));
-        }
-        let loopback = match base.host() {
-            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-            Some(url::Host::Domain(d)) => d == "localhost",
-            None => false,
-        };
-        if base.scheme() == "http" && !loopback {
-            eprintln!("warning: {base} is plain HTTP to another host: the API token crosses the network unencrypted");
-        }
+        let base = server_url(url)?;
         let token = ApiToken::from_env(connect.token_file.as_deref()).map_err(|e| {
             format!(
                 "{why}, so this command goes through the server's API at {base} and needs an API token: {e}. \

@@ -160,7 +160,21 @@ pub struct AuditQuery {
     pub cursor: Option<String>,
     /// At most this many (0 means 100; capped at 1000).
     pub limit: usize,
+    /// When the caller stops waiting: a scan still running then ends with the page so far
+    /// and a `next_cursor`, like one that spends its [`scan_budget`].
+    pub deadline: Option<std::time::Instant>,
 }
+
+/// How many records one page may examine: ten per requested record, at least 1000, at
+/// most 10 000. A filter that matches little (or hidden `security.*` records) would
+/// otherwise walk a whole namespace, or with `all`, the whole log, in one request; a page
+/// that spends it ends early with a `next_cursor`, short or even empty.
+pub fn scan_budget(limit: usize) -> usize {
+    limit.saturating_mul(10).clamp(1000, 10_000)
+}
+
+/// How often (in records examined) a scan looks at the clock.
+const DEADLINE_EVERY: usize = 256;
 
 /// Action prefix of security events (e.g. `security.probe`).
 pub const SECURITY_PREFIX: &str = "security.";
@@ -204,6 +218,49 @@ fn decode_cursor(c: &str) -> Result<u64> {
     let raw = URL_SAFE_NO_PAD.decode(c).map_err(|_| bad())?;
     let text = String::from_utf8(raw).map_err(|_| bad())?;
     text.strip_prefix("seq:").and_then(|n| n.parse().ok()).ok_or_else(bad)
+}
+
+/// One listing's walk over candidate records, newest first.
+struct Scan<'q> {
+    query: &'q AuditQuery,
+    limit: usize,
+    budget: usize,
+    items: Vec<AuditRecord>,
+    examined: usize,
+    /// Seq of the last record examined.
+    last: u64,
+    /// Where the next page starts (below this seq), when the walk ended before the log did.
+    resume: Option<u64>,
+}
+
+impl Scan<'_> {
+    /// Called when another record is there to examine: whether the budget or the caller's
+    /// time is spent, in which case the next page resumes after the last one examined.
+    fn out_of_time(&mut self) -> bool {
+        let spent = self.examined >= self.budget
+            || (self.examined > 0
+                && self.examined % DEADLINE_EVERY == 0
+                && self.query.deadline.is_some_and(|d| std::time::Instant::now() >= d));
+        if spent {
+            self.resume = Some(self.last);
+        }
+        spent
+    }
+
+    /// Examines one record; true when the page is full and another match follows it.
+    fn examine(&mut self, rec: AuditRecord) -> bool {
+        self.examined += 1;
+        self.last = rec.seq;
+        if !self.query.keeps(&rec) {
+            return false;
+        }
+        if self.items.len() == self.limit {
+            self.resume = self.items.last().map(|r| r.seq);
+            return true;
+        }
+        self.items.push(rec);
+        false
+    }
 }
 
 /// Appends `entry` inside `txn`; the caller commits.
@@ -402,7 +459,9 @@ impl Store {
     /// One page of the audit records matching `query`, newest first. With a namespace,
     /// only that namespace's records are read (through the `(namespace, seq)` index).
     /// Time filters do not end the scan early: record times follow the wall clock, which
-    /// may step back, while seqs only grow.
+    /// may step back, while seqs only grow. At most [`scan_budget`] records are examined
+    /// (and none past `query.deadline`); a page cut short that way still carries a
+    /// `next_cursor` that resumes right after the last record examined.
     pub fn list_audit_page(&self, query: &AuditQuery) -> Result<AuditPage> {
         let limit = match query.limit {
             0 => 100,
@@ -414,40 +473,33 @@ impl Store {
         }
         let txn = self.db.begin_read()?;
         let table = txn.open_table(AUDIT)?;
-        let mut items = Vec::new();
-        let mut more = false;
-        // Takes a matching record; says whether the page is full (one more match seen).
-        let mut take = |rec: AuditRecord| {
-            if !query.keeps(&rec) {
-                return false;
-            }
-            if items.len() == limit {
-                more = true;
-                return true;
-            }
-            items.push(rec);
-            false
-        };
+        let mut scan = Scan { query, limit, budget: scan_budget(limit), items: Vec::new(), examined: 0, last: 0, resume: None };
         if let Some(ns) = query.namespace {
             let index = txn.open_table(AUDIT_BY_NS)?;
             for row in index.range((ns.key(), 0)..(ns.key(), before))?.rev() {
                 let seq = row?.0.value().1;
+                if scan.out_of_time() {
+                    break;
+                }
                 let v = table
                     .get(seq)?
                     .ok_or_else(|| StoreError::Corrupt(format!("audit index names missing record {seq}")))?;
-                if take(dec(v.value(), "audit record")?) {
+                if scan.examine(dec(v.value(), "audit record")?) {
                     break;
                 }
             }
         } else {
             for row in table.range(..before)?.rev() {
-                if take(dec(row?.1.value(), "audit record")?) {
+                let row = row?;
+                if scan.out_of_time() {
+                    break;
+                }
+                if scan.examine(dec(row.1.value(), "audit record")?) {
                     break;
                 }
             }
         }
-        let next_cursor = if more { items.last().map(|r| encode_cursor(r.seq)) } else { None };
-        Ok(AuditPage { items, next_cursor })
+        Ok(AuditPage { next_cursor: scan.resume.map(encode_cursor), items: scan.items })
     }
 
     /// Walks the whole audit chain, checking every keyed hash with the master key.

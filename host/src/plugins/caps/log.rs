@@ -22,13 +22,10 @@ impl log::Host for CallState {
             }
             return;
         }
-        let mut msg = redact::scrub(&message, self.bound.secrets.values());
-        if msg.len() > MAX_LINE {
-            let mut cut = MAX_LINE;
-            while !msg.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            msg.truncate(cut);
+        // Scrubbed whole, then cut: a secret crossing the cap leaves no prefix.
+        let scrubber = redact::Scrubber::new(self.bound.secrets.values());
+        let (mut msg, cut) = scrubber.scrub_capped(&message, MAX_LINE, false);
+        if cut {
             msg.push('…');
         }
         let plugin = self.manifest.id.as_str();
@@ -51,9 +48,10 @@ pub const MAX_STDERR_LINES_PER_MINUTE: u32 = 200;
 static STDERR_RATE: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, u32, u64)>>> =
     std::sync::LazyLock::new(Default::default);
 
-/// Logs what a call wrote to stderr (a guest panic message, a Python traceback): each
-/// line scrubbed of the call's secrets, cut to [`MAX_LINE`], at most [`MAX_STDERR_LINES`]
-/// per call and [`MAX_STDERR_LINES_PER_MINUTE`] per type.
+/// Logs what a call wrote to stderr (a guest panic message, a Python traceback): the
+/// whole capture scrubbed of the call's secrets (a secret may span lines: a PEM key), then
+/// split into lines, each cut to [`MAX_LINE`], at most [`MAX_STDERR_LINES`] per call and
+/// [`MAX_STDERR_LINES_PER_MINUTE`] per type.
 pub(crate) fn log_stderr<'a>(
     plugin: &str,
     captured: &[u8],
@@ -64,7 +62,18 @@ pub(crate) fn log_stderr<'a>(
         return;
     }
     let scrubber = redact::Scrubber::new(secrets);
-    let text = String::from_utf8_lossy(captured);
+    let mut captured = captured;
+    if dropped > 0 {
+        // The capture cut may have split a character (of a secret, maybe): drop the
+        // incomplete bytes so the partial-tail check below sees the text before them.
+        if let Err(e) = std::str::from_utf8(captured) {
+            if e.error_len().is_none() {
+                captured = &captured[..e.valid_up_to()];
+            }
+        }
+    }
+    // Whole text first: if the capture cut a secret off, its start is redacted too.
+    let (text, _) = scrubber.scrub_capped(&String::from_utf8_lossy(captured), usize::MAX, dropped > 0);
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     let budget = {
         let mut rates = STDERR_RATE.lock().unwrap_or_else(|p| p.into_inner());
@@ -80,10 +89,10 @@ pub(crate) fn log_stderr<'a>(
         entry.2 += (lines.len() - allowed) as u64;
         allowed
     };
-    let last = lines.len().saturating_sub(1);
-    for (i, line) in lines.iter().take(budget).enumerate() {
-        // The capture may have cut the last line inside a secret: its tail is treated as one.
-        let (mut msg, cut) = scrubber.scrub_capped(line, MAX_LINE, i == last && dropped > 0);
+    for line in lines.iter().take(budget) {
+        // Already scrubbed; scrub_capped keeps a marker whole at the cut and drops a tail
+        // that could begin a secret.
+        let (mut msg, cut) = scrubber.scrub_capped(line, MAX_LINE, false);
         if cut {
             msg.push('…');
         }
