@@ -11,27 +11,9 @@ use std::time::{Duration, Instant};
 
 use common::server::{mode_of, random_alnum, Api, Env, LeakGuard, Server};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
-}
 
 fn hex(s: &str) -> String {
     s.bytes().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Installs the hostile fixture as an operator plugin (pinned), with a 5 s validate budget.
-fn install_hostile(dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    let wasm = std::fs::read(common::guest_dir().join("hostile.wasm")).expect("hostile.wasm built by build.rs");
-    let manifest = format!(
-        "sha256 = \"{}\"\nid = \"hostile\"\nversion = \"0.1.0\"\ncapabilities = [\"log\"]\nreveal = []\n\
-         allowed_hosts = [\"http://127.0.0.1\"]\ntest_read_only = false\n\n[limits]\nmemory_mib = 16\nvalidate_ms = 5000\n",
-        sha256_hex(&wasm)
-    );
-    std::fs::write(dir.join("hostile.wasm"), wasm).unwrap();
-    std::fs::write(dir.join("hostile.toml"), manifest).unwrap();
 }
 
 struct World {
@@ -47,7 +29,7 @@ impl World {
     fn start(server_toml: &str) -> World {
         let env0 = Env::new();
         let plugins = env0.dir.path().join("plugins.d");
-        install_hostile(&plugins);
+        common::install_hostile(&plugins);
         let config = env0.dir.path().join("credhost.toml");
         std::fs::write(&config, format!("[server]\n{server_toml}\n")).unwrap();
         let env = env0
@@ -289,7 +271,7 @@ async fn plugins_are_loaded_only_from_a_directory_nobody_else_can_write() {
     use std::os::unix::fs::PermissionsExt;
     let env0 = Env::new();
     let plugins = env0.dir.path().join("plugins.d");
-    install_hostile(&plugins);
+    common::install_hostile(&plugins);
     let env = env0.set("CREDHOST_PLUGINS_DIR", plugins.to_str().unwrap());
     let admin = env.add_user("ops", true);
     let guard = LeakGuard::new();

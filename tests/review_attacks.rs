@@ -4,29 +4,10 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
 use common::server::{random_alnum, Api, Env, LeakGuard, Server};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The hostile fixture as an operator plugin (as in tests/hardening.rs).
-fn install_hostile(dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    let wasm = std::fs::read(common::guest_dir().join("hostile.wasm")).expect("hostile.wasm built by build.rs");
-    let manifest = format!(
-        "sha256 = \"{}\"\nid = \"hostile\"\nversion = \"0.1.0\"\ncapabilities = [\"log\"]\nreveal = []\n\
-         allowed_hosts = [\"http://127.0.0.1\"]\ntest_read_only = false\n\n[limits]\nmemory_mib = 16\nvalidate_ms = 5000\n",
-        sha256_hex(&wasm)
-    );
-    std::fs::write(dir.join("hostile.wasm"), wasm).unwrap();
-    std::fs::write(dir.join("hostile.toml"), manifest).unwrap();
-}
 
 struct World {
     env: Env,
@@ -41,7 +22,7 @@ impl World {
     fn start() -> World {
         let env0 = Env::new();
         let plugins = env0.dir.path().join("plugins.d");
-        install_hostile(&plugins);
+        common::install_hostile(&plugins);
         let config = env0.dir.path().join("credhost.toml");
         std::fs::write(&config, "[server]\n").unwrap();
         let env = env0.set("CREDHOST_PLUGINS_DIR", plugins.to_str().unwrap());
@@ -338,7 +319,7 @@ async fn plugin_stderr_cut_at_the_line_cap_keeps_no_prefix_of_a_secret() {
 async fn unauthenticated_requests_during_startup_do_not_block_health_checks() {
     let env0 = Env::new();
     let plugins = env0.dir.path().join("plugins.d");
-    install_hostile(&plugins);
+    common::install_hostile(&plugins);
     let config = env0.dir.path().join("credhost.toml");
     // A declared credential whose validate takes 2 s keeps the server starting that long.
     std::fs::write(

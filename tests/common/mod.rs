@@ -60,4 +60,19 @@ pub fn hostile_bound(mode: &str, target: &str, secret: &str) -> Bound {
 
 // ---- HTTP API fixtures: the real binary, its environment, a leak-checking client ----
 // (tests/common/server.rs; used by tests/api.rs)
+/// Installs the hostile fixture as a pinned operator plugin in `dir` (created), with a 5 s
+/// validate budget.
+pub fn install_hostile(dir: &std::path::Path) {
+    use sha2::Digest;
+    std::fs::create_dir_all(dir).unwrap();
+    let wasm = std::fs::read(guest_dir().join("hostile.wasm")).expect("hostile.wasm built by build.rs");
+    let sha: String = sha2::Sha256::digest(&wasm).iter().map(|b| format!("{b:02x}")).collect();
+    let manifest = format!(
+        "sha256 = \"{sha}\"\nid = \"hostile\"\nversion = \"0.1.0\"\ncapabilities = [\"log\"]\nreveal = []\n\
+         allowed_hosts = [\"http://127.0.0.1\"]\ntest_read_only = false\n\n[limits]\nmemory_mib = 16\nvalidate_ms = 5000\n"
+    );
+    std::fs::write(dir.join("hostile.wasm"), wasm).unwrap();
+    std::fs::write(dir.join("hostile.toml"), manifest).unwrap();
+}
+
 pub mod server;
