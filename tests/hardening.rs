@@ -36,8 +36,8 @@ impl World {
             .set("CREDHOST_PLUGINS_DIR", plugins.to_str().unwrap())
             .set("CREDHOST_ALLOW_PRIVATE_NETWORKS", "true");
         let cfg = config.to_str().unwrap().to_string();
-        let alice = cli_user(&env, &cfg, "alice", false);
-        let admin = cli_user(&env, &cfg, "ops", true);
+        let alice = env.add_user_in(Some(&cfg), "alice", false);
+        let admin = env.add_user_in(Some(&cfg), "ops", true);
         let server = env.start(&["--config", &cfg]);
         World { env, server, guard: LeakGuard::new(), alice, admin }
     }
@@ -49,16 +49,6 @@ impl World {
     fn config(&self) -> String {
         self.env.dir.path().join("credhost.toml").to_str().unwrap().to_string()
     }
-}
-
-fn cli_user(env: &Env, cfg: &str, name: &str, admin: bool) -> String {
-    let mut args = vec!["--config", cfg, "users", "add", name];
-    if admin {
-        args.push("--admin");
-    }
-    let out = env.cli(&args);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).lines().last().unwrap().trim().to_string()
 }
 
 async fn hostile(api: &Api, token: &str, name: &str, mode: &str, secret: &str) -> common::server::Resp {

@@ -27,9 +27,9 @@ impl World {
         std::fs::write(&config, "[server]\n").unwrap();
         let env = env0.set("CREDHOST_PLUGINS_DIR", plugins.to_str().unwrap());
         let cfg = config.to_str().unwrap().to_string();
-        let alice = user(&env, &cfg, "alice", false);
-        let bob = user(&env, &cfg, "bob", false);
-        let admin = user(&env, &cfg, "ops", true);
+        let alice = env.add_user_in(Some(&cfg), "alice", false);
+        let bob = env.add_user_in(Some(&cfg), "bob", false);
+        let admin = env.add_user_in(Some(&cfg), "ops", true);
         let server = env.start(&["--config", &cfg]);
         World { env, server, guard: LeakGuard::new(), alice, bob, admin }
     }
@@ -41,16 +41,6 @@ impl World {
     fn config(&self) -> std::path::PathBuf {
         self.env.dir.path().join("credhost.toml")
     }
-}
-
-fn user(env: &Env, cfg: &str, name: &str, admin: bool) -> String {
-    let mut args = vec!["--config", cfg, "users", "add", name];
-    if admin {
-        args.push("--admin");
-    }
-    let out = env.cli(&args);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).lines().last().unwrap().trim().to_string()
 }
 
 /// Waits until the server has written its stderr log lines for a finished call.

@@ -105,7 +105,16 @@ impl Env {
 
     /// `credhost users add NAME [--admin]`; returns the token (the last stdout line).
     pub fn add_user(&self, name: &str, admin: bool) -> String {
-        let mut args = vec!["users", "add", name];
+        self.add_user_in(None, name, admin)
+    }
+
+    /// `credhost [--config FILE] users add NAME [--admin]`; returns the token.
+    pub fn add_user_in(&self, config: Option<&str>, name: &str, admin: bool) -> String {
+        let mut args = Vec::new();
+        if let Some(c) = config {
+            args.extend(["--config", c]);
+        }
+        args.extend(["users", "add", name]);
         if admin {
             args.push("--admin");
         }
