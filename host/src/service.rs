@@ -719,6 +719,9 @@ impl Service {
             ok: report.ok(),
             summary: report.summary.clone(),
             verdict: Some(verdict_of(report.status)),
+            trigger: crate::store::TestTrigger::Manual,
+            facts: report.facts.clone(),
+            latency_ms: report.latency_ms,
         };
         before_commit()?;
         self.store.record_test_result(&p.user, p.namespace, c.id, result)?;

@@ -28,6 +28,27 @@ pub struct TestResult {
     /// The type's verdict; absent in records written before it was kept (see [`TestResult::status`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verdict: Option<TestVerdict>,
+    /// What started the test (records written before it was kept read as manual).
+    #[serde(default)]
+    pub trigger: TestTrigger,
+    /// Non-secret facts the test learned (scrubbed by the host before they get here).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub facts: BTreeMap<String, String>,
+    #[serde(default)]
+    pub latency_ms: u64,
+}
+
+/// What started a live test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TestTrigger {
+    /// A caller asked (API, CLI).
+    #[default]
+    Manual,
+    /// The monitoring scheduler.
+    Scheduled,
+    /// Testing a pending version before promoting it.
+    Rotation,
 }
 
 impl TestResult {

@@ -40,6 +40,7 @@
 mod audit;
 mod credentials;
 mod error;
+pub mod outbox;
 pub mod schema;
 mod tokens;
 
@@ -55,10 +56,11 @@ use serde::{Deserialize, Serialize};
 
 pub use audit::{AuditEntry, AuditPage, AuditQuery, AuditRecord, Outcome};
 pub use credentials::{
-    Credential, CredentialUpdate, Deleted, ListQuery, Lookup, NewCredential, Page, SecretField, TestResult,
+    Credential, CredentialUpdate, Deleted, ListQuery, Lookup, NewCredential, Page, SecretField, TestResult, TestTrigger,
     TestStatusFilter, TestVerdict, BINDING_KEY,
 };
 pub use error::{Result, StoreError};
+pub use outbox::Event;
 pub use schema::{CredentialId, NamespaceId, SCHEMA_VERSION};
 pub use tokens::{Grant, Principal, Scope, TokenInfo, TokenRefusal, TokenSpec, TOKEN_PREFIX};
 
@@ -213,6 +215,7 @@ impl Store {
             store.init()?;
         }
         store.migrate_audit()?;
+        store.ensure_tables()?;
         Ok(store)
     }
 
@@ -245,6 +248,14 @@ impl Store {
             &txn,
             AuditEntry::ok("system", "store.init").detail(format!("kek_id={}", self.kek.id())),
         )?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Creates tables newer than the file (see [`schema::ensure_tables`]).
+    fn ensure_tables(&self) -> Result<()> {
+        let txn = self.begin_write()?;
+        schema::ensure_tables(&txn)?;
         txn.commit()?;
         Ok(())
     }

@@ -11,6 +11,10 @@
 //! | `audit`       | `u64` seq (from 1, contiguous)       | [`AuditRecord`](super::AuditRecord)          |
 //! | `audit_by_namespace` | `(u128 namespace, u64 seq)`   | `()`: index of `audit` by namespace          |
 //! | `tokens`      | `&[u8]` SHA-256 of the token text    | [`TokenInfo`](super::TokenInfo)              |
+//! | `outbox`      | `u64` seq                            | [`Event`](super::Event): events to deliver   |
+//!
+//! Tables added after schema version 1 was first written are created when a store is
+//! opened ([`ensure_tables`]), so older files gain them without a version bump.
 //!
 //! The table definitions are public so that tools and tests can inspect a file with redb
 //! directly; the store itself is the only writer.
@@ -37,6 +41,15 @@ pub const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 pub const TOKENS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tokens");
 /// Index of `audit` by namespace, so one user's page is read without scanning the log.
 pub const AUDIT_BY_NS: TableDefinition<(u128, u64), ()> = TableDefinition::new("audit_by_namespace");
+/// Events waiting for delivery, by seq (see `store::outbox`).
+pub const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
+
+/// Creates every table added since schema version 1 (a no-op when they exist). Add new
+/// tables here, so read transactions of an older file never meet a missing one.
+pub(crate) fn ensure_tables(txn: &redb::WriteTransaction) -> Result<()> {
+    txn.open_table(OUTBOX)?;
+    Ok(())
+}
 
 pub const META_SCHEMA_VERSION: &str = "schema_version";
 pub const META_KEK_ID: &str = "kek_id";
