@@ -783,6 +783,9 @@ fn partial_update_keeps_untouched_secrets() {
                 ok: true,
                 summary: "account ACTIVE".into(),
                 verdict: None,
+                trigger: Default::default(),
+                facts: Default::default(),
+                latency_ms: 0,
             },
         )
         .unwrap();
