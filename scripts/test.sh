@@ -36,6 +36,8 @@ export PATH="$pyscripts:$PATH"
   echo "scripts/test.sh: could not install componentize-py; tests/python_plugin.rs will fail" >&2
 # The API contract test (tests/api_contract.rs) generates a client with openapi-python-client.
 [ -x "$pyscripts/openapi-python-client" ] || python3 -m pip install --quiet openapi-python-client==0.29.1
+# The webhook test's receiver (tests/webhooks/receiver.py) verifies signatures with it.
+python3 -c 'import standardwebhooks' 2>/dev/null || python3 -m pip install --quiet standardwebhooks==1.1.0
 
 # Every test server appends the statuses it answered here; checked against the OpenAPI
 # document after the suite (tests/api_contract.rs).

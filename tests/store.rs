@@ -310,7 +310,7 @@ fn unknown_schema_version_refused() {
 #[test]
 fn rotate_then_reopen_with_new_key_only() {
     let fx = Fixture::new();
-    let mut store = fx.open();
+    let store = fx.open();
     let mut creds = Vec::new();
     for user in ["alice", "bob", "carol"] {
         let u = store.add_user("admin", user, Role::User).unwrap();

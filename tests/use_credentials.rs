@@ -448,6 +448,11 @@ const ROUTE_SCOPES: &[(&str, &str, &str)] = &[
     ("post", "/api/credentials/{id}/restore", "write"),
     ("post", "/api/credentials/{id}/validate", "test"),
     ("post", "/api/credentials/{id}/test", "test"),
+    ("get", "/api/credentials/{id}/tests", "read"),
+    ("get", "/api/credentials/{id}/versions", "read"),
+    // Rotate needs `test` too (tests/rotation.rs checks a token without it).
+    ("post", "/api/credentials/{id}/rotate", "write"),
+    ("post", "/api/credentials/{id}/versions/{version}/promote", "write"),
     ("post", "/api/credentials/{id}/grants", "write"),
     ("get", "/api/credentials/{id}/grants", "read"),
     ("delete", "/api/credentials/{id}/grants/{grant_id}", "write"),
@@ -463,6 +468,13 @@ const ROUTE_SCOPES: &[(&str, &str, &str)] = &[
     ("delete", "/api/tokens/{id}", "write"),
     ("get", "/api/admin/plugins", "admin"),
     ("post", "/api/admin/plugins/reload", "admin"),
+    ("post", "/api/admin/keys/rotate", "admin"),
+    ("post", "/api/webhooks", "write"),
+    ("get", "/api/webhooks", "read"),
+    ("get", "/api/webhooks/{id}", "read"),
+    ("delete", "/api/webhooks/{id}", "write"),
+    ("get", "/api/webhooks/{id}/deliveries", "read"),
+    ("post", "/api/webhooks/{id}/ping", "write"),
 ];
 
 const ALL_SCOPES: [&str; 6] = ["read", "write", "test", "use", "reveal", "admin"];

@@ -10,13 +10,13 @@ use crate::config::Config;
 use crate::crypto::MasterKey;
 use crate::plugins::cache::CompileCache;
 use crate::plugins::{HostServices, Registry, Runtime, Sources};
-use crate::service::Service;
-use crate::store::Store;
+use crate::service::{KeySource, Service};
+use crate::store::{Store, StoreError};
 
 /// Loads the master key as configured. In dev mode a key file is generated in the
 /// data dir on first use, with a loud warning.
 pub fn master_key(config: &Config) -> Result<MasterKey, String> {
-    if config.keys.dev && config.keys.master_key_file.is_none() && std::env::var_os(crate::crypto::MASTER_KEY_ENV).is_none() {
+    if dev_key(config) {
         data_dir(config)?;
         let path = config.storage.data_dir.join("master.key");
         let (key, generated) = MasterKey::load_or_generate_dev(&path).map_err(|e| e.to_string())?;
@@ -29,6 +29,21 @@ pub fn master_key(config: &Config) -> Result<MasterKey, String> {
         return Ok(key);
     }
     MasterKey::load(config.keys.master_key_file.as_deref()).map_err(|e| e.to_string())
+}
+
+fn dev_key(config: &Config) -> bool {
+    config.keys.dev && config.keys.master_key_file.is_none() && std::env::var_os(crate::crypto::MASTER_KEY_ENV).is_none()
+}
+
+/// Where [`master_key`] takes the key from: what an online rotation can update.
+pub fn key_source(config: &Config) -> KeySource {
+    if std::env::var_os(crate::crypto::MASTER_KEY_ENV).is_some() {
+        KeySource::Env
+    } else if dev_key(config) {
+        KeySource::File(config.storage.data_dir.join("master.key"))
+    } else {
+        config.keys.master_key_file.clone().map_or(KeySource::Unknown, KeySource::File)
+    }
 }
 
 /// Label of the master key's subkey that authenticates compile-cache entries.
@@ -51,10 +66,26 @@ pub fn open_store(config: &Config) -> Result<Store, String> {
 }
 
 fn open_store_with(config: &Config, key: MasterKey) -> Result<Store, String> {
+    config.storage.check()?;
+    crate::store::versions::set_max_versions(config.storage.max_versions);
     data_dir(config)?;
     let path = config.db_path();
     let existed = path.exists();
-    let store = Store::open(&path, key).map_err(|e| format!("opening {}: {e}", path.display()))?;
+    let store = match Store::open(&path, key) {
+        // A master-key rotation committed but a crash kept its key file from being renamed.
+        Err(StoreError::WrongKey { expected, given }) => {
+            let pending = match key_source(config) {
+                KeySource::File(file) => crate::service::recover_pending(&file, &expected),
+                _ => None,
+            };
+            match pending {
+                Some(key) => Store::open(&path, key),
+                None => Err(StoreError::WrongKey { expected, given }),
+            }
+        }
+        other => other,
+    }
+    .map_err(|e| format!("opening {}: {e}", path.display()))?;
     // redb creates the file with the umask; the database is the server's alone.
     if !existed {
         crate::fsperm::restrict_file(&path).map_err(|e| format!("restricting {}: {e}", path.display()))?;
@@ -93,7 +124,7 @@ pub fn service(config: &Config) -> Result<Arc<Service>, String> {
     let cache_key = key.subkey(CACHE_KEY_LABEL);
     let store = open_store_with(config, key)?;
     let registry = registry(config, Some(cache_key))?;
-    Ok(Arc::new(Service::new(Arc::new(store), Arc::new(registry))))
+    Ok(Arc::new(Service::new(Arc::new(store), Arc::new(registry)).with_key_source(key_source(config))))
 }
 
 /// The server's service: the store is open, the registry still empty (the caller runs
@@ -103,9 +134,14 @@ pub fn starting_service(config: &Config, config_path: Option<PathBuf>) -> Result
     let key = master_key(config)?;
     let cache_key = key.subkey(CACHE_KEY_LABEL);
     let store = open_store_with(config, key)?;
+    // Pending rotations survive restarts: the gauge starts from the store.
+    match store.count_pending() {
+        Ok(n) => crate::metrics::rotations_pending(n),
+        Err(e) => tracing::warn!(error = %e, "could not count pending rotations"),
+    }
     let (runtime, sources) = registry_parts(config, Some(cache_key))?;
     let registry = Registry::empty(runtime, sources).with_reconfigure(Box::new(move || {
         Config::load(config_path.as_deref()).map(|c| c.plugins.overrides)
     }));
-    Ok(Arc::new(Service::new(Arc::new(store), Arc::new(registry))))
+    Ok(Arc::new(Service::new(Arc::new(store), Arc::new(registry)).with_key_source(key_source(config))))
 }

@@ -22,6 +22,143 @@ pub struct Config {
     pub users: Vec<UserEntry>,
     /// `[[credentials]]`: credentials that must exist with exactly these values.
     pub credentials: Vec<CredentialEntry>,
+    /// `[monitor]`: scheduled read-only tests, health and expiry (docs/monitoring.md).
+    pub monitor: MonitorConfig,
+    /// `[[webhooks]]`: deployment-wide webhook subscriptions: every user's events
+    /// (docs/webhooks.md).
+    pub webhooks: Vec<WebhookEntry>,
+    /// `[webhook_delivery]`: retry schedule and limits of webhook deliveries.
+    pub webhook_delivery: WebhookDeliveryConfig,
+}
+
+/// One `[[webhooks]]` entry. The signing secret (`whsec_<base64>`) comes from `env:VAR` or
+/// `file:/path`, never a literal.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookEntry {
+    /// Unique among the entries; names the subscription in logs and metrics.
+    pub name: String,
+    pub url: String,
+    pub secret: FieldSource,
+    /// Event type patterns (`credential.*`); absent: every event.
+    #[serde(default)]
+    pub events: Option<Vec<String>>,
+}
+
+/// `[webhook_delivery]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookDeliveryConfig {
+    /// The retry schedule's unit: retries wait 1, 60, 360, 1440, 3600, 7200 and 7200 times
+    /// this (5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h by default), milliseconds.
+    pub retry_base_ms: u64,
+    /// How often the outbox and the retry queue are looked at, milliseconds.
+    pub poll_interval_ms: u64,
+    /// Time limit of one delivery attempt, seconds.
+    pub timeout_secs: u64,
+}
+
+impl Default for WebhookDeliveryConfig {
+    fn default() -> Self {
+        WebhookDeliveryConfig { retry_base_ms: 5000, poll_interval_ms: 1000, timeout_secs: 10 }
+    }
+}
+
+impl WebhookDeliveryConfig {
+    /// Refuses values that make no sense; errors name the key and the value.
+    pub fn check(&self) -> Result<(), String> {
+        for (key, v, min, max) in [
+            ("retry_base_ms", self.retry_base_ms, 1, 3_600_000),
+            ("poll_interval_ms", self.poll_interval_ms, 10, 60_000),
+            ("timeout_secs", self.timeout_secs, 1, 60),
+        ] {
+            if v < min || v > max {
+                return Err(format!("[webhook_delivery] {key}: {v} must be between {min} and {max}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `[monitor]`. Intervals are seconds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MonitorConfig {
+    /// Run scheduled tests at all.
+    pub enabled: bool,
+    /// Time between two scheduled tests of a credential.
+    pub interval_secs: u64,
+    /// Each due time moves by up to this percentage of the interval, either way (0-50).
+    pub jitter_pct: u64,
+    /// Scheduled tests running at once, over all credentials.
+    pub max_concurrent: usize,
+    /// Scheduled tests per minute towards one destination host; more wait their turn.
+    pub rate_per_minute: u32,
+    /// After `indeterminate`, the interval doubles per consecutive one, up to this.
+    pub backoff_max_secs: u64,
+    /// Test outcomes kept per credential.
+    pub history: usize,
+    /// A credential is `expiring` this long before the `expires_at` its test reported.
+    pub expiry_warning_secs: u64,
+    /// `[monitor.types.<type>]`: per-type interval (`interval_secs = 0`: never scheduled).
+    pub types: std::collections::BTreeMap<String, MonitorTypeConfig>,
+}
+
+/// `[monitor.types.<type>]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MonitorTypeConfig {
+    /// Overrides `[monitor] interval_secs` for the type; 0 turns its scheduled tests off.
+    pub interval_secs: Option<u64>,
+}
+
+/// The longest interval or window accepted: a year.
+const MAX_MONITOR_SECS: u64 = 366 * 24 * 3600;
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        MonitorConfig {
+            enabled: true,
+            interval_secs: 3600,
+            jitter_pct: 10,
+            max_concurrent: 4,
+            rate_per_minute: 30,
+            backoff_max_secs: 24 * 3600,
+            history: 20,
+            expiry_warning_secs: 14 * 24 * 3600,
+            types: Default::default(),
+        }
+    }
+}
+
+impl MonitorConfig {
+    /// Refuses values that make no sense; errors name the key and the value.
+    pub fn check(&self) -> Result<(), String> {
+        let range = |key: &str, v: u64, min: u64, max: u64, hint: &str| {
+            if v < min || v > max {
+                Err(format!("[monitor] {key}: {v} must be between {min} and {max}{hint}"))
+            } else {
+                Ok(())
+            }
+        };
+        range("interval_secs", self.interval_secs, 1, MAX_MONITOR_SECS, " (set enabled = false to stop scheduled tests)")?;
+        range("jitter_pct", self.jitter_pct, 0, 50, "")?;
+        range("max_concurrent", self.max_concurrent as u64, 1, 64, "")?;
+        range("rate_per_minute", u64::from(self.rate_per_minute), 1, 10_000, "")?;
+        range("backoff_max_secs", self.backoff_max_secs, 1, MAX_MONITOR_SECS, "")?;
+        range("history", self.history as u64, 1, 1000, "")?;
+        range("expiry_warning_secs", self.expiry_warning_secs, 0, MAX_MONITOR_SECS, "")?;
+        for (kind, t) in &self.types {
+            if let Some(v) = t.interval_secs {
+                if v > MAX_MONITOR_SECS {
+                    return Err(format!(
+                        "[monitor.types.{kind}] interval_secs: {v} must be between 0 (off) and {MAX_MONITOR_SECS}"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `[provision]`.
@@ -212,11 +349,25 @@ fn check_origin(origin: &str) -> Result<(), &'static str> {
 pub struct StorageConfig {
     /// Data directory (`CREDHOST_DATA_DIR`); holds `credhost.redb` and, in dev mode, the key file.
     pub data_dir: PathBuf,
+    /// Secret versions kept per credential (`CREDHOST_MAX_VERSIONS`); older ones that are
+    /// neither current nor pending are destroyed when a new one is written.
+    pub max_versions: u32,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        StorageConfig { data_dir: PathBuf::from("./data") }
+        StorageConfig { data_dir: PathBuf::from("./data"), max_versions: crate::store::versions::DEFAULT_MAX_VERSIONS }
+    }
+}
+
+impl StorageConfig {
+    /// Refuses values that make no sense; errors name the key and the value.
+    pub fn check(&self) -> Result<(), String> {
+        let max = crate::store::versions::MAX_MAX_VERSIONS;
+        if self.max_versions < 1 || self.max_versions > max {
+            return Err(format!("[storage] max_versions: {} must be between 1 and {max}", self.max_versions));
+        }
+        Ok(())
     }
 }
 
@@ -285,6 +436,10 @@ impl Config {
     pub(crate) fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), String> {
         if let Some(v) = get("CREDHOST_LISTEN") {
             self.server.listen = parse_address(&v).map_err(|why| format!("CREDHOST_LISTEN: {v:?} {why}"))?;
+        }
+        if let Some(v) = get("CREDHOST_MAX_VERSIONS") {
+            self.storage.max_versions =
+                v.parse().map_err(|_| format!("CREDHOST_MAX_VERSIONS: {v:?} is not a whole number"))?;
         }
         if let Some(v) = get("CREDHOST_DATA_DIR") {
             self.storage.data_dir = PathBuf::from(v);

@@ -211,7 +211,16 @@ fn origin(u: &url::Url) -> (String, Option<String>, Option<u16>) {
 }
 
 /// Sends, following redirects within the allow-list, and reads the body up to the limit.
-pub async fn send(mut req: Request, policy: Policy) -> Result<Raw, Fail> {
+pub async fn send(req: Request, policy: Policy) -> Result<Raw, Fail> {
+    exchange(req, policy, MAX_REDIRECTS).await
+}
+
+/// Sends like [`send`] but follows no redirect: a 3xx is the answer (webhook deliveries).
+pub async fn send_without_redirects(req: Request, policy: Policy) -> Result<Raw, Fail> {
+    exchange(req, policy, 0).await
+}
+
+async fn exchange(mut req: Request, policy: Policy, max_redirects: usize) -> Result<Raw, Fail> {
     let Policy { allowed, fields, allow_private, timeout, read_limit } = policy;
     let client = client(allow_private)?;
     let deadline = tokio::time::Instant::now() + timeout;
@@ -239,12 +248,12 @@ pub async fn send(mut req: Request, policy: Policy) -> Result<Raw, Fail> {
             let mut resp = rb.send().await.map_err(|e| map_reqwest(e, &shown))?;
             let status = resp.status();
             let location = resp.headers().get(reqwest::header::LOCATION).and_then(|l| l.to_str().ok()).map(str::to_string);
-            if status.is_redirection() && status != reqwest::StatusCode::NOT_MODIFIED {
+            if max_redirects > 0 && status.is_redirection() && status != reqwest::StatusCode::NOT_MODIFIED {
                 if let Some(loc) = location {
-                    if hops >= MAX_REDIRECTS {
+                    if hops >= max_redirects {
                         return Err(Fail::Refused(
                             format!("{shown} too many redirects"),
-                            format!("more than {MAX_REDIRECTS} redirects"),
+                            format!("more than {max_redirects} redirects"),
                         ));
                     }
                     let next = target.join(&loc).map_err(|_| {

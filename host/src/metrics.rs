@@ -32,6 +32,14 @@ struct Metrics {
     audit_records: Counter,
     types: Gauge,
     ready: Gauge,
+    webhook_deliveries: Family<Labels<1>, Counter>,
+    webhook_outbox: Gauge,
+    webhook_pending: Gauge,
+    rotations: Family<Labels<1>, Counter>,
+    rotations_pending: Gauge,
+    credentials: Family<Labels<2>, Gauge>,
+    scheduled: Family<Labels<1>, Counter>,
+    deferred: Family<Labels<1>, Counter>,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -63,8 +71,38 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     registry.register("credhost_credential_types", "Loaded credential types", types.clone());
     let ready = Gauge::default();
     registry.register("credhost_ready", "1 once the plugins are loaded and the API serves, 0 while starting", ready.clone());
-    Metrics { registry, http, plugin_calls, tests, pool_in_use, pool_busy, audit_records, types, ready }
+    let rotations = Family::<Labels<1>, Counter>::default();
+    registry.register("credhost_rotations", "Finished secret rotations by result (promoted, forced, failed)", rotations.clone());
+    let rotations_pending = Gauge::default();
+    registry.register("credhost_rotations_pending", "Credentials with a pending (untested or failed) version", rotations_pending.clone());
+    let webhook_deliveries = Family::<Labels<1>, Counter>::default();
+    registry.register(
+        "credhost_webhook_deliveries",
+        "Webhook delivery attempts by result (delivered, retry, failed)",
+        webhook_deliveries.clone(),
+    );
+    let webhook_outbox = Gauge::default();
+    registry.register("credhost_webhook_outbox_depth", "Events in the outbox not yet fanned out to subscriptions", webhook_outbox.clone());
+    let webhook_pending = Gauge::default();
+    registry.register("credhost_webhook_deliveries_pending", "Webhook deliveries waiting for an attempt (first or retry)", webhook_pending.clone());
+    let credentials = Family::<Labels<2>, Gauge>::default();
+    registry.register("credhost_credentials", "Live credentials by type and health, as of the monitor's last sweep", credentials.clone());
+    let scheduled = Family::<Labels<1>, Counter>::default();
+    registry.register("credhost_scheduled_tests", "Scheduled credential tests by outcome (valid, invalid, indeterminate, error)", scheduled.clone());
+    let deferred = Family::<Labels<1>, Counter>::default();
+    registry.register("credhost_scheduled_test_deferrals", "Scheduled tests put off, by reason (rate_budget: the destination's tests-per-minute)", deferred.clone());
+    Metrics { credentials, scheduled, deferred, registry, http, plugin_calls, tests, pool_in_use, pool_busy, audit_records, types, ready, rotations, rotations_pending, webhook_deliveries, webhook_outbox, webhook_pending }
 });
+
+/// A rotation ended (`promoted`, `forced` or `failed`).
+pub fn rotation_result(result: &'static str) {
+    METRICS.rotations.get_or_create(&[("result", result.to_string())]).inc();
+}
+
+/// How many credentials have a pending version now.
+pub fn rotations_pending(n: usize) {
+    METRICS.rotations_pending.set(n as i64);
+}
 
 /// One answered HTTP request. `route` is the matched route pattern (never the raw path:
 /// ids would make every credential its own series).
@@ -109,6 +147,35 @@ pub fn pool_busy() {
 /// The outcome of one credential test (`status`: the report's status, or `error`).
 pub fn test_outcome(type_id: &str, status: &str) {
     METRICS.tests.get_or_create(&[("type", type_id.to_string()), ("status", status.to_string())]).inc();
+}
+
+/// One webhook delivery attempt's result: `delivered`, `retry` or `failed`.
+pub fn webhook_delivery(result: &'static str) {
+    METRICS.webhook_deliveries.get_or_create(&[("result", result.to_string())]).inc();
+}
+
+/// The outbox depth and the deliveries waiting, as the delivery worker last saw them.
+pub fn webhook_backlog(outbox: u64, pending: u64) {
+    METRICS.webhook_outbox.set(outbox as i64);
+    METRICS.webhook_pending.set(pending as i64);
+}
+
+/// Replaces the credentials-by-type-and-health gauge: (type, health, count).
+pub fn credentials_by_health(counts: &[(String, &'static str, i64)]) {
+    METRICS.credentials.clear();
+    for (kind, health, n) in counts {
+        METRICS.credentials.get_or_create(&[("type", kind.clone()), ("health", health.to_string())]).set(*n);
+    }
+}
+
+/// One scheduled test's outcome: its status, or `error`.
+pub fn scheduled_test(outcome: &str) {
+    METRICS.scheduled.get_or_create(&[("outcome", outcome.to_string())]).inc();
+}
+
+/// A scheduled test put off (`rate_budget`).
+pub fn scheduled_test_deferred(reason: &'static str) {
+    METRICS.deferred.get_or_create(&[("reason", reason.to_string())]).inc();
 }
 
 /// `n` audit records appended.

@@ -300,6 +300,7 @@ fn apply(
             tags: c.tags.clone(),
             environment: c.environment.clone(),
             fields: inputs(&fields),
+            monitor: None,
         };
         let view = service.create(p, req).map_err(fail)?;
         tracing::info!(user = %c.user, credential = %c.name, id = %view.id, "provision: created credential `{name}` ({})", c.kind);
@@ -442,10 +443,10 @@ fn parse_all(text: &str) -> (Config, Lines, Vec<Problem>) {
             Err(e) => {
                 let at = e.span().map_or(v.span().start, |s| s.start);
                 let why = e.message().trim();
-                // Name the key and quote the bad value, except in `[[credentials]]`: a
-                // literal there may be a secret given by mistake.
+                // Name the key and quote the bad value, except in `[[credentials]]` and
+                // `[[webhooks]]`: a literal there may be a secret given by mistake.
                 let message = match e.span().and_then(|s| key_at(v, &s)) {
-                    Some((key, value)) if section != "[credentials]" => {
+                    Some((key, value)) if section != "[credentials]" && section != "[webhooks]" => {
                         let shown: String = text.get(value).unwrap_or("").chars().take(80).collect();
                         let sep = if why.starts_with("is ") { " " } else { ": " };
                         format!("[{section}] {key}: {shown}{sep}{why}")
@@ -491,6 +492,10 @@ fn parse_all(text: &str) -> (Config, Lines, Vec<Problem>) {
             "keys" => config.keys = de(text, "keys", value, p).unwrap_or(config.keys),
             "plugins" => config.plugins = de(text, "plugins", value, p).unwrap_or(config.plugins),
             "provision" => config.provision = de(text, "provision", value, p).unwrap_or(config.provision),
+            "webhooks" => config.webhooks = de(text, "[webhooks]", value, p).unwrap_or_default(),
+            "webhook_delivery" => {
+                config.webhook_delivery = de(text, "webhook_delivery", value, p).unwrap_or(config.webhook_delivery)
+            }
             "users" | "credentials" => {
                 let DeValue::Array(items) = value.get_ref() else {
                     p.push(Problem::new(Loc::Offset(key.span().start), format!("`{}` must be an array of tables ([[{}]])", key.get_ref(), key.get_ref())));
@@ -517,7 +522,7 @@ fn parse_all(text: &str) -> (Config, Lines, Vec<Problem>) {
             }
             other => p.push(Problem::new(
                 Loc::Offset(key.span().start),
-                format!("unknown key `{other}`, expected one of `server`, `storage`, `keys`, `plugins`, `provision`, `users`, `credentials`"),
+                format!("unknown key `{other}`, expected one of `server`, `storage`, `keys`, `plugins`, `provision`, `users`, `credentials`, `webhooks`, `webhook_delivery`"),
             )),
         }
     }
@@ -538,6 +543,16 @@ pub fn check_file(path: &Path) -> Vec<(usize, String)> {
     }
     if let Err(e) = config.server.check() {
         problems.push(Problem::new(Loc::File, e));
+    }
+    if let Err(e) = config.monitor.check() {
+        problems.push(Problem::new(Loc::File, e));
+    }
+    // `[[webhooks]]`, `[webhook_delivery]`: the check `serve` runs (secrets read, URLs checked).
+    let hooks = config.clone();
+    match crate::plugins::caps::netio::run(async move { crate::service::webhooks::Deployment::from_config(&hooks).await.map(|_| ()) }) {
+        Ok(Err(e)) => problems.push(Problem::new(Loc::File, e)),
+        Err(e) => problems.push(Problem::new(Loc::File, format!("webhooks: {e}"))),
+        Ok(Ok(())) => {}
     }
     if let Some(dir) = &config.plugins.dir {
         if !dir.is_dir() {

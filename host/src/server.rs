@@ -39,6 +39,9 @@ use crate::store::Role;
 pub async fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> Result<(), String> {
     let started = std::time::Instant::now();
     config.server.check()?;
+    // `[[webhooks]]` and `[webhook_delivery]` checked, secrets read: before anything is written.
+    let webhooks = crate::service::webhooks::Deployment::from_config(&config).await?;
+    config.monitor.check()?;
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
@@ -50,6 +53,12 @@ pub async fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> R
     if config.keys.dev {
         bootstrap_dev_admin(&service)?;
     }
+    // Delivers the outbox from now on; what a crash left undelivered goes first.
+    crate::service::webhooks::start(service.clone(), webhooks, config.webhook_delivery.clone());
+    // Before the declared credentials are applied, so they are scheduled as they are created.
+    service.install_monitor(crate::service::monitor::Policy::from(&config.monitor));
+    let monitor_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let monitor_flag = monitor_stop.clone();
     let state = AppState::starting(service.clone());
     let app = api::router(state.clone(), &config.server);
     tracing::info!(%addr, "credhost listening; loading plugins");
@@ -68,6 +77,7 @@ pub async fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> R
         .map_err(|e| e.to_string())
         .and_then(|r| r)?;
         state.ready.set();
+        crate::service::monitor::start(state.service.clone(), monitor_flag);
         tracing::info!(
             types = state.service.types().len(),
             startup_ms = started.elapsed().as_millis() as u64,
@@ -107,6 +117,7 @@ pub async fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> R
         }
     };
     accept_loop(listener, app, &config.server, stop).await;
+    monitor_stop.store(true, std::sync::atomic::Ordering::Relaxed);
     if let Err(e) = service.store().flush_audit() {
         tracing::error!(error = %e, "could not make the last audit records durable");
     }

@@ -13,14 +13,20 @@ use sha2::Digest as _;
 
 mod admin;
 mod grants;
+mod keys;
+pub mod monitor;
 mod probes;
 mod proxy;
 mod reveal;
+mod rotation;
+pub mod webhooks;
 pub use admin::{TokenView, UserView};
+pub use keys::{pending_key_file, recover_pending, replace_key_file, KeyRotation, KeySource};
 pub use grants::{GrantView, IssuedGrant, NewGrant, MAX_GRANT_TTL_SECS};
 pub use probes::PROBE_ACTION;
 pub use proxy::{ProxyRequest, ProxyResponse, MAX_PROXY_RESPONSE};
 pub use reveal::{Revealed, REVEAL_PURPOSE};
+pub use rotation::{RotateRequest, RotationView, VersionList, VersionView};
 
 use crate::crypto::SecretMap;
 
@@ -109,6 +115,7 @@ impl From<StoreError> for ServiceError {
             }),
             StoreError::UserExists { .. } => ServiceError::Conflict(e.to_string()),
             StoreError::Invalid(m) => ServiceError::BadInput(m),
+            StoreError::Conflict(m) => ServiceError::Conflict(m),
             StoreError::InvalidField { field, message } => ServiceError::InvalidFields(vec![FieldError { field, message }]),
             other => ServiceError::Internal(other.to_string()),
         }
@@ -217,6 +224,10 @@ pub struct CreateCredential {
     #[schema(schema_with = crate::api::openapi::field_values_schema)]
     #[serde(default)]
     pub fields: BTreeMap<String, FieldInput>,
+    /// Scheduled tests of this credential: off, or its own interval (default: the
+    /// type's or the deployment's schedule).
+    #[serde(default)]
+    pub monitor: Option<monitor::MonitorSetting>,
 }
 
 /// A partial update: every member optional; absent means unchanged.
@@ -235,6 +246,9 @@ pub struct UpdateCredential {
     #[schema(schema_with = crate::api::openapi::field_updates_schema)]
     #[serde(default)]
     pub fields: BTreeMap<String, Option<FieldInput>>,
+    /// Replaces the credential's monitoring setting (`{}`: back to the defaults).
+    #[serde(default)]
+    pub monitor: Option<monitor::MonitorSetting>,
 }
 
 /// Drops metadata members equal to the stored values; true when nothing is left to write.
@@ -322,6 +336,19 @@ pub struct CredentialView {
     #[schema(format = DateTime)]
     pub deleted_at: Option<String>,
     pub last_test: Option<LastTest>,
+    /// `valid`, `invalid`, `indeterminate`, `expiring` (valid, but its reported expiry is
+    /// within the warning window) or `untested`: from the last test and the time now.
+    #[schema(pattern = "^(valid|invalid|indeterminate|expiring|untested)$")]
+    pub health: String,
+    /// When the scheduler tests it next; `null`: not scheduled.
+    #[schema(format = DateTime)]
+    pub next_test_at: Option<String>,
+    /// The expiry its last test reported, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
+    pub expires_at: Option<String>,
+    /// The owner's monitoring setting.
+    pub monitor: monitor::MonitorSetting,
 }
 
 impl From<Credential> for CredentialView {
@@ -331,7 +358,13 @@ impl From<Credential> for CredentialView {
         for (k, s) in c.secrets {
             fields.insert(k, FieldView::Secret { set: true, fingerprint: s.fingerprint });
         }
+        let health = crate::store::history::health_of(c.last_test.as_ref(), crate::store::now_ms(), monitor::expiry_warning_ms());
+        let expires_at = c.last_test.as_ref().and_then(crate::store::history::expires_at).map(rfc3339);
         CredentialView {
+            health: health.as_str().into(),
+            next_test_at: c.monitor.next_test_at.map(rfc3339),
+            expires_at,
+            monitor: monitor::MonitorSetting { enabled: c.monitor.enabled, interval_secs: c.monitor.interval_secs },
             id: c.id.to_string(),
             name: c.name,
             kind: c.kind,
@@ -419,6 +452,10 @@ pub struct Service {
     registry: Arc<Registry>,
     plans: proxy::PlanCache,
     probes: probes::Probes,
+    /// `[monitor]`, once the server installs it (see [`monitor`]).
+    monitor: std::sync::OnceLock<Arc<monitor::Policy>>,
+    /// Where the master key came from: what an online rotation updates.
+    key_source: keys::KeySource,
 }
 
 impl Service {
@@ -434,7 +471,7 @@ impl Service {
             }
         });
         let probes = probes::Probes::start(Arc::downgrade(&store));
-        Service { store, registry, plans: proxy::PlanCache::default(), probes }
+        Service { store, registry, plans: proxy::PlanCache::default(), probes, key_source: keys::KeySource::Unknown, monitor: Default::default() }
     }
 
     pub fn store(&self) -> &Store {
@@ -449,8 +486,14 @@ impl Service {
     pub fn authenticate(&self, token: &str) -> Result<Principal> {
         self.store.authenticate_detailed(token)?.map_err(|why| match why {
             TokenRefusal::Unknown => ServiceError::Unauthorized,
-            TokenRefusal::GrantExpired => ServiceError::GrantExpired,
-            TokenRefusal::GrantRevoked => ServiceError::GrantRevoked,
+            TokenRefusal::GrantExpired => {
+                webhooks::token_misuse(&self.store, token, "expired");
+                ServiceError::GrantExpired
+            }
+            TokenRefusal::GrantRevoked => {
+                webhooks::token_misuse(&self.store, token, "revoked");
+                ServiceError::GrantRevoked
+            }
         })
     }
 
@@ -483,8 +526,29 @@ impl Service {
             fields: validated.fields,
             secrets: validated.secrets,
         };
+        if let Some(m) = &req.monitor {
+            m.check()?;
+        }
         before_commit()?;
-        Ok(self.store.create_credential(&p.user, p.namespace, new)?.into())
+        let created = self.store.create_credential(&p.user, p.namespace, new)?;
+        Ok(self.apply_monitor(p, created, req.monitor)?.into())
+    }
+
+    /// After a create or restore, or with the owner's new setting: the credential with
+    /// the schedule the policy gives it (written only when it changes).
+    fn apply_monitor(&self, p: &Principal, mut c: Credential, setting: Option<monitor::MonitorSetting>) -> Result<Credential> {
+        if let Some(m) = setting {
+            c.monitor.enabled = m.enabled;
+            c.monitor.interval_secs = m.interval_secs;
+            let next = self.due_for(&c, false).unwrap_or(c.monitor.next_test_at);
+            return Ok(self.store.set_monitor(&p.user, p.namespace, c.id, m.enabled, m.interval_secs, next)?);
+        }
+        match self.due_for(&c, true) {
+            Some(next) if next != c.monitor.next_test_at => {
+                Ok(self.store.schedule_test(c.id, next, None)?.unwrap_or(c))
+            }
+            _ => Ok(c),
+        }
     }
 
     pub fn get(&self, p: &Principal, id: &str) -> Result<CredentialView> {
@@ -508,6 +572,7 @@ impl Service {
         if !errors.is_empty() {
             return Err(ServiceError::InvalidFields(errors));
         }
+        query.expiry_warning_ms = monitor::expiry_warning_ms();
         let page = self.store.list_credentials(p.namespace, &query)?;
         Ok(CredentialPage {
             items: page.items.into_iter().map(Into::into).collect(),
@@ -518,8 +583,20 @@ impl Service {
 
     /// Partial update. Field or environment changes are re-validated by the type against
     /// the merged credential; secrets not named keep their value.
-    pub fn update(&self, p: &Principal, id: &str, req: UpdateCredential) -> Result<CredentialView> {
+    pub fn update(&self, p: &Principal, id: &str, mut req: UpdateCredential) -> Result<CredentialView> {
         require(p, Scope::Write)?;
+        let Some(setting) = req.monitor.take() else { return self.update_fields(p, id, req) };
+        setting.check()?;
+        let view = self.update_fields(p, id, req)?;
+        if view.monitor == setting {
+            return Ok(view);
+        }
+        let c = self.live(p, id)?;
+        before_commit()?;
+        Ok(self.apply_monitor(p, c, Some(setting))?.into())
+    }
+
+    fn update_fields(&self, p: &Principal, id: &str, req: UpdateCredential) -> Result<CredentialView> {
         let (name, tags) = canonical_name_and_tags(req.name.as_deref(), req.tags.as_deref())?;
         let current = self.live(p, id)?;
         let mut upd = CredentialUpdate { name, description: req.description, tags, ..CredentialUpdate::default() };
@@ -672,7 +749,8 @@ impl Service {
         if c.deleted_at.is_none() {
             return Ok(c.into());
         }
-        Ok(self.store.restore_credential(&p.user, p.namespace, c.id)?.into())
+        let restored = self.store.restore_credential(&p.user, p.namespace, c.id)?;
+        Ok(self.apply_monitor(p, restored, None)?.into())
     }
 
     /// Re-runs the type's offline checks on the stored credential.
@@ -689,6 +767,12 @@ impl Service {
 
     /// Runs the type's live test, records the result on the credential and in the audit log.
     pub fn test(&self, p: &Principal, id: &str) -> Result<TestView> {
+        self.test_as(p, id, crate::store::TestTrigger::Manual)
+    }
+
+    /// The live test, started by `trigger`: stored as the last test and in the history,
+    /// with the next scheduled test and any health change, in one transaction.
+    pub fn test_as(&self, p: &Principal, id: &str, trigger: crate::store::TestTrigger) -> Result<TestView> {
         require(p, Scope::Test)?;
         let c = self.live(p, id)?;
         let plugin = self.registry.get(&c.kind)?;
@@ -719,12 +803,22 @@ impl Service {
             ok: report.ok(),
             summary: report.summary.clone(),
             verdict: Some(verdict_of(report.status)),
-            trigger: crate::store::TestTrigger::Manual,
+            trigger,
             facts: report.facts.clone(),
             latency_ms: report.latency_ms,
         };
+        let mut opts = crate::store::RecordOpts { expiry_warning_ms: monitor::expiry_warning_ms(), ..Default::default() };
+        if let Some(policy) = self.monitor_policy() {
+            opts.keep = policy.history;
+            let failures = match report.status {
+                crate::plugins::TestStatus::Indeterminate => c.monitor.failures.saturating_add(1),
+                _ => 0,
+            };
+            let next = policy.interval_for(&plugin, &c).map(|iv| policy.next_due(crate::store::now_ms(), iv, failures));
+            opts.schedule = Some((next, failures));
+        }
         before_commit()?;
-        self.store.record_test_result(&p.user, p.namespace, c.id, result)?;
+        self.store.record_test(&p.user, p.namespace, c.id, result, opts)?;
         if report.ok() {
             self.pin_on_first_use(p, &plugin, &c, &report)?;
         }

@@ -8,12 +8,16 @@ Usage: drive.py CLIENT_PARENT_DIR BASE_URL ADMIN_TOKEN
 Prints one line per operation; exits non-zero with the first mismatch.
 """
 
+import base64
 import http.server
 import importlib
 import json
+import os
 import pkgutil
 import secrets
+import shutil
 import sys
+import tempfile
 import threading
 import uuid
 
@@ -22,12 +26,12 @@ BASE, ROOT = sys.argv[2], sys.argv[3]
 
 import credhost_client  # noqa: E402  (generated; found through sys.path above)
 from credhost_client import AuthenticatedClient, Client  # noqa: E402
-from credhost_client.api import admin, audit, credentials, grants, health, tokens, types, use  # noqa: E402
+from credhost_client.api import admin, audit, credentials, grants, health, tokens, types, use, webhooks  # noqa: E402
 from credhost_client import models as m  # noqa: E402
 from credhost_client.types import UNSET  # noqa: E402
 
 # Importing a submodule makes it an attribute of its package (`credentials.get_credential`).
-for _pkg in (admin, audit, credentials, grants, health, tokens, types, use):
+for _pkg in (admin, audit, credentials, grants, health, tokens, types, use, webhooks):
     for _, _name, _ in pkgutil.iter_modules(_pkg.__path__):
         importlib.import_module(f"{_pkg.__name__}.{_name}")
 
@@ -124,6 +128,18 @@ def main():
     assert call(admin.list_plugins, 200, client=root).parsed is not None
     call(admin.list_plugins, 403, client=alice)
     call(admin.reload_plugins, 200, client=root)
+    # Master-key rotation: the server reads the new key from a private file (never the request).
+    keydir = tempfile.mkdtemp()
+    newkey = os.path.join(keydir, "next.key")
+    fd = os.open(newkey, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, base64.b64encode(secrets.token_bytes(32)))
+    os.close(fd)
+    call(admin.rotate_master_key, 403, client=alice, body=m.RotateKeys.from_dict({"new_key_file": newkey}))
+    r = call(admin.rotate_master_key, 422, client=root, body=m.RotateKeys.from_dict({"new_key_file": newkey + ".missing"}))
+    assert "new_key_file" in fields(r), r.content
+    r = call(admin.rotate_master_key, 200, client=root, body=m.RotateKeys.from_dict({"new_key_file": newkey})).parsed
+    assert r.namespaces >= 1 and r.key_id != r.previous_key_id, r
+    shutil.rmtree(keydir)
 
     # Credentials.
     r = call(credentials.create_credential, 201, client=alice, body=m.CreateCredential.from_dict({
@@ -171,6 +187,30 @@ def main():
     # Nothing to test against: a verdict with the reason, not a server error.
     t = call(credentials.test_credential, 200, notest.id, client=alice).parsed
     assert t.ok is False and t.status.value == "indeterminate" and "test_url" in t.summary, t.to_dict()
+    # Test history (monitoring): newest first, with the trigger; the health filter.
+    h = call(credentials.list_credential_tests, 200, cid, client=alice).parsed
+    assert h.items and h.items[0].trigger == "manual" and h.items[0].status == "valid", h.to_dict()
+    call(credentials.list_credential_tests, 404, uuid.uuid4(), client=alice)
+    healthy = call(credentials.list_credentials, 200, client=alice, health="valid").parsed
+    assert cid in [c.id for c in healthy.items] and all(c.health == "valid" for c in healthy.items), healthy.to_dict()
+
+    # Versions and rotation: a token the upstream refuses stays pending, the current one stays.
+    refused = m.RotateRequest.from_dict({"fields": {"token": "up-" + secrets.token_hex(16)}})
+    r = call(credentials.rotate_credential, 200, cid, client=alice, body=refused, idempotency_key="contract-1")
+    assert r.parsed.result == "failed" and r.parsed.current_version == 1, r.content
+    again = call(credentials.rotate_credential, 200, cid, client=alice, body=refused, idempotency_key="contract-1")
+    assert again.parsed.to_dict() == r.parsed.to_dict(), (again.content, r.content)
+    r = call(credentials.rotate_credential, 409, cid, client=alice, idempotency_key="contract-1",
+             body=m.RotateRequest.from_dict({"fields": {"token": "up-" + secrets.token_hex(16)}}))
+    r = call(credentials.rotate_credential, 422, cid, client=alice,
+             body=m.RotateRequest.from_dict({"fields": {"test_url": up_url}}))
+    assert "test_url" in fields(r), r.content
+    vs = call(credentials.list_credential_versions, 200, cid, client=alice).parsed
+    assert vs.current == 1 and vs.pending == 2, vs.to_dict()
+    assert [v.state for v in vs.items] == ["pending", "current"], vs.to_dict()
+    call(credentials.list_credential_versions, 404, str(uuid.uuid4()), client=alice)
+    assert call(credentials.promote_credential_version, 200, cid, "1", client=alice).parsed.version == 1
+    call(credentials.promote_credential_version, 404, cid, "99", client=alice)
 
     # Grants and the proxy.
     r = call(grants.create_grant, 201, cid, client=alice, body=m.NewGrant.from_dict({"ttl_secs": 600, "max_calls": 5}))
@@ -193,6 +233,24 @@ def main():
     })).parsed
     call(use.reveal_credential, 200, dsn.id, client=client(revealer.token))
     call(use.reveal_credential, 403, cid, client=client(revealer.token))
+
+    # Webhooks: the caller's own subscriptions; a bad URL names `url`.
+    hook_url = f"http://127.0.0.1:{upstream.server_address[1]}/hook"
+    r = call(webhooks.create_webhook, 201, client=alice,
+             body=m.NewWebhook.from_dict({"url": hook_url, "events": ["credential.*", "webhook.ping"]}))
+    hook = r.parsed
+    assert hook.secret.startswith("whsec_") and r.headers["location"] == f"/api/webhooks/{hook.id}", r.content
+    r = call(webhooks.create_webhook, 422, client=alice, body=m.NewWebhook.from_dict({"url": "ftp://x/"}))
+    assert "url" in fields(r), r.content
+    assert hook.id in [w.id for w in call(webhooks.list_webhooks, 200, client=alice).parsed]
+    assert call(webhooks.get_webhook, 200, hook.id, client=alice).parsed.url == hook_url
+    call(webhooks.get_webhook, 404, hook.id, client=root)
+    assert call(webhooks.ping_webhook, 202, hook.id, client=alice).parsed.event_id.startswith("evt_")
+    call(webhooks.list_webhook_deliveries, 200, hook.id, client=alice)
+    call(webhooks.delete_webhook, 204, hook.id, client=alice)
+    call(webhooks.delete_webhook, 404, hook.id, client=alice)
+    call(webhooks.list_webhook_deliveries, 404, hook.id, client=alice)
+    call(webhooks.ping_webhook, 404, hook.id, client=alice)
 
     # Audit.
     call(audit.list_audit_records, 200, client=alice, limit=5)
@@ -217,7 +275,7 @@ def main():
     # Every operation the document has was driven.
     every = {
         name
-        for pkg in (admin, audit, credentials, grants, health, tokens, types, use)
+        for pkg in (admin, audit, credentials, grants, health, tokens, types, use, webhooks)
         for _, name, _ in pkgutil.iter_modules(pkg.__path__)
     }
     generated = {

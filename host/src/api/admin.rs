@@ -21,6 +21,7 @@ pub fn router() -> Router<AppState> {
         .route("/admin/tokens/{id}", delete(revoke_token))
         .route("/admin/plugins", get(plugins))
         .route("/admin/plugins/reload", post(reload_plugins))
+        .route("/admin/keys/rotate", post(rotate_master_key))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -164,4 +165,31 @@ async fn plugins(State(s): State<AppState>, Auth(p): Auth) -> Result<Json<crate:
               (status = 409, body = super::error::ErrorBody, description = "the config no longer loads; nothing changed (`conflict`)")))]
 async fn reload_plugins(State(s): State<AppState>, Auth(p): Auth) -> Result<Json<crate::plugins::LoadReport>, ApiError> {
     Ok(Json(s.run(move |svc| svc.admin_reload_plugins(&p)).await?))
+}
+
+/// Where the server finds the new master key: a file, never the key itself.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateKeys {
+    /// Absolute path, on the server's machine, of a file holding the new key (base64 of
+    /// 32 bytes): a regular file owned by the server's user, mode 0600 (no group or other
+    /// access). `credhost keys rotate` writes one and sends its path.
+    #[schema(min_length = 1)]
+    pub new_key_file: String,
+}
+
+/// Rotate the master key while serving: re-wrap every data key under the key in
+/// `new_key_file` in one transaction, then replace the configured key file with it (the
+/// old key kept as `<file>.old`). Requests keep being served throughout.
+#[utoipa::path(post, path = "/api/admin/keys/rotate", tag = "admin", operation_id = "rotate_master_key", request_body = RotateKeys,
+    security(("bearer" = [])),
+    responses((status = 200, body = crate::service::KeyRotation, description = "rotated; `action_needed` says what the operator must still do before the next start"),
+              (status = 403, body = super::error::ErrorBody, description = "needs the admin role"),
+              (status = 422, body = super::error::ErrorBody, description = "the file is missing, not private to the server's user, not a key, or holds the current key; `fields` names `new_key_file`; nothing changed")))]
+async fn rotate_master_key(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    ApiJson(req): ApiJson<RotateKeys>,
+) -> Result<Json<crate::service::KeyRotation>, ApiError> {
+    Ok(Json(s.run(move |svc| svc.admin_rotate_master_key(&p, &req.new_key_file)).await?))
 }

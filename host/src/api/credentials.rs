@@ -12,7 +12,7 @@ use super::{ApiError, AppState};
 use crate::service::{CreateCredential, CredentialPage, CredentialView, TestView, UpdateCredential, ValidationReport};
 use crate::plugins::FieldError;
 use crate::service::ServiceError;
-use crate::store::{Deleted, ListQuery, TestStatusFilter};
+use crate::store::{Deleted, Health, ListQuery, TestStatusFilter};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -60,6 +60,10 @@ struct ListParams {
     /// or that were never tested (`untested`).
     #[param(pattern = "^(valid|invalid|indeterminate|untested)$")]
     status: Option<String>,
+    /// Only credentials with this health now: `valid`, `invalid`, `indeterminate`,
+    /// `expiring` or `untested` (expiry counts: a credential past its reported expiry is `invalid`).
+    #[param(pattern = "^(valid|invalid|indeterminate|expiring|untested)$")]
+    health: Option<String>,
     /// Include soft-deleted credentials.
     #[serde(default)]
     include_deleted: bool,
@@ -89,7 +93,15 @@ async fn list(
             return Err(ServiceError::InvalidFields(vec![FieldError { field: "status".into(), message }]).into())
         }
     };
+    let health = match q.health.as_deref().map(str::parse::<Health>).transpose() {
+        Ok(h) => h,
+        Err(message) => {
+            return Err(ServiceError::InvalidFields(vec![FieldError { field: "health".into(), message }]).into())
+        }
+    };
     let query = ListQuery {
+        health,
+        expiry_warning_ms: 0,
         kind: q.kind,
         tag: q.tag,
         name: q.name,

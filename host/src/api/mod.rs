@@ -9,12 +9,15 @@ pub mod error;
 mod extract;
 mod grants;
 mod health;
+mod history;
 mod proxy;
 pub mod openapi;
 mod reply;
 mod reveal;
 mod tokens;
 mod types;
+mod webhooks;
+mod versions;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -125,13 +128,16 @@ impl MakeRequestId for RequestIds {
 pub fn router(state: AppState, server: &ServerConfig) -> Router {
     let api = Router::new()
         .merge(credentials::router())
+        .merge(history::router())
         .merge(grants::router())
         .merge(reveal::router())
         .merge(proxy::router())
         .merge(types::router())
         .merge(audit::router())
         .merge(admin::router())
-        .merge(tokens::router());
+        .merge(tokens::router())
+        .merge(webhooks::router())
+        .merge(versions::router());
     let mut prefix = [0u8; 4];
     let _ = getrandom::fill(&mut prefix);
     let ids = RequestIds { prefix: crate::plugins::runtime::hex(&prefix).into(), next: Arc::new(AtomicU64::new(1)) };

@@ -22,8 +22,8 @@ pub struct Cli {
     /// Configuration file (TOML). Without one, dev defaults apply (see README).
     #[arg(long, short = 'c', global = true, env = "CREDHOST_CONFIG")]
     pub config: Option<PathBuf>,
-    /// A running server's base URL, for `users`, `tokens`, `test`, `exec` and
-    /// `plugins reload`. Without it they use the server that holds the store (at
+    /// A running server's base URL, for `users`, `tokens`, `test`, `exec`,
+    /// `plugins reload` and `keys rotate`. Without it they use the server that holds the store (at
     /// http://<server.listen>), or the store itself when no server runs.
     #[arg(long, global = true, env = "CREDHOST_URL")]
     pub url: Option<String>,
@@ -162,10 +162,15 @@ pub enum TokensCommand {
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
     /// Re-wrap every data key under a new master key (one transaction; safe to interrupt).
-    /// The new key is generated and written to FILE (mode 0600), which must not exist.
+    /// The new key is generated and written to FILE (mode 0600), which must not exist;
+    /// then the configured key file is replaced by it (the old key kept as `<file>.old`).
+    /// While a server holds the store, the server does the rotation (it keeps serving):
+    /// this command hands it the file's path through the admin API (an admin token in
+    /// CREDHOST_TOKEN or --token-file); run it as the server's user, on its machine.
     Rotate {
+        /// Where to write the new key. Default: `<configured key file>.new`.
         #[arg(long, value_name = "FILE")]
-        new_key_file: PathBuf,
+        new_key_file: Option<PathBuf>,
     },
     /// Check that the master key opens every namespace's data key.
     Verify,
@@ -225,7 +230,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode, String> {
             rt.block_on(crate::server::serve(config, cli.config.clone()))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Keys { cmd } => keys(&config, cmd),
+        Command::Keys { cmd } => keys(&config, &connect, cmd),
         Command::Plugins { cmd } => plugins(&config, &connect, cmd),
         Command::Audit { cmd: AuditCommand::Verify } => {
             remote::refuse_if_in_use(&config, "audit verify")?;
@@ -377,22 +382,117 @@ fn flag_errors<'a>(fields: impl Iterator<Item = (&'a str, &'a str)>) -> String {
     fields.map(|(f, m)| format!("--{}: {m}", f.replace('_', "-"))).collect::<Vec<_>>().join("; ")
 }
 
-fn keys(config: &Config, cmd: KeysCommand) -> Result<ExitCode, String> {
+fn keys(config: &Config, connect: &remote::Connect, cmd: KeysCommand) -> Result<ExitCode, String> {
+    if let KeysCommand::Rotate { new_key_file } = &cmd {
+        if connect.url.is_some() || remote::store_in_use(config) {
+            return rotate_through_server(config, connect, new_key_file.clone());
+        }
+    }
     remote::refuse_if_in_use(config, "keys")?;
-    let mut store = crate::app::open_store(config)?;
+    let store = crate::app::open_store(config)?;
     match cmd {
         KeysCommand::Rotate { new_key_file } => {
+            let source = crate::app::key_source(config);
+            let new_key_file = new_key_path(&source, new_key_file)?;
             let new_key = MasterKey::generate().map_err(|e| e.to_string())?;
             write_new_key_file(&new_key_file, &new_key)?;
-            let old = store.kek_id().to_string();
-            let n = store.rotate_kek(CLI_ACTOR, new_key).map_err(|e| e.to_string())?;
+            let old = store.kek_id();
+            let n = match store.rotate_kek(CLI_ACTOR, new_key) {
+                Ok(n) => n,
+                Err(e) => {
+                    // Not used: the old key is still the store's.
+                    let _ = std::fs::remove_file(&new_key_file);
+                    return Err(e.to_string());
+                }
+            };
             println!("re-wrapped {n} data keys: master key {old} retired, now {}", store.kek_id());
-            println!("the new key is in {}; point CREDHOST_MASTER_KEY_FILE or [keys] master_key_file at it", new_key_file.display());
+            match source {
+                crate::service::KeySource::File(current) => {
+                    match crate::service::replace_key_file(&current, &new_key_file) {
+                        Ok(kept) => println!(
+                            "the new key replaced {}; the old key is kept in {} (it no longer opens the store)",
+                            current.display(),
+                            kept.display()
+                        ),
+                        Err(e) => println!(
+                            "the new key is in {}; moving it over {} failed ({e}): move it there yourself \
+                             before the next start",
+                            new_key_file.display(),
+                            current.display()
+                        ),
+                    }
+                }
+                crate::service::KeySource::Env => println!(
+                    "the new key is in {}: set CREDHOST_MASTER_KEY to its contents before the next start, then delete the file",
+                    new_key_file.display()
+                ),
+                crate::service::KeySource::Unknown => println!(
+                    "the new key is in {}; point CREDHOST_MASTER_KEY_FILE or [keys] master_key_file at it",
+                    new_key_file.display()
+                ),
+            }
         }
         KeysCommand::Verify => {
             let r = store.verify_keys().map_err(|e| e.to_string())?;
             println!("master key {} opens all {} namespace data keys", r.kek_id, r.namespaces);
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--new-key-file`, or `<configured key file>.new`, made absolute (a server resolves it).
+fn new_key_path(source: &crate::service::KeySource, given: Option<PathBuf>) -> Result<PathBuf, String> {
+    let path = match (given, source) {
+        (Some(p), _) => p,
+        (None, crate::service::KeySource::File(f)) => crate::service::pending_key_file(f),
+        (None, _) => {
+            return Err("--new-key-file FILE is required: the master key does not come from a key file".into())
+        }
+    };
+    std::path::absolute(&path).map_err(|e| format!("--new-key-file {}: {e}", path.display()))
+}
+
+/// A running server rotates: the key travels in a private file whose path is sent.
+fn rotate_through_server(config: &Config, connect: &remote::Connect, given: Option<PathBuf>) -> Result<ExitCode, String> {
+    let url = match &connect.url {
+        Some(u) => u.clone(),
+        None => remote::listen_url(config)?,
+    };
+    let api = remote::Remote::new(&url, connect, "a running server holds the store, so it rotates the master key")?;
+    let new_key_file = new_key_path(&crate::app::key_source(config), given)?;
+    let new_key = MasterKey::generate().map_err(|e| e.to_string())?;
+    write_new_key_file(&new_key_file, &new_key)?;
+    drop(new_key);
+    let body = serde_json::json!({ "new_key_file": new_key_file.to_string_lossy() });
+    let outcome = api.call(reqwest::Method::POST, api.url(&["api", "admin", "keys", "rotate"]), Some(body));
+    let r = match outcome {
+        Ok(Ok(v)) => v,
+        Ok(Err(refusal)) => {
+            // Refused: nothing changed and the key was never used.
+            let _ = std::fs::remove_file(&new_key_file);
+            return Err(api.explain(&refusal));
+        }
+        // No answer: the server may have rotated; keep the file so no key is lost.
+        Err(e) => {
+            return Err(format!(
+                "{e}; the new key stays in {} in case the server used it (`credhost keys verify` with it \
+                 after stopping the server tells)",
+                new_key_file.display()
+            ))
+        }
+    };
+    let s = |k: &str| r[k].as_str().unwrap_or("?").to_string();
+    println!(
+        "the server re-wrapped {} data keys: master key {} retired, now {}",
+        r["namespaces"].as_u64().unwrap_or(0),
+        s("previous_key_id"),
+        s("key_id")
+    );
+    if let (Some(file), Some(old)) = (r["key_file"].as_str(), r["previous_key_file"].as_str()) {
+        println!("the new key replaced {file}; the old key is kept in {old} (it no longer opens the store)");
+    }
+    if let Some(todo) = r["action_needed"].as_str() {
+        println!("ACTION NEEDED: {todo}");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -404,7 +504,14 @@ fn write_new_key_file(path: &std::path::Path, key: &MasterKey) -> Result<(), Str
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut f = options.open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut f = options.open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => format!(
+            "{} already exists (left by a rotation that did not finish?). If the store opens with the \
+             configured key (`credhost keys verify`), that file is unused: remove it and retry",
+            path.display()
+        ),
+        _ => format!("{}: {e}", path.display()),
+    })?;
     f.write_all(key.to_base64().expose_secret().as_bytes()).map_err(|e| format!("{}: {e}", path.display()))?;
     f.sync_all().map_err(|e| format!("{}: {e}", path.display()))
 }

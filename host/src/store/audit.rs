@@ -506,8 +506,8 @@ impl Store {
     /// Returns the number of records, or [`StoreError::AuditBroken`] naming the first bad
     /// seq and why.
     pub fn verify_audit(&self) -> Result<u64> {
-        let txn = self.db.begin_read()?;
-        check_chain(&txn.open_table(AUDIT)?, &txn.open_table(META)?, &self.audit_key)
+        let txn = self.begin_read()?;
+        check_chain(&txn.open_table(AUDIT)?, &txn.open_table(META)?, txn.audit_key())
     }
 
     /// How many records predate the keyed chain (written by a version that did not key

@@ -127,12 +127,19 @@ pub struct Credential {
     /// Set while soft-deleted.
     pub deleted_at: Option<u64>,
     pub last_test: Option<TestResult>,
-    /// Current secret version (1 on creation, +1 whenever secrets change).
+    /// Current secret version (1 on creation; a new number whenever secrets change,
+    /// a rotation promotes, or an older version is promoted back).
     pub version: u32,
+    /// A rotation's version waiting for (or having failed) its test; see `store::versions`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_version: Option<u32>,
     /// Non-secret field values.
     pub fields: BTreeMap<String, String>,
     /// Secret fields that are set.
     pub secrets: BTreeMap<String, SecretField>,
+    /// Schedule, the owner's monitoring override, and the last reported health.
+    #[serde(default, skip_serializing_if = "super::MonitorState::is_default")]
+    pub monitor: super::MonitorState,
 }
 
 /// Input of [`Store::create_credential`]. `Debug` redacts the secret values.
@@ -201,6 +208,10 @@ pub struct ListQuery {
     pub name_prefix: Option<String>,
     /// Only credentials whose last live test has this outcome (or that were never tested).
     pub status: Option<TestStatusFilter>,
+    /// Only credentials with this health now (see [`super::history::health_of`]).
+    pub health: Option<super::Health>,
+    /// The warning window before a reported expiry, for `health`.
+    pub expiry_warning_ms: u64,
     /// Shorthand for `deleted: Deleted::Include` (kept for existing callers).
     pub include_deleted: bool,
     /// Live, soft-deleted or both; `include_deleted` widens `Exclude` to `Include`.
@@ -251,7 +262,7 @@ impl ListQuery {
         }
     }
 
-    fn keeps(&self, c: &Listed) -> bool {
+    fn keeps(&self, c: &Listed, now: u64) -> bool {
         let deleted_ok = match self.deleted() {
             Deleted::Exclude => c.deleted_at.is_none(),
             Deleted::Include => true,
@@ -262,8 +273,12 @@ impl ListQuery {
             Some(TestStatusFilter::Untested) => c.last_test.is_none(),
             Some(TestStatusFilter::Is(v)) => c.last_test.as_ref().is_some_and(|t| t.status() == v),
         };
+        let health_ok = self
+            .health
+            .is_none_or(|h| super::history::health_of(c.last_test.as_ref(), now, self.expiry_warning_ms) == h);
         deleted_ok
             && status_ok
+            && health_ok
             && self.kind.as_ref().is_none_or(|t| &c.kind == t)
             && self.tag.as_ref().is_none_or(|t| c.tags.contains(t))
     }
@@ -324,7 +339,7 @@ fn name_taken(
 }
 
 /// Loads a credential of `ns` (deleted or not). Another namespace's id is `NotFound`.
-fn load(
+pub(super) fn load(
     table: &impl ReadableTable<u128, &'static [u8]>,
     ns: NamespaceId,
     id: CredentialId,
@@ -340,7 +355,7 @@ fn load(
 }
 
 /// Like [`load`], but a soft-deleted credential is `NotFound`.
-fn load_live(
+pub(super) fn load_live(
     table: &impl ReadableTable<u128, &'static [u8]>,
     ns: NamespaceId,
     id: CredentialId,
@@ -426,7 +441,9 @@ impl Store {
                 updated_at: now,
                 deleted_at: None,
                 last_test: None,
+                monitor: Default::default(),
                 version: 1,
+                pending_version: None,
                 fields: new.fields,
                 secrets,
             };
@@ -437,6 +454,7 @@ impl Store {
                 .insert((id.key(), 1u32), blob.as_slice())?;
             cred
         };
+        super::versions::record_current(&txn, &cred, actor, super::versions::VersionReason::Create, None)?;
         let detail = format!(
             "name={:?} type={} secrets={:?}",
             cred.name,
@@ -501,6 +519,7 @@ impl Store {
         let mut items = Vec::new();
         let mut next_cursor = None;
         let mut total = 0;
+        let now = now_ms();
         for row in names.range::<(u128, &str)>((ns.key(), from)..)? {
             let (k, v) = row?;
             let (row_ns, name) = k.value();
@@ -510,7 +529,7 @@ impl Store {
             let missing = || StoreError::Corrupt(format!("name index points to a missing credential ({name:?})"));
             let raw = creds.get(v.value())?.ok_or_else(missing)?;
             let listed: Listed = dec(raw.value(), "credential")?;
-            if !query.keeps(&listed) {
+            if !query.keeps(&listed, now) {
                 continue;
             }
             total += 1;
@@ -563,6 +582,8 @@ impl Store {
         }
         let txn = self.begin_write()?;
         let mut changed: Vec<String> = Vec::new();
+        // The version a secret change replaces (recorded with the new one).
+        let mut replaced = None;
         let cred = {
             let mut creds = txn.open_table(CREDENTIALS)?;
             let mut cred = load_live(&creds, ns, id)?;
@@ -622,7 +643,7 @@ impl Store {
                     })?;
                     dek.open_secrets(ns.as_uuid(), id.as_uuid(), cred.version, blob.value())?
                 };
-                let version = cred.version + 1;
+                let version = super::versions::next_number(&versions, id)?;
                 for k in &clears {
                     merged.remove(k);
                     cred.secrets.remove(k);
@@ -646,13 +667,23 @@ impl Store {
                 }
                 let blob = dek.seal_secrets(ns.as_uuid(), id.as_uuid(), version, &merged)?;
                 versions.insert((id.key(), version), blob.as_slice())?;
+                replaced = Some(cred.version);
                 cred.version = version;
+                // A pending rotation was merged with the old secrets: superseded.
+                cred.pending_version = None;
             }
             cred.updated_at = now_ms();
             creds.insert(id.key(), enc(&cred).as_slice())?;
             cred
         };
-        let detail = format!("version={} changed={changed:?}", cred.version);
+        let destroyed = match replaced {
+            Some(r) => super::versions::record_current(&txn, &cred, actor, super::versions::VersionReason::Update, Some(r))?,
+            None => Vec::new(),
+        };
+        let mut detail = format!("version={} changed={changed:?}", cred.version);
+        if !destroyed.is_empty() {
+            detail.push_str(&format!(" destroyed_versions={destroyed:?}"));
+        }
         audit::append(
             &txn,
             AuditEntry::ok(actor, "credential.update")
@@ -685,6 +716,9 @@ impl Store {
                 };
             }
             let now = now_ms();
+            if delete {
+                super::history::unschedule(&txn, &mut cred)?;
+            }
             cred.deleted_at = delete.then_some(now);
             cred.updated_at = now;
             creds.insert(id.key(), enc(&cred).as_slice())?;
@@ -736,10 +770,8 @@ impl Store {
             creds.remove(id.key())?;
             txn.open_table(NAMES)?
                 .remove((ns.key(), cred.name.as_str()))?;
-            let mut versions = txn.open_table(VERSIONS)?;
-            for v in 1..=cred.version {
-                versions.remove((id.key(), v))?;
-            }
+            super::versions::destroy_all(&txn, id)?;
+            super::history::forget(&txn, &cred)?;
             cred
         };
         let detail = format!("name={:?} versions={}", cred.name, cred.version);
@@ -762,24 +794,7 @@ impl Store {
         id: CredentialId,
         result: TestResult,
     ) -> Result<Credential> {
-        let txn = self.begin_write()?;
-        let cred = {
-            let mut creds = txn.open_table(CREDENTIALS)?;
-            let mut cred = load_live(&creds, ns, id)?;
-            cred.last_test = Some(result);
-            creds.insert(id.key(), enc(&cred).as_slice())?;
-            cred
-        };
-        let ok = cred.last_test.as_ref().is_some_and(|t| t.ok);
-        audit::append(
-            &txn,
-            AuditEntry::ok(actor, "credential.test")
-                .ns(ns)
-                .cred(id)
-                .detail(format!("ok={ok}")),
-        )?;
-        txn.commit()?;
-        Ok(cred)
+        self.record_test(actor, ns, id, result, super::RecordOpts::default())
     }
 
     /// Decrypts the current secrets of a live credential to hand them to the caller
@@ -851,9 +866,9 @@ impl Store {
     /// an audit record of its own: for the proxy, whose every call is audited as a use
     /// of the credential (a durable write per call would dominate its latency).
     pub fn credential_for_use(&self, ns: NamespaceId, id: CredentialId) -> Result<(Credential, SecretMap)> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let cred = load_live(&txn.open_table(CREDENTIALS)?, ns, id)?;
-        let dek = self.dek_in(&txn.open_table(NAMESPACES)?, ns)?;
+        let dek = txn.dek_in(&txn.open_table(NAMESPACES)?, ns)?;
         let versions = txn.open_table(VERSIONS)?;
         let blob = versions
             .get((id.key(), cred.version))?

@@ -17,6 +17,10 @@ pub enum StoreError {
     /// A user with this name already exists.
     #[error("user {name:?} already exists")]
     UserExists { name: String },
+    /// The operation does not fit the record's current state (e.g. a version that is no
+    /// longer pending); the message says why.
+    #[error("{0}")]
+    Conflict(String),
     /// Input rejected before touching the database.
     #[error("invalid input: {0}")]
     Invalid(String),

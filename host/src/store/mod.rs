@@ -33,16 +33,21 @@
 //!
 //! [`Store`] is `Send + Sync`: share it (e.g. in an `Arc`) and call its `&self` methods
 //! from any thread; redb runs one write transaction at a time and reads never block.
-//! Only [`Store::rotate_kek`] needs `&mut self`.
+//! [`Store::rotate_kek`] works on a store in use: the master key is swapped in memory
+//! together with the commit that re-wraps the data keys, and every transaction sees the
+//! key that matches its snapshot.
 //!
 //! Layout: see [`schema`].
 
 mod audit;
 mod credentials;
 mod error;
+pub mod history;
 pub mod outbox;
 pub mod schema;
 mod tokens;
+pub mod versions;
+pub mod webhooks;
 
 use std::path::{Path, PathBuf};
 
@@ -60,11 +65,12 @@ pub use credentials::{
     TestStatusFilter, TestVerdict, BINDING_KEY,
 };
 pub use error::{Result, StoreError};
+pub use history::{Health, MonitorState, RecordOpts};
 pub use outbox::Event;
 pub use schema::{CredentialId, NamespaceId, SCHEMA_VERSION};
 pub use tokens::{Grant, Principal, Scope, TokenInfo, TokenRefusal, TokenSpec, TOKEN_PREFIX};
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use crate::crypto::{AuditKey, DataKey, MasterKey};
 use schema::*;
@@ -97,9 +103,11 @@ pub struct KeyReport {
 /// The credential store. See the [module docs](self).
 pub struct Store {
     db: Database,
-    kek: MasterKey,
-    /// Keys the audit chain; derived from `kek`.
-    audit_key: Arc<AuditKey>,
+    /// The master key and what derives from it. Replaced only by [`Store::rotate_kek`],
+    /// which holds the write lock across its commit and the swap: a write transaction
+    /// takes the keys after it begins (so after any rotation committed and swapped), a
+    /// read snapshot takes them together with its snapshot ([`Store::begin_read`]).
+    keys: RwLock<Arc<Keys>>,
     path: PathBuf,
     /// Non-durable audit commits wait for the next durable one ([`Store::flush_audit`]).
     lazy_pending: std::sync::atomic::AtomicBool,
@@ -131,11 +139,65 @@ impl Txn {
     }
 }
 
+/// The master key and the audit key derived from it: always replaced together.
+pub(crate) struct Keys {
+    kek: MasterKey,
+    /// Keys the audit chain.
+    audit_key: Arc<AuditKey>,
+}
+
+impl Keys {
+    fn new(kek: MasterKey) -> Keys {
+        let audit_key = Arc::new(kek.audit_key());
+        Keys { kek, audit_key }
+    }
+
+    fn unwrap_dek(&self, rec: &NamespaceRecord) -> Result<DataKey> {
+        let wrapped = B64.decode(&rec.wrapped_dek).map_err(|_| {
+            StoreError::Corrupt(format!("namespace {}: wrapped key is not base64", rec.id))
+        })?;
+        Ok(self.kek.unwrap_dek(&wrapped, rec.id.as_uuid())?)
+    }
+
+    fn dek_in(&self, table: &impl ReadableTable<u128, &'static [u8]>, ns: NamespaceId) -> Result<DataKey> {
+        let rec: NamespaceRecord = match table.get(ns.key())? {
+            Some(v) => dec(v.value(), "namespace")?,
+            None => return Err(StoreError::NotFound),
+        };
+        self.unwrap_dek(&rec)
+    }
+}
+
+/// A read transaction with the keys that match its snapshot (a rotation may commit and
+/// swap the keys while it is open). Derefs to redb's transaction.
+pub(crate) struct Snapshot {
+    inner: ReadTransaction,
+    keys: Arc<Keys>,
+}
+
+impl std::ops::Deref for Snapshot {
+    type Target = ReadTransaction;
+    fn deref(&self) -> &ReadTransaction {
+        &self.inner
+    }
+}
+
+impl Snapshot {
+    /// A namespace's data key, unwrapped with the master key of this snapshot.
+    pub(crate) fn dek_in(&self, table: &impl ReadableTable<u128, &'static [u8]>, ns: NamespaceId) -> Result<DataKey> {
+        self.keys.dek_in(table, ns)
+    }
+
+    pub(crate) fn audit_key(&self) -> &AuditKey {
+        &self.keys.audit_key
+    }
+}
+
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
             .field("path", &self.path)
-            .field("kek", &self.kek)
+            .field("kek", &self.keys().kek)
             .finish()
     }
 }
@@ -209,9 +271,13 @@ impl Store {
         }
         // Opens an existing file, or initialises a missing or empty one.
         let db = Database::create(&path)?;
-        let audit_key = Arc::new(kek.audit_key());
-        let store = Store { db, kek, audit_key, path, lazy_pending: std::sync::atomic::AtomicBool::new(false) };
-        if let MetaState::Empty = check_meta(&store.db.begin_read()?, &store.kek)? {
+        let store = Store {
+            db,
+            keys: RwLock::new(Arc::new(Keys::new(kek))),
+            path,
+            lazy_pending: std::sync::atomic::AtomicBool::new(false),
+        };
+        if let MetaState::Empty = check_meta(&store.db.begin_read()?, &store.keys().kek)? {
             store.init()?;
         }
         store.migrate_audit()?;
@@ -221,6 +287,8 @@ impl Store {
 
     fn init(&self) -> Result<()> {
         let txn = self.begin_write()?;
+        let keys = self.keys();
+        let kek = &keys.kek;
         if txn.list_tables()?.next().is_some() {
             return Err(StoreError::Corrupt(
                 "the file is a redb database but not a credhost store (no meta table)".into(),
@@ -229,8 +297,8 @@ impl Store {
         {
             let mut meta = txn.open_table(META)?;
             meta.insert(META_SCHEMA_VERSION, enc(&SCHEMA_VERSION).as_slice())?;
-            meta.insert(META_KEK_ID, enc(&self.kek.id()).as_slice())?;
-            meta.insert(META_KEY_CHECK, self.kek.check_value().as_slice())?;
+            meta.insert(META_KEK_ID, enc(&kek.id()).as_slice())?;
+            meta.insert(META_KEY_CHECK, kek.check_value().as_slice())?;
             // Keyed and indexed from the first record.
             meta.insert(META_AUDIT_KEYED_FROM, enc(&1u64).as_slice())?;
             meta.insert(META_AUDIT_INDEX, enc(&1u32).as_slice())?;
@@ -246,7 +314,7 @@ impl Store {
         txn.open_table(TOKENS)?;
         audit::append(
             &txn,
-            AuditEntry::ok("system", "store.init").detail(format!("kek_id={}", self.kek.id())),
+            AuditEntry::ok("system", "store.init").detail(format!("kek_id={}", kek.id())),
         )?;
         txn.commit()?;
         Ok(())
@@ -266,8 +334,14 @@ impl Store {
     }
 
     /// Id of the master key in use.
-    pub fn kek_id(&self) -> &str {
-        self.kek.id()
+    pub fn kek_id(&self) -> String {
+        self.keys().kek.id().to_owned()
+    }
+
+    /// The current keys. Use them with a write transaction already begun, or take them
+    /// with a snapshot through [`Store::begin_read`].
+    fn keys(&self) -> Arc<Keys> {
+        self.keys.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// A write transaction with durable (fsync-on-commit) durability, set explicitly even
@@ -275,33 +349,35 @@ impl Store {
     pub(crate) fn begin_write(&self) -> Result<Txn> {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
-        Ok(Txn { inner: txn, audit_key: self.audit_key.clone() })
+        // After begin: a rotation has either not started or committed and swapped.
+        Ok(Txn { inner: txn, audit_key: self.keys().audit_key.clone() })
     }
 
-    fn namespace_dek(&self, rec: &NamespaceRecord) -> Result<DataKey> {
-        let wrapped = B64.decode(&rec.wrapped_dek).map_err(|_| {
-            StoreError::Corrupt(format!("namespace {}: wrapped key is not base64", rec.id))
-        })?;
-        Ok(self.kek.unwrap_dek(&wrapped, rec.id.as_uuid())?)
+    /// A read transaction and the keys of its snapshot, taken under the keys' lock so a
+    /// rotation cannot commit between the two. Reads that unwrap data keys or check the
+    /// audit chain use this, not `db.begin_read`.
+    pub(crate) fn begin_read(&self) -> Result<Snapshot> {
+        let keys = self.keys.read().unwrap_or_else(PoisonError::into_inner);
+        let inner = self.db.begin_read()?;
+        Ok(Snapshot { inner, keys: keys.clone() })
     }
 
-    /// Loads and unwraps a namespace's data key inside any transaction.
+    /// Loads and unwraps a namespace's data key inside a WRITE transaction (no rotation
+    /// can commit while it is open). Read snapshots use [`Snapshot::dek_in`].
     pub(crate) fn dek_in(
         &self,
         table: &impl ReadableTable<u128, &'static [u8]>,
         ns: NamespaceId,
     ) -> Result<DataKey> {
-        let rec: NamespaceRecord = match table.get(ns.key())? {
-            Some(v) => dec(v.value(), "namespace")?,
-            None => return Err(StoreError::NotFound),
-        };
-        self.namespace_dek(&rec)
+        self.keys().dek_in(table, ns)
     }
 
     /// Creates a user with a fresh namespace and data key.
     pub fn add_user(&self, actor: &str, name: &str, role: Role) -> Result<User> {
         validate_user_name(name)?;
         let txn = self.begin_write()?;
+        let keys = self.keys();
+        let kek = &keys.kek;
         let user = {
             let mut users = txn.open_table(USERS)?;
             if users.get(name)?.is_some() {
@@ -315,8 +391,8 @@ impl Store {
             let rec = NamespaceRecord {
                 id: ns,
                 user: name.to_owned(),
-                wrapped_dek: B64.encode(self.kek.wrap_dek(&dek, ns.as_uuid())?),
-                kek_id: self.kek.id().to_owned(),
+                wrapped_dek: B64.encode(kek.wrap_dek(&dek, ns.as_uuid())?),
+                kek_id: kek.id().to_owned(),
                 created_at: now,
             };
             txn.open_table(NAMESPACES)?
@@ -372,13 +448,19 @@ impl Store {
     /// Re-wraps every namespace's data key under `new_kek` and records its id and check
     /// value, all in one transaction: an interruption leaves the old key fully in force.
     /// Afterwards only `new_kek` opens the store. Returns the number of namespaces.
-    pub fn rotate_kek(&mut self, actor: &str, new_kek: MasterKey) -> Result<usize> {
-        if new_kek.id() == self.kek.id() {
+    ///
+    /// Safe while the store serves requests: the in-memory key is replaced under the keys'
+    /// write lock together with the commit, so every transaction sees either the old
+    /// wrapping with the old key or the new wrapping with the new key, never a mix.
+    pub fn rotate_kek(&self, actor: &str, new_kek: MasterKey) -> Result<usize> {
+        let mut txn = self.begin_write()?;
+        // Taken with the write transaction open: no other rotation can swap them now.
+        let old = self.keys();
+        if new_kek.id() == old.kek.id() {
             return Err(StoreError::Invalid(
                 "the new master key is the current one".into(),
             ));
         }
-        let mut txn = self.begin_write()?;
         let count = {
             let mut table = txn.open_table(NAMESPACES)?;
             let mut recs = Vec::new();
@@ -386,7 +468,7 @@ impl Store {
                 recs.push(dec::<NamespaceRecord>(row?.1.value(), "namespace")?);
             }
             for rec in &mut recs {
-                let dek = self.namespace_dek(rec)?;
+                let dek = old.unwrap_dek(rec)?;
                 rec.wrapped_dek = B64.encode(new_kek.wrap_dek(&dek, rec.id.as_uuid())?);
                 rec.kek_id = new_kek.id().to_owned();
                 table.insert(rec.id.key(), enc(rec).as_slice())?;
@@ -398,33 +480,34 @@ impl Store {
         };
         let detail = format!(
             "from={} to={} namespaces={count}",
-            self.kek.id(),
+            old.kek.id(),
             new_kek.id()
         );
         // The audit key derives from the master key: re-key the chain in this same
         // transaction (refused if the chain is broken), then record the rotation under it.
-        let new_audit_key = Arc::new(new_kek.audit_key());
-        audit::rekey(&mut txn, new_audit_key.clone())?;
+        let new = Keys::new(new_kek);
+        audit::rekey(&mut txn, new.audit_key.clone())?;
         audit::append(&txn, AuditEntry::ok(actor, "keys.rotate").detail(detail))?;
+        // Commit and swap under the write lock: no snapshot starts in between.
+        let mut slot = self.keys.write().unwrap_or_else(PoisonError::into_inner);
         txn.commit()?;
-        self.kek = new_kek;
-        self.audit_key = new_audit_key;
+        *slot = Arc::new(new);
         Ok(count)
     }
 
     /// Unwraps every namespace's data key (nothing is decrypted beyond the keys).
     /// Fails on the first key that does not open.
     pub fn verify_keys(&self) -> Result<KeyReport> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let table = txn.open_table(NAMESPACES)?;
         let mut namespaces = 0;
         for row in table.iter()? {
             let rec: NamespaceRecord = dec(row?.1.value(), "namespace")?;
-            self.namespace_dek(&rec)?;
+            txn.keys.unwrap_dek(&rec)?;
             namespaces += 1;
         }
         Ok(KeyReport {
-            kek_id: self.kek.id().to_owned(),
+            kek_id: txn.keys.kek.id().to_owned(),
             namespaces,
         })
     }
@@ -442,5 +525,63 @@ fn validate_user_name(name: &str) -> Result<()> {
         Err(StoreError::Invalid(
             "user names are 1-64 characters of A-Z a-z 0-9 . _ - @".into(),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::SecretMap;
+    use secrecy::{ExposeSecret, SecretString};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    /// Rotations back to back while other threads read secrets through snapshots, reveal
+    /// them in write transactions and create credentials: no operation fails, every
+    /// secret reads back, and the audit chain verifies under the final key.
+    #[test]
+    fn rotation_while_in_use_never_mixes_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path().join("s.redb"), MasterKey::generate().unwrap()).unwrap());
+        let user = store.add_user("admin", "alice", Role::User).unwrap();
+        let mut new = NewCredential::new("c", "t");
+        new.secrets.insert("k".into(), SecretString::from("s3cret"));
+        let cred = store.create_credential("alice", user.namespace, new).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let ops = Arc::new(AtomicUsize::new(0));
+        let workers: Vec<_> = (0..3)
+            .map(|w| {
+                let (store, stop, ops) = (store.clone(), stop.clone(), ops.clone());
+                std::thread::spawn(move || {
+                    let mut n = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        n += 1;
+                        let secret = match w {
+                            0 => store.credential_for_use(user.namespace, cred.id).map(|(_, s)| s),
+                            1 => store.reveal("alice", user.namespace, cred.id, "test"),
+                            _ => {
+                                let mut new = NewCredential::new(&format!("n{n}"), "t");
+                                new.secrets.insert("k".into(), SecretString::from("s3cret"));
+                                store.create_credential("alice", user.namespace, new).map(|_| SecretMap::new())
+                            }
+                        };
+                        let secret = secret.unwrap_or_else(|e| panic!("worker {w}, op {n}: {e}"));
+                        if w < 2 {
+                            assert_eq!(secret["k"].expose_secret(), "s3cret");
+                        }
+                        ops.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        for _ in 0..25 {
+            store.rotate_kek("admin", MasterKey::generate().unwrap()).unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+        for w in workers {
+            w.join().unwrap();
+        }
+        assert!(ops.load(Ordering::Relaxed) > 0);
+        store.verify_audit().unwrap();
+        assert_eq!(store.verify_keys().unwrap().namespaces, 1);
     }
 }

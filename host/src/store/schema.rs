@@ -12,6 +12,13 @@
 //! | `audit_by_namespace` | `(u128 namespace, u64 seq)`   | `()`: index of `audit` by namespace          |
 //! | `tokens`      | `&[u8]` SHA-256 of the token text    | [`TokenInfo`](super::TokenInfo)              |
 //! | `outbox`      | `u64` seq                            | [`Event`](super::Event): events to deliver   |
+//! | `test_history` | `(u128 credential, u64 seq)`        | [`TestResult`](super::TestResult): the last N tests |
+//! | `monitor_due` | `(u64 due ms, u128 credential)`      | `()`: index of scheduled tests by due time   |
+//! | `version_meta` | `(u128 credential, u32 version)`    | `VersionMeta`: who, when, fingerprints, test outcome of a version |
+//! | `rotation_keys` | `(u128 credential, &str idempotency key)` | `RotationKey`: a rotate request's digest and answer |
+//! | `webhooks`    | `(u128 namespace, u128 subscription)` | `Subscription`: URL, event filter, sealed signing secret |
+//! | `webhook_deliveries` | `(u128 subscription, u128 delivery)` | `Delivery`: the event, attempts, state |
+//! | `webhook_queue` | `(u64 due ms, u128 delivery)`      | `u128` subscription: pending deliveries by due time |
 //!
 //! Tables added after schema version 1 was first written are created when a store is
 //! opened ([`ensure_tables`]), so older files gain them without a version bump.
@@ -43,11 +50,32 @@ pub const TOKENS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tokens")
 pub const AUDIT_BY_NS: TableDefinition<(u128, u64), ()> = TableDefinition::new("audit_by_namespace");
 /// Events waiting for delivery, by seq (see `store::outbox`).
 pub const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
+/// The last N test outcomes per credential (see `store::history`).
+pub const TEST_HISTORY: TableDefinition<(u128, u64), &[u8]> = TableDefinition::new("test_history");
+/// Scheduled tests by due time; mirrors each credential's `monitor.next_test_at`.
+pub const MONITOR_DUE: TableDefinition<(u64, u128), ()> = TableDefinition::new("monitor_due");
+/// Metadata of each kept secret version (see `store::versions`); no secret values.
+pub const VERSION_META: TableDefinition<(u128, u32), &[u8]> = TableDefinition::new("version_meta");
+/// Idempotency keys of rotate requests, per credential (see `store::versions`).
+pub const ROTATION_KEYS: TableDefinition<(u128, &str), &[u8]> = TableDefinition::new("rotation_keys");
+/// Webhook subscriptions of users, by namespace (see `store::webhooks`).
+pub const WEBHOOKS: TableDefinition<(u128, u128), &[u8]> = TableDefinition::new("webhooks");
+/// Webhook deliveries (one per event and subscription), by subscription, oldest first.
+pub const WEBHOOK_DELIVERIES: TableDefinition<(u128, u128), &[u8]> = TableDefinition::new("webhook_deliveries");
+/// Pending deliveries by when they are due: `(due unix ms, delivery)` -> subscription.
+pub const WEBHOOK_QUEUE: TableDefinition<(u64, u128), u128> = TableDefinition::new("webhook_queue");
 
 /// Creates every table added since schema version 1 (a no-op when they exist). Add new
 /// tables here, so read transactions of an older file never meet a missing one.
 pub(crate) fn ensure_tables(txn: &redb::WriteTransaction) -> Result<()> {
     txn.open_table(OUTBOX)?;
+    txn.open_table(TEST_HISTORY)?;
+    txn.open_table(MONITOR_DUE)?;
+    txn.open_table(VERSION_META)?;
+    txn.open_table(ROTATION_KEYS)?;
+    txn.open_table(WEBHOOKS)?;
+    txn.open_table(WEBHOOK_DELIVERIES)?;
+    txn.open_table(WEBHOOK_QUEUE)?;
     Ok(())
 }
 

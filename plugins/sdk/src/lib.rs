@@ -67,6 +67,7 @@ pub mod bindings {
 }
 
 pub mod errors;
+pub mod expiry;
 pub mod fields;
 pub mod form;
 pub mod json;

@@ -72,7 +72,8 @@ impl Call {
 }
 
 /// The usual reading of an authenticated request: 2xx valid, 401/403 invalid, anything
-/// else (429, 5xx, redirects, 404) indeterminate; facts `http_status`, `latency_ms`.
+/// else (429, 5xx, redirects, 404) indeterminate; facts `http_status`, `latency_ms`, and
+/// `expires_at` when a 2xx answer says when the credential expires ([`crate::expiry`]).
 pub fn auth_verdict(result: Result<Response, Error>) -> Result<TestOutcome, Error> {
     let response = match result {
         Ok(response) => response,
@@ -88,7 +89,10 @@ pub fn auth_verdict(result: Result<Response, Error>) -> Result<TestOutcome, Erro
             "unexpected answer (HTTP {status}); check the test URL"
         )),
     };
-    Ok(verdict
-        .fact("http_status", status)
-        .fact("latency_ms", response.latency_ms))
+    let expires_at = (200..=299).contains(&status).then(|| crate::expiry::from_response(&response)).flatten();
+    let mut verdict = verdict.fact("http_status", status).fact("latency_ms", response.latency_ms);
+    if let Some(at) = expires_at {
+        verdict = verdict.fact(crate::expiry::FACT, at);
+    }
+    Ok(verdict)
 }
