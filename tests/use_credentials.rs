@@ -521,6 +521,8 @@ async fn every_route_checks_its_scope() {
             ("post", "/api/credentials/{id}/grants") => common::server::Body::Json(json!({"ttl_secs": 60})),
             ("post", "/api/admin/users") => common::server::Body::Json(json!({"name": "eve"})),
             ("post", "/api/admin/users/{name}/tokens") => common::server::Body::Json(json!({})),
+            ("post", "/api/webhooks") => common::server::Body::Json(json!({"url": "https://example.com/hook"})),
+            ("post", "/api/admin/keys/rotate") => common::server::Body::Json(json!({"new_key_file": "/nonexistent/key"})),
             ("post", _) => common::server::Body::Json(json!({})),
             _ => common::server::Body::None,
         };

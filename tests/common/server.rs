@@ -262,7 +262,11 @@ impl Server {
 
     /// A client for this server that checks every response against `guard`.
     pub fn api(&self, guard: &Arc<LeakGuard>) -> Api {
-        Api { http: reqwest::Client::new(), base: self.base.clone(), guard: guard.clone() }
+        // The server closes a kept-alive connection that sends no request within its header
+        // timeout (10 s by default); drop idle connections sooner than that, so a request after a
+        // long wait never races the server's close.
+        let http = reqwest::Client::builder().pool_idle_timeout(Duration::from_secs(5)).build().expect("client");
+        Api { http, base: self.base.clone(), guard: guard.clone() }
     }
 }
 
