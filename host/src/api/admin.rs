@@ -4,7 +4,6 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 
 use super::auth::Auth;
@@ -53,7 +52,8 @@ pub struct NewToken {
 pub struct TokenIssued {
     pub user: String,
     pub token_id: String,
-    pub token: String,
+    #[schema(value_type = String)]
+    pub token: super::reply::ShownOnce,
     #[schema(format = DateTime)]
     pub expires_at: Option<String>,
     pub scopes: Vec<crate::store::Scope>,
@@ -64,7 +64,7 @@ impl From<IssuedToken> for TokenIssued {
         TokenIssued {
             user: t.info.user.clone(),
             token_id: t.info.id.clone(),
-            token: t.token.expose_secret().to_string(),
+            token: (&t.token).into(),
             expires_at: t.info.expires_at.map(crate::service::rfc3339),
             scopes: t.info.scopes().into_iter().collect(),
         }

@@ -4,7 +4,6 @@
 use axum::extract::{Path, State};
 use axum::routing::{delete, post};
 use axum::{Json, Router};
-use secrecy::ExposeSecret;
 use serde::Serialize;
 
 use super::auth::Auth;
@@ -24,7 +23,8 @@ pub fn router() -> Router<AppState> {
 pub struct GrantIssued {
     #[serde(flatten)]
     pub grant: GrantView,
-    pub token: String,
+    #[schema(value_type = String)]
+    pub token: super::reply::ShownOnce,
     /// Base URL for the agent's client: `/api/credentials/{id}/proxy`.
     pub proxy_url: String,
 }
@@ -46,7 +46,7 @@ async fn create(
     let location = format!("/api/credentials/{}/grants/{}", issued.grant.credential, issued.grant.grant_id);
     Ok(super::reply::Created(
         location,
-        GrantIssued { token: issued.token.token.expose_secret().to_string(), grant: issued.grant, proxy_url },
+        GrantIssued { token: (&issued.token.token).into(), grant: issued.grant, proxy_url },
     ))
 }
 

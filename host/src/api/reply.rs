@@ -5,6 +5,25 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 
+/// A secret handed to its owner once (a new token, a webhook signing secret): serialized
+/// as is, never shown by `Debug`.
+#[derive(Serialize)]
+#[serde(transparent)]
+pub struct ShownOnce(pub String);
+
+impl From<&secrecy::SecretString> for ShownOnce {
+    fn from(s: &secrecy::SecretString) -> Self {
+        use secrecy::ExposeSecret as _;
+        ShownOnce(s.expose_secret().to_owned())
+    }
+}
+
+impl std::fmt::Debug for ShownOnce {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ShownOnce(..)")
+    }
+}
+
 /// `201 Created` with the JSON body and a `Location` naming the new resource.
 pub struct Created<T>(pub String, pub T);
 
@@ -17,5 +36,17 @@ impl<T: Serialize> IntoResponse for Created<T> {
             response.headers_mut().insert(header::LOCATION, location);
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ShownOnce;
+
+    #[test]
+    fn a_secret_shown_once_is_serialized_but_never_debug_printed() {
+        let s = ShownOnce("whsec_c2VjcmV0LXNob3duLW9uY2U=".into());
+        assert_eq!(serde_json::to_string(&s).unwrap(), "\"whsec_c2VjcmV0LXNob3duLW9uY2U=\"");
+        assert!(!format!("{s:?}").contains("c2VjcmV0"), "{s:?}");
     }
 }

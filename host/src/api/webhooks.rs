@@ -5,7 +5,6 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use secrecy::ExposeSecret;
 use serde::Serialize;
 
 use super::auth::Auth;
@@ -27,7 +26,8 @@ pub struct WebhookCreated {
     #[serde(flatten)]
     pub webhook: WebhookView,
     /// `whsec_<base64>`: verify each delivery's `webhook-signature` with it. Not shown again.
-    pub secret: String,
+    #[schema(value_type = String)]
+    pub secret: super::reply::ShownOnce,
 }
 
 /// Subscribe to your own events (scope `write`); at most 25 subscriptions per user.
@@ -43,7 +43,7 @@ async fn create(
 ) -> Result<super::reply::Created<WebhookCreated>, ApiError> {
     let (webhook, secret) = s.run(move |svc| svc.create_webhook(&p, req)).await?;
     let location = format!("/api/webhooks/{}", webhook.id);
-    Ok(super::reply::Created(location, WebhookCreated { webhook, secret: secret.expose_secret().to_string() }))
+    Ok(super::reply::Created(location, WebhookCreated { webhook, secret: (&secret).into() }))
 }
 
 /// Your subscriptions (scope `read`), never their secrets.
