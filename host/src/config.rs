@@ -280,6 +280,9 @@ pub struct ServerConfig {
     /// Web origins (`https://host[:port]`) whose pages may call the API from a browser
     /// (CORS). Empty, the default, sends no CORS headers: browsers refuse cross-origin calls.
     pub cors_allowed_origins: Vec<String>,
+    /// Serve the web console at `/ui/` (`CREDHOST_CONSOLE`). It holds no privileges of its
+    /// own (a page that calls the public API with the token the user signs in with).
+    pub console: bool,
 }
 
 impl ServerConfig {
@@ -312,6 +315,7 @@ impl Default for ServerConfig {
             idle_timeout_secs: 60,
             max_connections: 1024,
             cors_allowed_origins: Vec::new(),
+            console: true,
         }
     }
 }
@@ -450,6 +454,13 @@ impl Config {
         if let Some(v) = get("CREDHOST_PLUGINS_DIR") {
             self.plugins.dir = Some(PathBuf::from(v));
         }
+        if let Some(v) = get("CREDHOST_CONSOLE") {
+            self.server.console = match v.trim() {
+                "1" | "true" | "yes" | "on" => true,
+                "0" | "false" | "no" | "off" => false,
+                _ => return Err(format!("CREDHOST_CONSOLE: {v:?} is not a switch (expected true or false)")),
+            };
+        }
         if let Some(v) = get("CREDHOST_ALLOW_PRIVATE_NETWORKS") {
             self.plugins.allow_private_networks = matches!(v.as_str(), "1" | "true" | "yes");
         }
@@ -487,6 +498,18 @@ mod tests {
         assert_eq!(c.server.listen.port(), 2);
         let bad = c.apply_env(|k| (k == "CREDHOST_LISTEN").then(|| "nope".to_string()));
         assert!(bad.unwrap_err().contains("CREDHOST_LISTEN"));
+    }
+
+    #[test]
+    fn the_console_is_on_unless_switched_off() {
+        let mut c = Config::parse("").unwrap();
+        assert!(c.server.console);
+        c = Config::parse("[server]\nconsole = false\n").unwrap();
+        assert!(!c.server.console);
+        c.apply_env(|k| (k == "CREDHOST_CONSOLE").then(|| "on".to_string())).unwrap();
+        assert!(c.server.console);
+        let bad = c.apply_env(|k| (k == "CREDHOST_CONSOLE").then(|| "maybe".to_string())).unwrap_err();
+        assert!(bad.contains("CREDHOST_CONSOLE") && bad.contains("maybe"), "{bad}");
     }
 
     /// A secret literal on a line the parser refuses never appears in the error (it is

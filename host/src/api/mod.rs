@@ -4,6 +4,7 @@
 mod admin;
 mod audit;
 mod auth;
+mod console;
 mod credentials;
 pub mod error;
 mod extract;
@@ -145,6 +146,7 @@ pub fn router(state: AppState, server: &ServerConfig) -> Router {
         .nest("/api", api)
         .merge(health::router())
         .merge(openapi::router())
+        .merge(if server.console { console::router() } else { Router::new() })
         .fallback(|| async { ApiError::Service(ServiceError::NotFound) })
         // Innermost, so a handler panic becomes the JSON 500 that `finish` logs and counts
         // (without it the connection just drops and nothing is logged).
@@ -225,10 +227,17 @@ async fn finish(State(f): State<Finish>, req: Request, next: Next) -> Response {
     // The route pattern, not the path: ids must not become metric series.
     let route = req.extensions().get::<axum::extract::MatchedPath>().map_or("unmatched", |m| m.as_str()).to_owned();
     let deadline = std::time::Instant::now() + f.timeout;
-    let response = match tokio::time::timeout(f.timeout, REQUEST_DEADLINE.scope(deadline, next.run(req))).await {
+    let mut response = match tokio::time::timeout(f.timeout, REQUEST_DEADLINE.scope(deadline, next.run(req))).await {
         Ok(r) => json_errors(r),
         Err(_) => ApiError::Timeout.into_response(),
     };
+    if path.starts_with("/api/") {
+        // API answers describe credentials and may carry a token shown once: no cache keeps
+        // them, and no browser guesses another content type for them.
+        let h = response.headers_mut();
+        h.entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-store"));
+        h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    }
     let took = started.elapsed();
     let status = response.status().as_u16();
     crate::metrics::http_request(method.as_str(), &route, status, took);
