@@ -11,6 +11,8 @@ command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || need+=(openssh-serve
 [ -x /usr/bin/openssl ] || need+=(openssl)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v jq >/dev/null 2>&1 || need+=(jq)
+# The console's browser test (tests/console.rs) drives Debian's Chromium with Playwright.
+[ -x /usr/bin/chromium ] || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "scripts/test.sh: installing test peers: ${need[*]}"
@@ -38,6 +40,9 @@ export PATH="$pyscripts:$PATH"
 [ -x "$pyscripts/openapi-python-client" ] || python3 -m pip install --quiet openapi-python-client==0.29.1
 # The webhook test's receiver (tests/webhooks/receiver.py) verifies signatures with it.
 python3 -c 'import standardwebhooks' 2>/dev/null || python3 -m pip install --quiet standardwebhooks==1.1.0
+# The console's browser test (tests/console/test_console.py); it launches /usr/bin/chromium,
+# so no `playwright install` (no browser download).
+python3 -c 'import playwright' 2>/dev/null || python3 -m pip install --quiet playwright==1.65.2
 
 # Every test server appends the statuses it answered here; checked against the OpenAPI
 # document after the suite (tests/api_contract.rs).

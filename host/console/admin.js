@@ -52,7 +52,7 @@ function tokensTable(list, opts) {
           cell(
             "Actions",
             t.state === "active"
-              ? actionButton("Revoke", () => opts.revoke(t), { class: "danger", "aria-label": `Revoke token ${t.id}` })
+              ? actionButton("Revoke", () => opts.revoke(t), { class: "danger" })
               : null,
           ),
         ),
@@ -221,7 +221,7 @@ route(
                   "Actions",
                   h("a", { href: query("#/admin/tokens", { user: u.name }) }, "Tokens"),
                   " ",
-                  h("button", { type: "button", on: { click: () => tokenForm(u.name) } }, "Issue token"),
+                  h("button", { type: "button", "aria-label": `Issue token for ${u.name}`, on: { click: () => tokenForm(u.name) } }, "Issue token"),
                 ),
               ),
             ),
@@ -236,7 +236,7 @@ route(
       tokenBox.dataset.user = user;
       const tUser = fieldControl({ name: "user", label: "User", kind: "choice", required: true, choices: users.map((u) => u.name) }, { value: user });
       const tLabel = fieldControl({ name: "label", label: "Label", kind: "text", help: "What the token is for, e.g. ci-deploy." }, {});
-      const tDays = fieldControl({ name: "expires_in_secs", label: "Expires in (days)", kind: "number", help: "Empty: no expiry." }, {});
+      const tDays = fieldControl({ name: "expires_in_secs", label: "Expires in (days)", kind: "number", help: "1 to 3660 days; empty: no expiry." }, {});
       tDays.input.setAttribute("min", "1");
       const scopeBoxes = SCOPES.map((s) => h("input", { type: "checkbox", id: `scope-${s}`, name: "scopes", value: s }));
       const scopes = h(

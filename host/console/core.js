@@ -109,7 +109,9 @@ export async function api(method, path, body, headers) {
   const fields = {};
   for (const f of err.fields || []) fields[f.field] = f.message;
   const failure = new ApiFailure(res.status, err.code || "error", err.message || `HTTP ${res.status}`, fields);
-  if (res.status === 401 && token) {
+  // A signed-in session whose token stopped working ends here; during sign-in the page
+  // itself says why the token was refused.
+  if (res.status === 401 && token && session.me) {
     session.clear();
     document.dispatchEvent(new Event("credhost:signedout"));
     notice("Your session ended (the token is no longer valid). Sign in again.", "error");

@@ -96,10 +96,35 @@ class DetailPage {
     return () => this.isCurrent() && this.seqs[name] === n;
   }
 
+  /** The credential; a soft-deleted one (which GET answers 404 for) is looked up among
+   *  the deleted ones of the list. Throws the GET's failure when it is in neither. */
+  async fetchCred() {
+    try {
+      return await api("GET", this.path);
+    } catch (e) {
+      if (e.status !== 404) throw e;
+      const found = await this.findDeleted();
+      if (found) return found;
+      throw e;
+    }
+  }
+
+  async findDeleted() {
+    let cursor = null;
+    for (let i = 0; i < 20; i++) {
+      const page = await api("GET", query("/api/credentials", { deleted_only: "true", limit: 1000, cursor }));
+      const hit = ((page && page.items) || []).find((c) => c.id === this.id);
+      if (hit) return hit;
+      cursor = page && page.next_cursor;
+      if (!cursor) return null;
+    }
+    return null;
+  }
+
   async start() {
     let cred;
     try {
-      cred = await api("GET", this.path);
+      cred = await this.fetchCred();
     } catch (e) {
       if (!this.isCurrent()) return;
       if (e.status === 404 || e.status === 422) return this.notFound();
@@ -143,7 +168,7 @@ class DetailPage {
   async refresh() {
     let cred;
     try {
-      cred = await api("GET", this.path);
+      cred = await this.fetchCred();
     } catch (e) {
       if (!this.isCurrent()) return;
       if (e.status === 404) return this.notFound();
@@ -156,9 +181,17 @@ class DetailPage {
   }
 
   loadSections() {
-    this.loadHistory();
-    this.loadVersions();
-    this.loadGrants();
+    if (this.cred.deleted_at) {
+      // A deleted credential has no tests, versions or grants to show until restored
+      // (and late answers of earlier loads are dropped).
+      ["history", "versions", "grants"].forEach((n) => this.fresh(n));
+      for (const el of [this.history, this.versions, this.grants]) replace(el, h("p", { class: "muted" }, "Not available while the credential is deleted."));
+      replace(this.grantArea);
+    } else {
+      this.loadHistory();
+      this.loadVersions();
+      this.loadGrants();
+    }
     this.loadAudit(true);
   }
 
@@ -344,6 +377,8 @@ class DetailPage {
       const had = old !== undefined && old !== null && old !== "";
       if (v === undefined || v === null) {
         if (had) fields[ctl.name] = null;
+      } else if (v === false && !had) {
+        // An unticked box for a value never stored: nothing changed.
       } else if (!had || String(v) !== String(old)) {
         fields[ctl.name] = v;
       }
@@ -382,6 +417,7 @@ class DetailPage {
       }
       controls.forEach((ctl) => ctl.clear());
       this.closeForm();
+      replace(this.testResult);
       notice("Secret replaced");
       if (!this.isCurrent()) return;
       await this.refresh();
@@ -416,6 +452,7 @@ class DetailPage {
       controls.forEach((ctl) => ctl.clear());
       if (!this.isCurrent()) return;
       this.closeForm();
+      replace(this.testResult);
       this.showRotation(r);
       await this.refresh();
       this.loadVersions();
@@ -584,6 +621,7 @@ class DetailPage {
     }
     notice(`Version ${v.version} is now current.`);
     if (!this.isCurrent()) return;
+    replace(this.testResult);
     await this.refresh();
     this.loadVersions();
     this.loadAudit(true);

@@ -2,8 +2,9 @@
 // The helpers here (one control per field, the common name/description/tags/environment
 // controls, showing the server's field errors) are shared with the detail page's edit form.
 //
-// A control is `{ name, el, input, read(), setError(msg|null), clear() }`: `el` is the
-// whole block (label, input, help, error) to put in a form, `input` the element to focus.
+// A control is `{ name, common, el, input, read(), setError(msg|null), clear() }`: `el` is
+// the whole block (label, input, help, error) to put in a form, `input` the element to
+// focus, `common` true for the credential's own name/description/tags/environment.
 
 import { ApiFailure, api, errorBox, go, h, notice, replace, route, spinner, types } from "./core.js";
 
@@ -48,8 +49,8 @@ function control(name, input, labelEl, helpText, read, clearFn, opts) {
         input.removeAttribute("aria-invalid");
       } else {
         errEl = h("p", { class: "field-error", id: id.err, role: "alert" }, String(msg));
-        // Right after the input (after the checkbox's label for a checkbox).
-        (isCheck ? labelEl : input).after(errEl);
+        // Right after the input (after the checkbox and its label for a checkbox).
+        (isCheck ? labelEl.parentNode : input).after(errEl);
         input.setAttribute("aria-invalid", "true");
       }
       const d = describedBy();

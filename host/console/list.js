@@ -89,7 +89,7 @@ route("#/credentials", async (args, main, isCurrent) => {
 
   replace(
     main,
-    h("div", { class: "page-head" }, h("h1", {}, "Credentials"), h("a", { href: "#/add", class: "button-link" }, "Add credential")),
+    h("h1", {}, "Credentials"),
     filters,
     count,
     results,
