@@ -70,7 +70,8 @@ async fn rotate(
     operation_id = "promote_credential_version", security(("bearer" = [])),
     responses((status = 200, body = CredentialView, description = "the credential, with `version` now current"),
               (status = 409, body = super::error::ErrorBody,
-               description = "a rotation is running, or the version was sealed for another destination (`conflict`)"),
+               description = "a rotation or another promote of this credential is running, or the version was sealed \
+                              for another destination (`conflict`)"),
               (status = 422, body = super::error::ErrorBody, description = "the credential's type is no longer loaded (`unknown_type`)")))]
 async fn promote(
     State(s): State<AppState>,

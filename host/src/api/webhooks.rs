@@ -80,10 +80,11 @@ async fn deliveries(State(s): State<AppState>, Auth(p): Auth, Path(id): Path<Str
 }
 
 /// Send a `webhook.ping` event to this subscription only (scope `write`); it is
-/// delivered like any event, within a poll interval.
+/// delivered like any event, within a poll interval. At most 10 pings a minute per user.
 #[utoipa::path(post, path = "/api/webhooks/{id}/ping", tag = "webhooks", operation_id = "ping_webhook",
     params(("id" = String, Path, description = "subscription id")),
-    security(("bearer" = [])), responses((status = 202, body = PingView, description = "the event is queued")))]
+    security(("bearer" = [])), responses((status = 202, body = PingView, description = "the event is queued"),
+              (status = 409, body = super::error::ErrorBody, description = "the caller sent 10 pings in the last minute; the message says when to try again")))]
 async fn ping(State(s): State<AppState>, Auth(p): Auth, Path(id): Path<String>) -> Result<(StatusCode, Json<PingView>), ApiError> {
     let v = s.run(move |svc| svc.ping_webhook(&p, &id)).await?;
     Ok((StatusCode::ACCEPTED, Json(v)))

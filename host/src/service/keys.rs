@@ -76,8 +76,9 @@ fn bad_file(message: impl Into<String>) -> ServiceError {
 }
 
 /// Reads a new key from `path`: an absolute path to a regular file (not a symlink) owned
-/// by the server's user and private to it, holding base64 of 32 bytes.
-fn read_new_key(path: &Path) -> Result<MasterKey> {
+/// by the server's user and private to it, holding base64 of 32 bytes. Every check is on
+/// the one opened descriptor; returns the key and the file's (device, inode).
+fn read_new_key(path: &Path) -> Result<(MasterKey, (u64, u64))> {
     if !path.is_absolute() {
         return Err(bad_file("must be an absolute path (the server resolves it, not the caller's directory)"));
     }
@@ -124,8 +125,15 @@ fn read_new_key(path: &Path) -> Result<MasterKey> {
     if text.len() as u64 > MAX_KEY_FILE {
         return Err(bad_file(format!("{shown} is too large to be a key file")));
     }
+    #[cfg(unix)]
+    let ident = {
+        use std::os::unix::fs::MetadataExt;
+        (meta.dev(), meta.ino())
+    };
+    #[cfg(not(unix))]
+    let ident = (0, 0);
     // The parse error never quotes the file's text.
-    MasterKey::from_base64(&text).map_err(|e| bad_file(format!("{shown}: {e}")))
+    MasterKey::from_base64(&text).map(|k| (k, ident)).map_err(|e| bad_file(format!("{shown}: {e}")))
 }
 
 impl Service {
@@ -146,7 +154,7 @@ impl Service {
         }
         let new_path = PathBuf::from(new_key_file);
         let _one_at_a_time = ROTATING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let key = read_new_key(&new_path)?;
+        let (key, handed) = read_new_key(&new_path)?;
         let previous_key_id = self.store.kek_id();
         if key.id() == previous_key_id {
             return Err(bad_file(format!("holds the current master key ({previous_key_id}); give a new one")));
@@ -157,6 +165,7 @@ impl Service {
             }
         }
         let key_id = key.id().to_owned();
+        let key_text = key.to_base64();
         before_commit()?;
         let namespaces = self.store.rotate_kek(&p.user, key)?;
         tracing::warn!(from = %previous_key_id, to = %key_id, namespaces, "master key rotated");
@@ -169,7 +178,7 @@ impl Service {
             action_needed: None,
         };
         match &self.key_source {
-            KeySource::File(current) => match replace_key_file(current, &new_path) {
+            KeySource::File(current) => match install_key_file(current, &key_text, &new_path, handed) {
                 Ok(old) => {
                     out.key_file = Some(current.display().to_string());
                     out.previous_key_file = Some(old.display().to_string());
@@ -228,6 +237,55 @@ pub fn replace_key_file(current: &Path, new: &Path) -> std::io::Result<PathBuf> 
         let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
         std::fs::File::open(dir)?.sync_all()?;
     }
+    Ok(old)
+}
+
+/// The handover after an online rotation: like [`replace_key_file`], but what goes over
+/// `current` is the key the server read and checked, written afresh to a private file
+/// beside it (`<current>.tmp`, created exclusively) and renamed over it, never whatever
+/// the handed-over path holds by now (it could have been swapped since it was read, or
+/// be on another file system). The handed-over file is removed afterwards if it is still
+/// the file that was read. Returns the `.old` path.
+fn install_key_file(current: &Path, key: &secrecy::SecretString, handed: &Path, read: (u64, u64)) -> std::io::Result<PathBuf> {
+    use secrecy::ExposeSecret;
+    use std::io::Write;
+    let old = retired_key_file(current);
+    let text = zeroize::Zeroizing::new(std::fs::read(current)?);
+    let mut f = crate::fsperm::private_file(&old)?;
+    crate::fsperm::restrict_file(&old)?;
+    f.write_all(&text)?;
+    f.sync_all()?;
+    let staged = suffixed(current, ".tmp");
+    match std::fs::remove_file(&staged) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut f = options.open(&staged)?;
+    f.write_all(key.expose_secret().as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&staged, current)?;
+    if let Some(dir) = current.parent() {
+        let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let Ok(m) = std::fs::symlink_metadata(handed) {
+            if m.is_file() && (m.dev(), m.ino()) == read {
+                let _ = std::fs::remove_file(handed);
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (handed, read);
     Ok(old)
 }
 

@@ -39,10 +39,10 @@ impl Running {
     fn claim(id: CredentialId) -> Result<Running> {
         let mut running = RUNNING.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(pending) = running.get(&id) {
-            let which = pending.map_or_else(|| "a new version".to_string(), |n| format!("pending version {n}"));
-            return Err(ServiceError::Conflict(format!(
-                "a rotation of this credential is in progress ({which}); wait for it to finish"
-            )));
+            return Err(ServiceError::Conflict(match pending {
+                Some(n) => format!("a rotation of this credential is in progress (pending version {n}); wait for it to finish"),
+                None => "a rotation or promote of this credential is in progress; wait for it to finish".to_string(),
+            }));
         }
         running.insert(id, None);
         Ok(Running(id))
@@ -50,10 +50,6 @@ impl Running {
 
     fn set(&self, version: u32) {
         RUNNING.lock().unwrap_or_else(PoisonError::into_inner).insert(self.0, Some(version));
-    }
-
-    fn is_running(id: CredentialId) -> bool {
-        RUNNING.lock().unwrap_or_else(PoisonError::into_inner).contains_key(&id)
     }
 }
 
@@ -406,11 +402,11 @@ impl Service {
         let c = self.live(p, id)?;
         let n: u32 = n.parse().map_err(|_| ServiceError::NotFound)?;
         let plugin = self.registry.get(&c.kind)?;
-        if Running::is_running(c.id) {
-            return Err(ServiceError::Conflict(
-                "a rotation of this credential is in progress; promote after it finishes".into(),
-            ));
-        }
+        // Held until the promote commits: a rotate starting meanwhile is refused (409)
+        // instead of writing its pending version beside a promote in flight.
+        let _claim = Running::claim(c.id).map_err(|_| {
+            ServiceError::Conflict("a rotation or promote of this credential is in progress; promote after it finishes".into())
+        })?;
         let binding = binding_of(&plugin, c.environment.as_deref(), &c.fields);
         before_commit()?;
         let (c, _) = self.store.promote_version(&p.user, p.namespace, c.id, n, binding.as_deref())?;

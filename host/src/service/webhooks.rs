@@ -206,7 +206,9 @@ impl Service {
     /// through the outbox like every event.
     pub fn ping_webhook(&self, p: &Principal, id: &str) -> Result<PingView> {
         require_unbound(p, Scope::Write)?;
-        let event = self.store().ping_webhook(p.namespace, parse(id)?)?;
+        let id = parse(id)?;
+        ping_allowed(p.namespace)?;
+        let event = self.store().ping_webhook(p.namespace, id)?;
         Ok(PingView { event_id: event.id })
     }
 }
@@ -241,6 +243,35 @@ pub(crate) fn token_misuse(store: &Arc<crate::store::Store>, token: &str, reason
             tracing::error!(error = %e, "could not record a security.token_misuse event");
         }
     });
+}
+
+/// Pings one user may send a minute (all their subscriptions together).
+pub const PINGS_PER_MINUTE: u32 = 10;
+
+/// Counts a ping against its user's minute: a test event is cheap to ask for, and a
+/// flood of them would only fill the store and the delivery queue.
+fn ping_allowed(ns: crate::store::NamespaceId) -> Result<()> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static WINDOWS: OnceLock<Mutex<HashMap<crate::store::NamespaceId, (u64, u32)>>> = OnceLock::new();
+    const MINUTE_MS: u64 = 60_000;
+    let now = now_ms();
+    let mut windows = WINDOWS.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+    if windows.len() >= 10_000 {
+        windows.retain(|_, (start, _)| now.saturating_sub(*start) < MINUTE_MS);
+    }
+    let (start, count) = windows.entry(ns).or_insert((now, 0));
+    if now.saturating_sub(*start) >= MINUTE_MS {
+        (*start, *count) = (now, 0);
+    }
+    if *count >= PINGS_PER_MINUTE {
+        let wait = (MINUTE_MS - now.saturating_sub(*start)).div_ceil(1000);
+        return Err(ServiceError::Conflict(format!(
+            "at most {PINGS_PER_MINUTE} pings a minute per user; try again in {wait} s"
+        )));
+    }
+    *count += 1;
+    Ok(())
 }
 
 fn parse(id: &str) -> Result<Uuid> {

@@ -11,7 +11,7 @@
 //! until an attempt's outcome is recorded ([`Store::record_deliveries`]). A crash between
 //! sending and recording sends again, with the same `webhook-id` (the event id).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
@@ -33,6 +33,10 @@ pub const PING_EVENT: &str = "webhook.ping";
 
 /// A revoked or expired grant was used (see [`Store::record_token_misuse`]).
 pub const MISUSE_EVENT: &str = "security.token_misuse";
+
+/// Queue entries [`Store::due_deliveries`] looks at when choosing a fair batch (keys
+/// only: a few milliseconds).
+pub const FAIR_SCAN: usize = 50_000;
 
 /// Finished deliveries kept per subscription (its delivery log); older ones are dropped.
 pub const KEPT_PER_SUBSCRIPTION: usize = 100;
@@ -332,18 +336,53 @@ impl Store {
     /// subscription and its unsealed signing secret. A queue entry whose delivery cannot
     /// be read is returned in the second list, for [`Store::record_deliveries`] to drop:
     /// one bad row must not hold the queue up.
+    ///
+    /// Fair between owners: one owner (a user, or one deployment-wide subscription) gets
+    /// at most a quarter of the batch while others have due deliveries among the first
+    /// [`FAIR_SCAN`] queue entries; a user flooding their own subscriptions with events
+    /// (to a receiver that never answers, say) cannot hold back everyone else's. Slots
+    /// nobody else wants go to the capped owners, earliest first.
     pub fn due_deliveries(&self, now: u64, max: usize) -> Result<(Vec<Due>, Vec<(u64, u128)>)> {
         let txn = self.begin_read()?;
         let queue = txn.open_table(WEBHOOK_QUEUE)?;
         let deliveries = txn.open_table(WEBHOOK_DELIVERIES)?;
         let subs = txn.open_table(WEBHOOKS)?;
         let namespaces = txn.open_table(NAMESPACES)?;
+        // Subscription -> owner, from the keys alone (nothing decoded).
+        let mut owner_of: HashMap<u128, u128> = HashMap::new();
+        for row in subs.iter()? {
+            let (ns, sub) = row?.0.value();
+            owner_of.insert(sub, ns);
+        }
+        let share = (max / 4).max(1);
+        let mut taken: HashMap<(bool, u128), usize> = HashMap::new();
+        let mut picked: Vec<((u64, u128), u128)> = Vec::new();
+        let mut deferred: Vec<((u64, u128), u128)> = Vec::new();
+        for row in queue.range((0, 0)..=(now, u128::MAX))?.take(FAIR_SCAN) {
+            if picked.len() >= max {
+                break;
+            }
+            let (k, sub) = row?;
+            let (key, sub) = (k.value(), sub.value());
+            let owner = match owner_of.get(&sub) {
+                Some(ns) => (true, *ns),
+                None => (false, sub),
+            };
+            let n = taken.entry(owner).or_default();
+            if *n < share {
+                *n += 1;
+                picked.push((key, sub));
+            } else if deferred.len() < max {
+                deferred.push((key, sub));
+            }
+        }
+        let room = max.saturating_sub(picked.len());
+        picked.extend(deferred.into_iter().take(room));
+        picked.sort_unstable();
         let mut out = Vec::new();
         let mut broken = Vec::new();
-        for row in queue.range((0, 0)..=(now, u128::MAX))?.take(max) {
-            let (k, sub) = row?;
-            let (due, id) = k.value();
-            let delivery = match deliveries.get((sub.value(), id))? {
+        for ((due, id), sub) in picked {
+            let delivery = match deliveries.get((sub, id))? {
                 Some(v) => dec::<Delivery>(v.value(), "webhook delivery"),
                 None => Err(StoreError::Corrupt("queued webhook delivery without its record".into())),
             };
