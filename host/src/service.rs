@@ -551,9 +551,11 @@ impl Service {
         }
     }
 
-    pub fn get(&self, p: &Principal, id: &str) -> Result<CredentialView> {
+    /// One credential; a soft-deleted one only when asked for (`include_deleted`).
+    pub fn get(&self, p: &Principal, id: &str, include_deleted: bool) -> Result<CredentialView> {
         require(p, Scope::Read)?;
-        Ok(self.live(p, id)?.into())
+        let c = if include_deleted { self.owned(p, id)? } else { self.live(p, id)? };
+        Ok(c.into())
     }
 
     /// One page of the caller's credentials. Name and tag filters are read in canonical

@@ -265,6 +265,7 @@ def main():
     nid = notest.id
     call(credentials.delete_credential, 204, nid, client=alice)
     call(credentials.get_credential, 404, nid, client=alice)
+    assert call(credentials.get_credential, 200, nid, client=alice, include_deleted=True).parsed.deleted_at
     call(credentials.restore_credential, 200, nid, client=alice)
     call(credentials.delete_credential, 204, nid, client=alice, purge=True)
     call(credentials.restore_credential, 404, nid, client=alice)

@@ -115,10 +115,25 @@ async fn list(
     Ok(Json(s.run(move |svc| svc.list(&p, query)).await?))
 }
 
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct GetParams {
+    /// Also find a soft-deleted credential (its view carries `deleted_at`); without it a
+    /// deleted credential is 404 like an unknown one.
+    #[serde(default)]
+    include_deleted: bool,
+}
+
 #[utoipa::path(get, path = "/api/credentials/{id}", tag = "credentials", operation_id = "get_credential",
-    security(("bearer" = [])), responses((status = 200, body = CredentialView)))]
-async fn show(State(s): State<AppState>, Auth(p): Auth, Path(id): Path<String>) -> Result<Json<CredentialView>, ApiError> {
-    Ok(Json(s.read(|svc| svc.get(&p, &id))?))
+    params(GetParams), security(("bearer" = [])), responses((status = 200, body = CredentialView)))]
+async fn show(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<GetParams>,
+) -> Result<Json<CredentialView>, ApiError> {
+    Ok(Json(s.read(|svc| svc.get(&p, &id, q.include_deleted))?))
 }
 
 /// Partial update: absent members and secret fields stay as they are.
