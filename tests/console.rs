@@ -4,6 +4,9 @@
 //! errors, tests a credential against a local service and watches its badge change, deletes
 //! and restores, renders hostile names as text, checks the security headers, a 375 px
 //! viewport and the admin pages, and takes screenshots into target/console-screenshots/.
+//! Then it attacks: hostile strings everywhere (real and intercepted answers), hash-route
+//! and `/ui/` path tricks, secrets left behind, a token revoked mid-session, a user on admin
+//! pages; and checks accessibility, keyboard-only use and 375 px pages.
 //! This side starts the server, hands the script its tokens and the secrets to type, and
 //! checks afterwards that the server still answers and never logged one of those secrets.
 //!
@@ -77,6 +80,35 @@ fn ssh_key(dir: &Path) -> PathBuf {
     path
 }
 
+/// A plugin directory for the XSS checks, and the config naming it: the hostile fixture as
+/// type `hostile` (its `report` test turns the body's `key=value` lines into facts, so the
+/// script's local service chooses them: HTML), and a broken plugin whose file name and
+/// manifest are HTML (the Plugins page lists the load problem: file name and parse error).
+fn plugin_dir_with_hostile_strings(dir: &Path) -> PathBuf {
+    use sha2::Digest as _;
+    let plugins = dir.join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    let wasm = std::fs::read(common::guest_dir().join("hostile.wasm")).expect("hostile.wasm built by build.rs");
+    let sha: String = sha2::Sha256::digest(&wasm).iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(plugins.join("hostile.wasm"), &wasm).unwrap();
+    std::fs::write(
+        plugins.join("hostile.toml"),
+        format!(
+            "sha256 = \"{sha}\"\nid = \"hostile\"\nversion = \"0.1.0\"\ncapabilities = [\"log\", \"http\"]\nreveal = []\n\
+             allowed_hosts = [\"field:target_url\"]\ntest_read_only = true\n\n[limits]\nmemory_mib = 16\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        plugins.join("<img src=x onerror=window.__xss=20>.toml"),
+        "id = \"<script>window.__xss=21</script>\"\nversion = <svg onload=window.__xss=22>\n",
+    )
+    .unwrap();
+    let config = dir.join("credhost.toml");
+    std::fs::write(&config, format!("[plugins]\ndir = {:?}\n", plugins.to_str().unwrap())).unwrap();
+    config
+}
+
 /// Fails naming the secret (never showing it or the text around it) if `text` holds one.
 fn assert_no_secret(what: &str, text: &str, secrets: &[(String, String)]) {
     use base64::Engine as _;
@@ -102,7 +134,8 @@ fn the_console_works_in_a_real_browser() {
     let env = Env::new().set("CREDHOST_ALLOW_PRIVATE_NETWORKS", "true");
     let alice = env.add_user("alice", false);
     let root = env.add_user("root", true);
-    let server = env.start(&[]);
+    let config = plugin_dir_with_hostile_strings(env.dir.path());
+    let server = env.start(&["--config", config.to_str().unwrap()]);
 
     // Every value the script types into a secret input. Random, so a hit anywhere is a leak.
     let guard = LeakGuard::new();

@@ -1,7 +1,7 @@
 // Tokens and administration: the caller's own tokens and grants, and (admins) users,
 // everyone's tokens, and the plugins loaded.
 
-import { actionButton, api, copy, errorBox, fmtTime, forgetTypes, go, h, notice, query, replace, route, session, spinner } from "./core.js";
+import { actionButton, api, copy, errorBox, fmtTime, forgetTypes, go, h, notice, query, replace, route, seg, session, spinner } from "./core.js";
 import { fieldControl, showErrors } from "./form.js";
 
 const SCOPES = ["read", "write", "test", "use", "reveal", "admin"];
@@ -11,7 +11,7 @@ function cell(label, ...content) {
 }
 
 function headRow(cols) {
-  return h("thead", {}, h("tr", {}, cols.map((c) => h("th", { scope: "col" }, c))));
+  return h("thead", {}, h("tr", {}, cols.map((c) => h("th", { scope: "col" }, c || h("span", { class: "visually-hidden" }, "Actions")))));
 }
 
 /** The session ends when its own token is revoked: the same as "Sign out". */
@@ -94,7 +94,7 @@ route("#/tokens", async (_, main, isCurrent) => {
     replace(
       box,
       list.length
-        ? tokensTable(list, { revoke: (t) => revokeWith(`/api/tokens/${encodeURIComponent(t.id)}`, t, load) })
+        ? tokensTable(list, { revoke: (t) => revokeWith(`/api/tokens/${seg(t.id)}`, t, load) })
         : h("p", { class: "empty" }, "No tokens."),
     );
   };
@@ -271,7 +271,7 @@ route(
         if (chosen.length) body.scopes = chosen;
         let issued;
         try {
-          issued = await api("POST", `/api/admin/users/${encodeURIComponent(name || "")}/tokens`, body);
+          issued = await api("POST", `/api/admin/users/${seg(name || "")}/tokens`, body);
         } catch (e) {
           showErrors([tUser, tLabel, tDays], e, tErr);
           return;
@@ -348,7 +348,7 @@ route(
         box,
         h("p", { class: "muted" }, list.length === 1 ? "1 token" : `${list.length} tokens`),
         list.length
-          ? tokensTable(list, { showUser: true, revoke: (t) => revokeWith(`/api/admin/tokens/${encodeURIComponent(t.id)}`, t, load) })
+          ? tokensTable(list, { showUser: true, revoke: (t) => revokeWith(`/api/admin/tokens/${seg(t.id)}`, t, load) })
           : null,
       );
     };

@@ -107,7 +107,8 @@ async function start() {
       await whoami();
     } catch (e) {
       session.clear();
-      if (e.status !== 401) replace(document.getElementById("main"), errorBox(e));
+      if (e.status === 401) notice("Your session ended (the token is no longer valid). Sign in again.", "error");
+      else replace(document.getElementById("main"), errorBox(e));
     }
   }
   shell();
@@ -115,6 +116,12 @@ async function start() {
   window.addEventListener("hashchange", () => {
     // Move focus to the new page for keyboard and screen-reader users.
     render().then(() => document.getElementById("main").focus({ preventScroll: true }));
+  });
+  // "Skip to content" moves focus to the page without touching the hash (the hash is
+  // the route: "#main" would be a page that does not exist).
+  document.querySelector(".skip").addEventListener("click", (ev) => {
+    ev.preventDefault();
+    document.getElementById("main").focus();
   });
   if (!location.hash) location.replace("#/credentials");
   render();

@@ -113,11 +113,21 @@ export async function api(method, path, body, headers) {
   // itself says why the token was refused.
   if (res.status === 401 && token && session.me) {
     session.clear();
+    forgetTypes();
     document.dispatchEvent(new Event("credhost:signedout"));
     notice("Your session ended (the token is no longer valid). Sign in again.", "error");
     go("#/signin");
   }
   throw failure;
+}
+
+/** One path segment for an API URL, percent-encoded. "." and ".." (or their %2e forms,
+ *  which URL parsing treats the same) would make the browser drop or climb a segment and
+ *  call another endpoint, so they are refused. */
+export function seg(value) {
+  const s = String(value);
+  if (s === "" || s === "." || s === "..") throw new Error(`"${s}" cannot be used in a URL path.`);
+  return encodeURIComponent(s);
 }
 
 /** Builds `/api/...?k=v` from an object, skipping empty values. */
@@ -164,11 +174,20 @@ export async function render() {
     if (!m) continue;
     if (!r.opts.public && !session.token()) return go("#/signin");
     if (r.opts.admin && !session.isAdmin()) {
-      replace(main, h("p", { class: "error" }, "This page is for admins."));
+      replace(main, h("h1", {}, "Admins only"), h("p", { class: "error" }, "This page is for admins."));
       return;
     }
     const args = {};
-    r.names.forEach((n, i) => (args[n] = decodeURIComponent(m[i + 1])));
+    let bad = false;
+    r.names.forEach((n, i) => {
+      try {
+        args[n] = decodeURIComponent(m[i + 1]);
+      } catch (e) {
+        bad = true; // malformed %-escapes
+      }
+      if (args[n] === "." || args[n] === "..") bad = true;
+    });
+    if (bad) return notFound(main);
     for (const [k, v] of params) if (!(k in args)) args[k] = v;
     replace(main, h("p", { class: "muted" }, spinner(), " Loading…"));
     try {
@@ -179,6 +198,10 @@ export async function render() {
     if (seq === renderSeq) document.dispatchEvent(new CustomEvent("credhost:rendered", { detail: hash }));
     return;
   }
+  notFound(main);
+}
+
+function notFound(main) {
   replace(main, h("h1", {}, "Not found"), h("p", {}, "No page here. ", h("a", { href: "#/credentials" }, "Credentials")));
 }
 

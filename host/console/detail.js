@@ -3,7 +3,7 @@
 // replace or rotate its secret, roll back, delete/restore/purge, its test history,
 // versions, audit records and grants. Every value from the API is rendered as text.
 
-import { actionButton, api, badge, copy, errorBox, fmtTime, go, h, notice, query, replace, route, session, spinner, types } from "./core.js";
+import { actionButton, api, badge, copy, errorBox, fmtTime, go, h, notice, query, replace, route, seg, session, spinner, types } from "./core.js";
 import { commonControls, fieldControl, showErrors } from "./form.js";
 
 const METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"];
@@ -20,7 +20,7 @@ function table(caption, headers, rows) {
     "table",
     { class: "stack" },
     h("caption", { class: "visually-hidden" }, caption),
-    h("thead", {}, h("tr", {}, headers.map((t) => h("th", { scope: "col" }, t)))),
+    h("thead", {}, h("tr", {}, headers.map((t) => h("th", { scope: "col" }, t || h("span", { class: "visually-hidden" }, "Actions"))))),
     h("tbody", {}, rows),
   );
 }
@@ -72,7 +72,7 @@ class DetailPage {
     this.id = id;
     this.main = main;
     this.isCurrent = isCurrent;
-    this.path = `/api/credentials/${encodeURIComponent(id)}`;
+    this.path = `/api/credentials/${seg(id)}`;
     this.cred = null;
     this.desc = null;
     this.openForm = null; // {kind, clear()} of the edit/replace/rotate form shown
@@ -96,29 +96,9 @@ class DetailPage {
     return () => this.isCurrent() && this.seqs[name] === n;
   }
 
-  /** The credential; a soft-deleted one (which GET answers 404 for) is looked up among
-   *  the deleted ones of the list. Throws the GET's failure when it is in neither. */
+  /** The credential, a soft-deleted one included (it can be restored or purged here). */
   async fetchCred() {
-    try {
-      return await api("GET", this.path);
-    } catch (e) {
-      if (e.status !== 404) throw e;
-      const found = await this.findDeleted();
-      if (found) return found;
-      throw e;
-    }
-  }
-
-  async findDeleted() {
-    let cursor = null;
-    for (let i = 0; i < 20; i++) {
-      const page = await api("GET", query("/api/credentials", { deleted_only: "true", limit: 1000, cursor }));
-      const hit = ((page && page.items) || []).find((c) => c.id === this.id);
-      if (hit) return hit;
-      cursor = page && page.next_cursor;
-      if (!cursor) return null;
-    }
-    return null;
+    return api("GET", query(this.path, { include_deleted: "true" }));
   }
 
   async start() {
@@ -614,7 +594,7 @@ class DetailPage {
     const why = v.state === "previous" ? "This rolls back to the version before the current one." : "";
     if (!confirm(`Make version ${v.version} (${v.state}) the current one? ${why}`.trim())) return;
     try {
-      await api("POST", `${this.path}/versions/${encodeURIComponent(v.version)}/promote`);
+      await api("POST", `${this.path}/versions/${seg(v.version)}/promote`);
     } catch (e) {
       if (this.isCurrent()) notice(`Version ${v.version} was not promoted: ${e.message}`, "error");
       return;
@@ -737,7 +717,7 @@ class DetailPage {
 
   async revokeGrant(g) {
     if (!confirm(`Revoke the grant "${g.label || g.grant_id}"? Its holder can no longer use this credential.`)) return;
-    await api("DELETE", `${this.path}/grants/${encodeURIComponent(g.grant_id)}`);
+    await api("DELETE", `${this.path}/grants/${seg(g.grant_id)}`);
     notice("Grant revoked.");
     if (!this.isCurrent()) return;
     this.loadGrants();

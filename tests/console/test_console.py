@@ -48,6 +48,8 @@ STARTED = time.monotonic()
 # each secret, the DSN that carries one, and the lines of the private key's body.
 NEVER = dict(SECRETS)
 NEVER["dsn"] = f"postgres://app:{SECRETS['dsn_password']}@db.example.com:5432/app"
+# The secret of the hostile-fixture credentials (made here: the fixture is test-only).
+NEVER["hostile_secret"] = "hs_" + os.urandom(16).hex()
 for i, line in enumerate(l.strip() for l in SSH_KEY.splitlines()):
     if line and not line.startswith("-----") and len(line) >= 12:
         NEVER[f"ssh_key_line{i}"] = line
@@ -163,6 +165,16 @@ class Service:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802
                 outer.hits += 1
+                if self.path.startswith(("/report", "/echo")):
+                    # The hostile fixture's `report` test turns `key=value` lines into facts;
+                    # its `echo` test puts the body into the summary: HTML in both.
+                    body = (XSS_FACTS if self.path.startswith("/report") else XSS_SUMMARY).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/plain")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
                 ok = (self.headers.get("Authorization", "") in outer.accepted
                       or self.headers.get("X-API-Key", "") == outer.key)
                 body = b'{"ok":true}' if ok else b'{"error":"unauthorized"}'
@@ -178,7 +190,8 @@ class Service:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/check"
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.url = self.base + "/check"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
@@ -196,6 +209,7 @@ class Watch:
         self.responses = []
         self.failed = []  # (method, path, status) of every answer >= 400 the page received
         self.checked = 0
+        self.requests = []  # (method, url) of every request the page made
 
     def attach(self, page, accept_dialogs):
         page.on("console", lambda m: self.console.append((m.type, m.text)))
@@ -210,6 +224,14 @@ class Watch:
 
         page.on("dialog", dialog)
         page.on("response", self.on_response)
+        page.on("request", lambda r: self.requests.append((r.method, r.url)))
+
+    def check_urls(self):
+        """Every request stayed on the server (/api/ or /ui/) and no URL carries a secret."""
+        for method, url in self.requests:
+            check(url.startswith((BASE + "/api/", BASE + "/ui/")), f"the page requested {method} {redact(url)[:200]}")
+            hit = leaks(url) + [n for n, t in TOKENS.items() if t in url]
+            check(not hit, f"a URL the page requested carries a secret ({', '.join(hit)})")
 
     def on_response(self, r):
         if "/api/" in r.url:
@@ -359,6 +381,554 @@ def common_inputs(page, name, environment=None, description=None, tags=None):
 
 def submit(page):
     page.get_by_role("button", name="Create credential", exact=True).click()
+
+
+# ---- attacks (issue 15 review): hostile strings, hash tricks, secrets, session, a11y --
+
+# Payloads that set window.__xss if they ever run; each spot has its own number.
+XSS_FACTS = ("<img src=x onerror=window.__xss=1>key=<script>window.__xss=2</script>value\n"
+             "expires_note=<svg onload=window.__xss=3>\n"
+             "link=javascript:window.__xss=4\n")
+XSS_SUMMARY = '"><img src=x onerror=window.__xss=5>'
+
+XSS_PROBE = r"""() => ({
+  xss: typeof window.__xss === 'undefined' ? null : String(window.__xss),
+  elements: document.querySelectorAll(
+    '#main img, #main svg, #main script, #main iframe, #main object, #main embed, #main b, #notice img, #notice script').length,
+  hrefs: [...document.querySelectorAll('a[href], area[href], [src]')]
+    .map(a => a.getAttribute('href') || a.getAttribute('src'))
+    .filter(h => !/^#(main|\/[^<>"'`\s]*)$/.test(h) && h !== 'icon.svg' && h !== 'app.js' && h !== 'app.css'),
+  handlers: [...document.querySelectorAll('*')].filter(e => [...e.attributes].some(a => /^on/i.test(a.name))).length,
+})"""
+
+
+def no_xss(page, watch, where, dialogs_before=None):
+    page.wait_for_timeout(150)  # an injected onerror/onload would have fired by now
+    r = page.evaluate(XSS_PROBE)
+    check(r["xss"] is None, f"{where}: window.__xss = {r['xss']}: a payload ran")
+    check(r["elements"] == 0, f"{where}: {r['elements']} img/svg/script/iframe/b element(s) in the page")
+    check(not r["hrefs"], f"{where}: links/sources other than #/ routes: {r['hrefs'][:5]}")
+    check(r["handlers"] == 0, f"{where}: {r['handlers']} element(s) with an on* attribute")
+    if dialogs_before is not None:
+        check(len(watch.dialogs) == dialogs_before, f"{where}: a dialog fired: {watch.dialogs[dialogs_before:]}")
+
+
+A11Y = r"""() => {
+  const out = [];
+  const named = (el) => (el.getAttribute('aria-label') || '').trim() ||
+    (el.getAttribute('aria-labelledby') || '').split(/\s+/).filter(Boolean)
+      .map(id => (document.getElementById(id) || {}).textContent || '').join('').trim();
+  const desc = (el) => `${el.tagName.toLowerCase()}${el.id ? '#' + el.id : ''}${el.name ? '[name=' + el.name + ']' : ''}`;
+  for (const el of document.querySelectorAll('input, select, textarea')) {
+    if (el.type === 'hidden') continue;
+    const text = [...(el.labels || [])].map(l => l.textContent).join('').trim() || named(el);
+    if (!text) out.push(`${desc(el)} has no label with text`);
+  }
+  for (const b of document.querySelectorAll('button, a[href], [role=button]')) {
+    const text = (b.textContent || '').trim() || named(b) || [...b.querySelectorAll('img[alt]')].map(i => i.alt).join('').trim();
+    if (!text) out.push(`${desc(b)} has no accessible name`);
+  }
+  for (const el of document.querySelectorAll('[tabindex]')) if (el.tabIndex > 0) out.push(`${desc(el)} has tabindex ${el.tabIndex}`);
+  const h1 = document.querySelectorAll('#main h1').length;
+  if (h1 !== 1) out.push(`${h1} <h1> in #main`);
+  const ids = {};
+  for (const el of document.querySelectorAll('[id]')) ids[el.id] = (ids[el.id] || 0) + 1;
+  for (const [id, n] of Object.entries(ids)) if (n > 1) out.push(`id ${id} is used ${n} times`);
+  for (const el of document.querySelectorAll('[aria-describedby], [aria-labelledby]'))
+    for (const a of ['aria-describedby', 'aria-labelledby'])
+      for (const id of (el.getAttribute(a) || '').split(/\s+/).filter(Boolean))
+        if (!document.getElementById(id)) out.push(`${a} of ${desc(el)} names a missing #${id}`);
+  for (const l of document.querySelectorAll('label[for]')) if (!document.getElementById(l.htmlFor)) out.push(`label for=${l.htmlFor} names nothing`);
+  for (const t of document.querySelectorAll('#main th')) if (!t.textContent.trim()) out.push('an empty table header');
+  return out;
+}"""
+
+FOCUS_SHOWN = r"""() => {
+  const e = document.activeElement;
+  if (!e || e === document.body) return '';
+  const s = getComputedStyle(e);
+  const shown = (s.outlineStyle !== 'none' && parseFloat(s.outlineWidth) > 0) || s.boxShadow !== 'none';
+  return shown ? '' : `${e.tagName.toLowerCase()}#${e.id} "${(e.textContent || e.value || '').trim().slice(0, 30)}" shows no focus`;
+}"""
+
+
+def a11y(page, where, tabs=0):
+    """The automated accessibility check of the page as it is now; `tabs`: also Tab through
+    that many elements from the top and check each shows its focus."""
+    found = page.evaluate(A11Y)
+    check(not found, f"{where}: " + "; ".join(found[:6]))
+    if tabs:
+        page.evaluate("() => document.activeElement && document.activeElement.blur()")
+        for _ in range(tabs):
+            page.keyboard.press("Tab")
+            problem = page.evaluate(FOCUS_SHOWN)
+            check(not problem, f"{where}: {problem}")
+
+
+def no_hscroll(page, where):
+    width = page.evaluate("() => document.documentElement.scrollWidth")
+    check(width <= 375, f"{where} is {width}px wide at a 375px viewport")
+
+
+def tab_to(page, element_id, limit=25):
+    for _ in range(limit):
+        if page.evaluate("() => document.activeElement && document.activeElement.id") == element_id:
+            return
+        page.keyboard.press("Tab")
+    check(page.evaluate("() => document.activeElement && document.activeElement.id") == element_id,
+          f"{limit} Tabs never reached #{element_id}")
+
+
+def page_problems(watch):
+    """No page error and no CSP report (answers >= 400 are expected in these sections)."""
+    errs = [f"pageerror: {e}" for e in watch.errors]
+    errs += [f"CSP: {t}" for _, t in watch.console if "Content Security Policy" in t or "Refused to" in t]
+    check(not errs, "; ".join(errs[:6]))
+
+
+def raw_get(path):
+    """GET `path` exactly as written (no client-side normalisation of .. or %2e)."""
+    import http.client
+    host, port = BASE.split("//")[1].split(":")
+    c = http.client.HTTPConnection(host, int(port), timeout=10)
+    c.request("GET", path)
+    r = c.getresponse()
+    body = r.read()
+    c.close()
+    return r.status, {k.lower(): v for k, v in r.getheaders()}, body
+
+
+EVIL = "<img src=x onerror=window.__xss=40>"
+FAKE_ID = "00000000-0000-4000-8000-00000000e411"
+
+
+def evil_type():
+    return {
+        "id": "evil", "display_name": EVIL + "type", "version": "1<svg onload=window.__xss=41>",
+        "description": "<script>window.__xss=42</script>", "environments": ["<b>prod</b>", "javascript:window.__xss=43"],
+        "fields": [
+            {"name": "plain", "label": EVIL + "label", "kind": "text", "secret": False, "required": True,
+             "help": "<script>window.__xss=44</script>", "choices": [], "default": '"><img src=x onerror=window.__xss=45>'},
+            {"name": "pick", "label": "Pick<b>!</b>", "kind": "choice", "secret": False, "required": False, "help": None,
+             "choices": ['"><img src=x onerror=window.__xss=46>', "javascript:window.__xss=47"], "default": None},
+            {"name": "link", "label": "Link", "kind": "url", "secret": False, "required": False, "help": None,
+             "choices": [], "default": "javascript:window.__xss=48"},
+            {"name": "note", "label": "Note", "kind": "multiline", "secret": False, "required": False,
+             "help": None, "choices": [], "default": "</textarea><img src=x onerror=window.__xss=49>"},
+            {"name": "pw", "label": "<b>pw</b>", "kind": "text", "secret": True, "required": False, "help": EVIL,
+             "choices": [], "default": None},
+        ],
+    }
+
+
+def fake_answer(path):
+    """Hostile answers for the fake credential FAKE_ID (every string the detail page shows)."""
+    now = "2026-12-01T10:00:00Z"
+    later = "2099-01-01T00:00:00Z"
+    if path.endswith("/tests"):
+        return {"items": [{"at": now, "trigger": EVIL, "status": "<b>valid</b>", "summary": EVIL, "latency_ms": 1}]}
+    if path.endswith("/versions"):
+        return {"current": 1, "pending": None, "max_versions": 5, "items": [
+            {"version": 1, "state": "current", "created_at": now, "actor": EVIL, "reason": EVIL, "forced": False,
+             "test": {"status": EVIL, "summary": EVIL}},
+            {"version": 2, "state": EVIL, "created_at": now, "actor": EVIL, "reason": EVIL, "test": None}]}
+    if path.endswith("/grants"):
+        return [{"grant_id": '"><img src=x onerror=window.__xss=50>', "label": EVIL, "methods": [EVIL],
+                 "path_prefixes": [EVIL], "calls": 0, "max_calls": None, "expires_at": later, "revoked_at": None}]
+    return {"id": FAKE_ID, "name": EVIL + "name", "type": "evil", "description": EVIL, "tags": [EVIL],
+            "environment": "<b>prod</b>",
+            "fields": {"plain": EVIL, "pick": "javascript:window.__xss=51", "link": "javascript:window.__xss=52",
+                       "note": EVIL, "pw": {"set": True, "fingerprint": EVIL}, "unknown<b>": EVIL},
+            "version": 1, "created_at": now, "updated_at": now, "deleted_at": None,
+            "last_test": {"ok": True, "status": EVIL, "summary": EVIL, "facts": {EVIL: EVIL}, "at": now},
+            "health": '"><img src=x onerror=window.__xss=53>', "next_test_at": None, "monitor": {"enabled": True},
+            "expires_at": None}
+
+
+def secrets_sections(page, watch, bearer):
+    """Secrets never stay in the page: Edit, Rotate (promoted, failed, refused by the API),
+    a failed create left by navigation, Sign out. Returns the 4xx answers it caused."""
+    expected = set()
+    with section("secrets: the edit form holds none; Rotate (promoted / failed / refused) leaves none"):
+        check(bearer, "no bearer_token credential was created")
+        cid, name = bearer
+        page.goto(UI + f"#/credentials/{cid}")
+        expect(page.locator("h1")).to_have_text(name)
+        page.get_by_role("button", name="Edit", exact=True).click()
+        expect(page.locator("form.detail-form")).to_be_visible()
+        page_secrets(page, "the open edit form")
+        by_label(page, "Description").fill("Status page API (edited)")
+        page.get_by_role("button", name="Save changes", exact=True).click()
+        expect(page.locator("form.detail-form")).to_have_count(0)
+        page_secrets(page, "the detail page after Save changes")
+        rotate = page.locator("form.detail-form")
+        for value, result in [(SECRETS["bearer_good"], "promoted"), (SECRETS["bearer_bad"], "failed")]:
+            page.get_by_role("button", name="Rotate", exact=True).click()
+            page.locator("#f-token").fill(value)
+            rotate.get_by_role("button", name="Rotate", exact=True).click()
+            expect(page.locator(".rotate-result")).to_contain_text(result)
+            expect(page.locator("#f-token")).to_have_count(0)
+            page_secrets(page, f"the detail page after a rotation that was {result}")
+            page.locator(".rotate-result").get_by_role("button", name="Close", exact=True).click()
+        # The API refuses the rotation: the form stays (to correct), Cancel empties it.
+        page.route("**/rotate", lambda r: r.fulfill(status=422, content_type="application/json", body=json.dumps(
+            {"error": {"code": "invalid", "message": "rejected", "fields": [{"field": "token", "message": "rejected"}]}})))
+        page.get_by_role("button", name="Rotate", exact=True).click()
+        page.locator("#f-token").fill(SECRETS["bearer_bad"])
+        rotate.get_by_role("button", name="Rotate", exact=True).click()
+        expect(page.locator("#err-token")).to_be_visible()
+        page.get_by_role("button", name="Cancel", exact=True).click()
+        expect(page.locator("#f-token")).to_have_count(0)
+        page.unroute("**/rotate")
+        page_secrets(page, "the detail page after a refused rotation and Cancel")
+        expected.add(("POST", f"/api/credentials/{cid}/rotate", 422))
+        watch.check_responses()
+
+    with section("secrets: a create refused by the server, then navigation away, leaves nothing"):
+        choose_type(page, "bearer_token")
+        page.locator("#f-token").fill(SECRETS["bearer_error"])
+        page.locator("#f-test_url").fill("ftp://x")
+        by_label(page, "Name").fill("rejected-then-left")
+        submit(page)
+        expect(page.locator("#err-test_url")).to_be_visible()
+        page.locator("#nav").get_by_role("link", name="Credentials", exact=True).click()
+        expect(page.locator("h1")).to_have_text("Credentials")
+        expect(page.locator("#f-token")).to_have_count(0)
+        page_secrets(page, "the list after leaving a refused add form")
+
+    with section("secrets: Sign out leaves no token in the page, the input or storage"):
+        page.get_by_role("button", name="Sign out", exact=True).click()
+        field = page.get_by_label("API token", exact=True)
+        expect(field).to_be_visible()
+        check(field.input_value() == "", "the sign-in input is not empty after Sign out")
+        stored = page.evaluate("() => JSON.stringify([Object.entries(sessionStorage), Object.entries(localStorage)])")
+        check(ALICE not in stored and ALICE not in page.content() and ALICE not in page.url,
+              "the token is still in storage, the page or the URL after Sign out")
+        check(page.locator("#nav a").count() == 0, "the navigation is still shown after Sign out")
+        page_secrets(page, "the sign-in page after Sign out")
+        sign_in(page, ALICE)
+    return expected
+
+
+def attack_sections(browser, types, service, bearer, created):
+    """Hostile strings (real and intercepted), hash-route tricks, /ui/ paths, the session's
+    end, accessibility, keyboard use and 375 px pages, each in its own browser context."""
+    ctx = browser.new_context(viewport={"width": 1280, "height": 800})
+    ctx.set_default_timeout(10_000)
+    page = ctx.new_page()
+    watch = Watch()
+    watch.attach(page, [True])
+    actx = browser.new_context(viewport={"width": 1280, "height": 800})
+    actx.set_default_timeout(10_000)
+    apage = actx.new_page()
+    awatch = Watch()
+    awatch.attach(apage, [True])
+
+    with section("attack: /ui/ paths (.., %2e%2e, trailing /, query) and the / redirect"):
+        for path in ["/ui/../Cargo.toml", "/ui/%2e%2e/Cargo.toml", "/ui/..%2fCargo.toml", "/ui/%2e%2e%2fsrc%2fmain.rs",
+                     "/ui/index.html/", "/ui/.", "/ui//etc/passwd", "//example.com/", "/ui/app.js/x"]:
+            status, headers, body = raw_get(path)
+            check(status == 404 and headers.get("content-type", "").startswith("application/json"),
+                  f"GET {path}: {status} {headers.get('content-type')!r}")
+        status, headers, body = raw_get("/ui/app.js?x=%3Cscript%3E")
+        check(status == 200 and headers.get("content-security-policy") == CSP and b"import" in body,
+              f"GET /ui/app.js?x: {status}, CSP {headers.get('content-security-policy')!r}")
+        for name in ["index.html", "app.css", "icon.svg", "core.js", "app.js", "list.js", "form.js", "detail.js", "admin.js"]:
+            status, headers, _ = raw_get("/ui/" + name)
+            check(status == 200 and headers.get("content-security-policy") == CSP
+                  and headers.get("x-content-type-options") == "nosniff",
+                  f"/ui/{name}: {status}, CSP {headers.get('content-security-policy')!r}")
+        for path in ["/", "/ui"]:
+            status, headers, _ = raw_get(path)
+            check(status in (301, 302, 303, 307, 308) and headers.get("location") == "/ui/",
+                  f"GET {path}: {status} Location {headers.get('location')!r}")
+
+    with section("attack: hostile facts, summaries, labels, audit and plugin problems render as text"):
+        for _ in range(100):  # the plugin directory's type is loaded shortly after start
+            if any(t["id"] == "hostile" for t in api_ok("GET", "/api/credential-types")):
+                break
+            time.sleep(0.1)
+        made = {}
+        for mode in ["report", "echo"]:
+            status, view = api("POST", "/api/credentials", body={
+                "type": "hostile", "name": f"<img src=x onerror=window.__xss=6>{mode}",
+                "description": "<iframe src=javascript:window.__xss=7>", "tags": ["<svg onload=window.__xss=8>"],
+                "fields": {"mode": mode, "secret": NEVER["hostile_secret"], "target_url": f"{service.base}/{mode}"}})
+            check(status == 201, f"API: creating the hostile {mode} credential answered {status}: {redact(view)}")
+            made[mode] = view["id"]
+        # Grants need a type that can be proxied: on the bearer_token credential.
+        status, grant = api("POST", f"/api/credentials/{bearer[0]}/grants", body={
+            "label": "<img src=x onerror=window.__xss=9>", "ttl_secs": 600, "path_prefixes": ["/<svg onload=window.__xss=10>"]})
+        if status != 201:  # a path prefix with HTML may be refused: the label alone then
+            status, grant = api("POST", f"/api/credentials/{bearer[0]}/grants", body={
+                "label": "<img src=x onerror=window.__xss=9>", "ttl_secs": 600})
+        check(status == 201, f"API: the hostile grant answered {status}")
+        status, issued = api("POST", "/api/admin/users/alice/tokens", token=ROOT,
+                             body={"label": "<img src=x onerror=window.__xss=11>"})
+        check(status == 201, f"API: the hostile token label answered {status}")
+        sign_in(page, ALICE)
+        n = len(watch.dialogs)
+        for mode, needle in [("report", "<script>window.__xss=2</script>value"), ("echo", XSS_SUMMARY)]:
+            page.goto(UI + f"#/credentials/{made[mode]}")
+            expect(page.locator("h1")).to_contain_text("onerror")
+            page.get_by_role("button", name="Test", exact=True).click()
+            expect(page.locator("#test-result")).to_contain_text(needle)
+            expect(page.locator("#sec-history")).to_contain_text("status" if mode == "report" else "echo:")
+            no_xss(page, watch, f"the {mode} credential's page after Test", n)
+        page.goto(UI + f"#/credentials/{bearer[0]}")
+        expect(page.locator("#sec-grants")).to_contain_text("window.__xss=9")
+        expect(page.locator("#sec-audit tbody tr").first).to_be_visible()
+        no_xss(page, watch, "a credential with a hostile grant label, and its audit", n)
+        page.goto(UI + "#/credentials?name_prefix=" + urllib.request.quote("<img", safe=""))
+        expect(page.locator(f"tr[data-id='{made['echo']}']")).to_be_visible()
+        no_xss(page, watch, "the list of hostile names", n)
+        page.goto(UI + "#/tokens")
+        expect(page.locator("#token-list")).to_contain_text("window.__xss=11")
+        no_xss(page, watch, "My tokens with a hostile label", n)
+        sign_in(apage, ROOT)
+        apage.goto(UI + "#/admin/plugins")
+        expect(apage.locator("#plugin-list")).to_contain_text("window.__xss=20")
+        expect(apage.locator("#plugin-list")).to_contain_text("hostile")
+        no_xss(apage, awatch, "the Plugins page with a hostile plugin file", 0)
+        apage.goto(UI + "#/admin/tokens?user=alice")
+        expect(apage.locator("#token-list")).to_contain_text("window.__xss=11")
+        no_xss(apage, awatch, "All tokens with a hostile label", 0)
+        watch.check_responses()
+
+    with section("attack: hostile type descriptors, field values, versions, audit, users (intercepted answers)"):
+        real_types = api_ok("GET", "/api/credential-types")
+        types_url, fake_url, audit_url = (re.compile(r"/api/credential-types$"), re.compile(f"/api/credentials/{FAKE_ID}"),
+                                          re.compile(r"/api/audit\?"))
+        page.route(types_url, lambda r: r.fulfill(json=real_types + [evil_type()]))
+        page.route(fake_url, lambda r: r.fulfill(json=fake_answer(r.request.url.split("?")[0])))
+        page.route(audit_url, lambda r: r.fulfill(json={"items": [
+            {"at": "2026-12-01T10:00:00Z", "actor": EVIL, "action": EVIL, "outcome": EVIL, "detail": EVIL}], "next_cursor": None}))
+        page.reload()
+        n = len(watch.dialogs)
+        page.goto(UI + "#/add?type=evil")
+        expect(page.locator("#f-plain")).to_be_visible()
+        expect(page.locator("#type-about")).to_contain_text("<script>")
+        check(page.locator("#f-link").input_value() == "javascript:window.__xss=48", "the url default is not shown as typed")
+        no_xss(page, watch, "the add form of a hostile descriptor", n)
+        a11y(page, "the add form of a hostile descriptor")
+        page.goto(UI + f"#/credentials/{FAKE_ID}")
+        expect(page.locator("h1")).to_have_text(EVIL + "name")
+        expect(page.locator("#sec-audit")).to_contain_text(EVIL)
+        expect(page.locator("#sec-versions")).to_contain_text(EVIL)
+        expect(page.locator("#sec-grants")).to_contain_text(EVIL)
+        expect(page.locator("#sec-history")).to_contain_text(EVIL)
+        check(page.locator("#health").get_attribute("data-health") == "untested", "an unknown health is not shown as untested")
+        no_xss(page, watch, "the detail page of a hostile credential", n)
+        page.get_by_role("button", name="Edit", exact=True).click()
+        expect(page.locator("#f-plain")).to_have_value(EVIL)
+        no_xss(page, watch, "the edit form of a hostile credential", n)
+        a11y(page, "the edit form of a hostile credential")
+        for url in (types_url, fake_url, audit_url):
+            page.unroute(url)
+        page.reload()  # forgets the cached hostile descriptor
+        users_url, tokens_url = re.compile(r"/api/admin/users$"), re.compile(r"/api/admin/tokens(\?|$)")
+        apage.route(users_url, lambda r: r.fulfill(json=[
+            {"name": EVIL, "role": EVIL, "namespace": EVIL, "created_at": "2026-12-01T10:00:00Z"}]) if r.request.method == "GET" else r.continue_())
+        apage.route(tokens_url, lambda r: r.fulfill(json=[
+            {"id": '"><img src=x onerror=window.__xss=54>', "user": EVIL, "role": "admin", "kind": "grant",
+             "credential": "javascript:window.__xss=55", "label": EVIL, "scopes": [EVIL], "state": EVIL,
+             "created_at": "2026-12-01T10:00:00Z", "expires_at": None, "current": False}]))
+        apage.goto(UI + "#/admin/users")
+        expect(apage.locator("#user-list")).to_contain_text(EVIL)
+        no_xss(apage, awatch, "Users with a hostile user name", 0)
+        apage.goto(UI + "#/admin/tokens")
+        expect(apage.locator("#token-list")).to_contain_text(EVIL)
+        href = apage.locator("#token-list a").first.get_attribute("href")
+        check(href == "#/credentials/javascript%3Awindow.__xss%3D55", f"a token's credential link is {href!r}")
+        no_xss(apage, awatch, "All tokens with hostile records", 0)
+        apage.unroute(users_url)
+        apage.unroute(tokens_url)
+
+    with section("attack: hash-route tricks stay on /api/, render text, run nothing"):
+        page.goto(UI + "#/credentials")
+        expect(page.locator("h1")).to_have_text("Credentials")
+        first = len(watch.requests)
+        cid, name = bearer
+        cases = [
+            ("#/credentials/..%2f..%2fadmin%2fusers", "Not found"),
+            ("#/credentials/%2e%2e", "Not found"),
+            ("#/credentials/..", "Not found"),
+            ("#/credentials/.", "Not found"),
+            ("#/credentials/%E0%A4%A", "Not found"),
+            ("#/credentials/%", "Not found"),
+            (f"#/credentials/{cid}?x=<script>window.__xss=60</script>&__proto__=1&constructor=2", name),
+            ("#/credentials/" + "a" * 20000, None),
+            ("#/add?type=<script>window.__xss=61</script>", "Add credential"),
+            ("#/credentials?name_prefix=<img src=x onerror=window.__xss=62>&cursor=%ZZ&health=<b>", "Credentials"),
+            ("#/admin/users", "Admins only"),
+            ("#/admin/tokens?user=..", "Admins only"),
+            ("#main", "Not found"),
+            ("#/nope/<img src=x onerror=window.__xss=63>", "Not found"),
+        ]
+        for hash_, heading in cases:
+            page.goto(UI + hash_)
+            if heading is None:
+                expect(page.locator("#main h1")).to_have_text(re.compile("^(Not found|Credential|Something went wrong)$"))
+            else:
+                expect(page.locator("#main h1")).to_have_text(heading)
+            no_xss(page, watch, f"the page for {hash_[:60]}")
+        for method, url in watch.requests[first:]:
+            check("/api/admin/" not in url, f"alice's console called {method} {url[:120]}")
+            path = url.replace(BASE, "").split("?")[0]
+            if not path.startswith("/api/"):
+                continue  # /ui/ files (check_urls below checks every URL's origin and path)
+            # A "." or ".." id would have been resolved by the browser to another endpoint.
+            check(path.startswith(("/api/credentials", "/api/tokens", "/api/credential-types", "/api/audit"))
+                  and path not in ("/api/credentials/", "/api/test") and not re.match(r"^/api/credentials/(test|grants|versions)?$", path),
+                  f"a hash trick reached {method} {path[:120]}")
+        watch.check_urls()
+        page_problems(watch)
+
+    with section("session: a token revoked while signed in ends the session once, with a message"):
+        sctx = browser.new_context(viewport={"width": 1280, "height": 800})
+        sctx.set_default_timeout(10_000)
+        spage = sctx.new_page()
+        swatch = Watch()
+        swatch.attach(spage, [True])
+        second = api_ok("POST", "/api/admin/users/alice/tokens", token=ROOT, body={"label": "console-session-test"})
+        TOKENS["alice's second token"] = second["token"]
+        sign_in(spage, second["token"])
+        expect(spage.locator("tr[data-id]").first).to_be_visible()
+        api_ok("DELETE", f"/api/admin/tokens/{second['token_id']}", token=ROOT)
+        spage.get_by_role("button", name="Refresh", exact=True).click()
+        expect(spage.get_by_label("API token", exact=True)).to_be_visible()
+        wait_hash(spage, r"^#/signin")
+        expect(spage.locator("#notice")).to_contain_text("session ended")
+        expect(spage.get_by_role("button", name="Sign out", exact=True)).to_have_count(0)
+        before = len(swatch.requests)
+        spage.wait_for_timeout(700)
+        check(len(swatch.requests) == before, f"{len(swatch.requests) - before} requests after the session ended (a loop?)")
+        check(spage.evaluate("() => sessionStorage.length") == 0, "the revoked token is still in sessionStorage")
+        spage.get_by_label("API token", exact=True).fill(second["token"])
+        spage.get_by_role("button", name="Sign in", exact=True).click()
+        expect(spage.locator("#token-error")).to_contain_text("not valid")
+        a11y(spage, "the sign-in page", tabs=3)
+        # Revoked while the tab was away: a reload says so too.
+        third = api_ok("POST", "/api/admin/users/alice/tokens", token=ROOT, body={"label": "console-reload-test"})
+        TOKENS["alice's third token"] = third["token"]
+        sign_in(spage, third["token"])
+        api_ok("DELETE", f"/api/admin/tokens/{third['token_id']}", token=ROOT)
+        spage.reload()
+        expect(spage.get_by_label("API token", exact=True)).to_be_visible()
+        expect(spage.locator("#notice")).to_contain_text("session ended")
+        check(spage.evaluate("() => sessionStorage.length") == 0, "a revoked token stayed in sessionStorage after a reload")
+        page_problems(swatch)
+        swatch.check_urls()
+        sctx.close()
+
+    with section("session: a user's console on admin pages says so and calls no admin API"):
+        first = len(watch.requests)
+        for hash_ in ["#/admin/users", "#/admin/tokens", "#/admin/plugins"]:
+            page.goto(UI + hash_)
+            expect(page.locator("#main h1")).to_have_text("Admins only")
+            a11y(page, f"alice on {hash_}")
+        page.reload()  # a fresh start on an admin page
+        expect(page.locator("#main h1")).to_have_text("Admins only")
+        calls = [u for _, u in watch.requests[first:] if "/api/admin/" in u]
+        check(not calls, f"admin API calls from a user's console: {calls[:3]}")
+
+    with section("accessibility: labels, names, tabindex, headings, ids, focus on every page"):
+        cid, name = bearer
+        page.goto(UI + "#/credentials")
+        expect(page.locator("tr[data-id]").first).to_be_visible()
+        a11y(page, "the list", tabs=12)
+        page.goto(UI + "#/tokens")
+        expect(page.locator("#token-list table")).to_be_visible()
+        a11y(page, "My tokens")
+        for type_id in types:
+            page.goto(UI + f"#/add?type={type_id}")
+            expect(page.locator("fieldset.type-fieldset")).to_be_visible()
+            a11y(page, f"the {type_id} add form", tabs=6 if type_id == "bearer_token" else 0)
+        page.goto(UI + f"#/credentials/{cid}")
+        expect(page.locator("h1")).to_have_text(name)
+        expect(page.locator("#sec-versions table")).to_be_visible()
+        a11y(page, "the detail page", tabs=10)
+        for button, form in [("Edit", "form.detail-form"), ("Replace secret", "form.detail-form"),
+                             ("Rotate", "form.detail-form"), ("Create grant", "form.grant-form")]:
+            page.get_by_role("button", name=button, exact=True).first.click()
+            expect(page.locator(form)).to_be_visible()
+            a11y(page, f"the detail page with {button} open")
+        for hash_, ready in [("#/admin/users", "#user-list table"), ("#/admin/tokens", "#token-list table"),
+                             ("#/admin/plugins", "#plugin-list table")]:
+            apage.goto(UI + hash_)
+            expect(apage.locator(ready)).to_be_visible()
+            a11y(apage, hash_, tabs=8)
+        # "Skip to content" focuses the page and keeps the route.
+        apage.goto(UI + "#/admin/plugins")
+        apage.reload()  # focus starts at the top of the document
+        expect(apage.locator("#plugin-list table")).to_be_visible()
+        apage.keyboard.press("Tab")
+        check(apage.evaluate("() => document.activeElement.className") == "skip", "the first Tab does not reach Skip to content")
+        apage.keyboard.press("Enter")
+        apage.wait_for_timeout(100)
+        check(hash_of(apage) == "#/admin/plugins", f"Skip to content changed the route to {hash_of(apage)!r}")
+        check(apage.evaluate("() => document.activeElement.id") == "main", "Skip to content did not focus the page")
+        expect(apage.locator("#main h1")).to_have_text("Plugins")
+
+    with section("keyboard only: create a bearer_token credential (Tab, arrows, typing, Enter)"):
+        page.goto(UI + "#/credentials")
+        expect(page.locator("h1")).to_have_text("Credentials")
+        page.goto(UI + "#/add")
+        expect(page.locator("#cred-type")).to_be_visible()
+        tab_to(page, "cred-type")
+        for _ in range(12):
+            if page.locator("#cred-type").input_value() == "bearer_token":
+                break
+            page.keyboard.press("ArrowDown")
+        check(page.locator("#cred-type").input_value() == "bearer_token", "arrow keys never chose bearer_token")
+        expect(page.locator("#f-token")).to_be_visible()
+        kname = "keyboard-made"
+        for element_id, text in [("cred-name", kname), ("cred-tags", "kbd"), ("f-token", SECRETS["bearer_plain"]),
+                                 ("f-test_url", service.url)]:
+            tab_to(page, element_id)
+            page.keyboard.type(text)
+        page.keyboard.press("Enter")
+        expect(page.locator("h1")).to_have_text(kname)
+        wait_hash(page, r"^#/credentials/[^/?]+$")
+        kid = hash_of(page).split("/")[2]
+        view = api_ok("GET", f"/api/credentials/{kid}")
+        check(view["fields"]["token"].get("set") is True and view["tags"] == ["kbd"], f"API: {redact(view)[:200]}")
+        page_secrets(page, "the detail page after a keyboard create")
+
+    with section("375 px: detail with forms open, tokens, admin pages, a hostile add form"):
+        cid, name = bearer
+        page.set_viewport_size({"width": 375, "height": 800})
+        apage.set_viewport_size({"width": 375, "height": 800})
+        page.goto(UI + f"#/credentials/{cid}")
+        expect(page.locator("#sec-versions table")).to_be_visible()
+        page.get_by_role("button", name="Create grant", exact=True).click()
+        page.get_by_role("button", name="Edit", exact=True).click()
+        expect(page.locator("form.grant-form")).to_be_visible()
+        expect(page.locator("#sec-audit table")).to_be_visible()
+        no_hscroll(page, "the detail page with the edit and grant forms open")
+        page.screenshot(path=os.path.join(SHOTS, "narrow-detail.png"), full_page=True)
+        page.goto(UI + "#/tokens")
+        expect(page.locator("#token-list table")).to_be_visible()
+        no_hscroll(page, "My tokens")
+        page.goto(UI + "#/add?type=hostile")
+        expect(page.locator("#f-target_url")).to_be_visible()
+        no_hscroll(page, "the hostile add form")
+        for hash_, ready in [("#/admin/users", "#user-list table"), ("#/admin/tokens", "#token-list table"),
+                             ("#/admin/plugins", "#plugin-list table")]:
+            apage.goto(UI + hash_)
+            expect(apage.locator(ready)).to_be_visible()
+            no_hscroll(apage, hash_)
+        apage.screenshot(path=os.path.join(SHOTS, "narrow-admin-plugins.png"), full_page=True)
+
+    with section("attack contexts: no page error, no CSP report, every URL on /api/ or /ui/ without a secret"):
+        page_problems(watch)
+        page_problems(awatch)
+        watch.check_urls()
+        awatch.check_urls()
+        watch.check_responses()
+        awatch.check_responses()
+    ctx.close()
+    actx.close()
 
 
 # ---- the run ------------------------------------------------------------------------
@@ -692,14 +1262,15 @@ def main():
             check(grant_token not in page.content(), "the grant's token is still in the page after Done")
             watch.check_responses()
 
+        rotate_expected = secrets_sections(page, watch, bearer)
+
         # 8 (second half): no CSP violation and no JS error in alice's session.
         with section("no CSP violation, no JavaScript error (user session)"):
             say(f"     ({len(watch.console)} console messages, {len(watch.errors)} page errors, "
                 f"{watch.checked} API answers checked for secrets, {service.hits} calls to the local service)")
             expected = {("GET", "/api/tokens", 401), ("POST", "/api/credentials", 422)}
-            if "api_key" in created:  # the detail page re-reads the credential it just deleted
-                expected.add(("GET", f"/api/credentials/{created['api_key'][0]}", 404))
-            problems(watch, expected)
+            problems(watch, expected | rotate_expected)
+            watch.check_urls()
             check(watch.checked > 10, f"only {watch.checked} API answers were checked for secrets")
 
         # 10: the admin pages.
@@ -730,6 +1301,9 @@ def main():
         with section("no CSP violation, no JavaScript error (admin session)"):
             problems(awatch)
             awatch.check_responses()
+            awatch.check_urls()
+
+        attack_sections(browser, types, service, bearer, created)
 
         browser.close()
 
