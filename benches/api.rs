@@ -5,7 +5,8 @@
 //!   body of the same size, both driven by the same client (reqwest, `CONNS` concurrent
 //!   keep-alive connections over loopback) in the same run; the ratio (target >= 0.40);
 //! - `POST /api/credentials` requests/s (type validation in the sandbox + one durable
-//!   commit each) against the real binary.
+//!   commit each) against the real binary, at `CONNS` connections and at 1 (interleaved),
+//!   their ratio (group commit, issue 17: target >= 5) and create latency p50/p99 at both.
 //!
 //! Client and servers share this machine's cores, so absolute numbers understate the
 //! server; the ratio is the comparable figure. Phases alternate to even out noise.
@@ -31,20 +32,34 @@ where
     F: Fn(u64) -> Fut + Send + Sync + Clone + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
+    drive_timed(CONNS, op).await.0
+}
+
+/// Runs `conns` loops of `op` for `WARMUP + PHASE`; returns completed requests/s in PHASE
+/// and the latency of each request completed in PHASE.
+async fn drive_timed<F, Fut>(conns: usize, op: F) -> (f64, Vec<Duration>)
+where
+    F: Fn(u64) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
     let counted = Arc::new(AtomicU64::new(0));
     let counting = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let seq = Arc::new(AtomicU64::new(0));
+    let seq = SEQ.clone();
     let mut tasks = Vec::new();
-    for _ in 0..CONNS {
+    for _ in 0..conns {
         let (op, counted, counting, stop, seq) = (op.clone(), counted.clone(), counting.clone(), stop.clone(), seq.clone());
         tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
             while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
                 op(seq.fetch_add(1, Ordering::Relaxed)).await;
-                if counting.load(Ordering::Relaxed) {
+                if counting.load(Ordering::Relaxed) && !stop.load(Ordering::Relaxed) {
                     counted.fetch_add(1, Ordering::Relaxed);
+                    lat.push(t.elapsed());
                 }
             }
+            lat
         }));
     }
     tokio::time::sleep(WARMUP).await;
@@ -54,10 +69,20 @@ where
     let n = counted.load(Ordering::Relaxed);
     let secs = t.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
+    let mut lat = Vec::new();
     for t in tasks {
-        t.await.unwrap();
+        lat.extend(t.await.unwrap());
     }
-    n as f64 / secs
+    (n as f64 / secs, lat)
+}
+
+/// Request numbers shared by every phase (create names stay unique).
+static SEQ: std::sync::LazyLock<Arc<AtomicU64>> = std::sync::LazyLock::new(|| Arc::new(AtomicU64::new(0)));
+
+/// The `p` quantile of `lat`, in ms.
+fn pct(lat: &mut [Duration], p: f64) -> f64 {
+    lat.sort();
+    lat.get(((lat.len().max(1) - 1) as f64 * p) as usize).map_or(0.0, |d| d.as_secs_f64() * 1e3)
 }
 
 /// A bare axum server on its own two-thread runtime returning `body` from one route.
@@ -140,13 +165,32 @@ fn main() {
                 }
             }
         };
-        let creates = drive(create).await;
+        let (mut one, mut many) = ((0.0, Vec::new()), (0.0, Vec::new()));
+        for _ in 0..ROUNDS {
+            for (conns, acc) in [(1, &mut one), (CONNS, &mut many)] {
+                let (rate, lat) = drive_timed(conns, create.clone()).await;
+                acc.0 += rate / ROUNDS as f64;
+                acc.1.extend(lat);
+            }
+        }
 
         println!("connections {CONNS}");
         println!("response_bytes {body_len}");
         println!("bare_axum_get_per_s {bare:.0}");
         println!("credhost_get_metadata_per_s {real:.0}");
         println!("credhost_vs_bare_ratio {:.2} (target >= 0.40)", real / bare);
-        println!("credhost_create_per_s {creates:.0}");
+        println!(
+            "credhost_create_per_s {:.0} (p50 {:.2} ms, p99 {:.2} ms)",
+            many.0,
+            pct(&mut many.1, 0.5),
+            pct(&mut many.1, 0.99)
+        );
+        println!(
+            "credhost_create_1_conn_per_s {:.0} (p50 {:.2} ms, p99 {:.2} ms)",
+            one.0,
+            pct(&mut one.1, 0.5),
+            pct(&mut one.1, 0.99)
+        );
+        println!("credhost_create_{CONNS}_vs_1_ratio {:.2} (target >= 5)", many.0 / one.0);
     });
 }

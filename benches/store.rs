@@ -4,8 +4,13 @@
 //!   version + audit record, one durable transaction each) against raw redb single-row
 //!   durable commits/s with a value as large as everything one create writes; both in the
 //!   same directory, interleaved, and their ratio (target >= 0.7);
-//! - metadata reads/s (`get_credential`) and first-page listings/s (`list_credentials`, 50).
+//! - metadata reads/s (`get_credential`) and first-page listings/s (`list_credentials`, 50);
+//! - group commit: creates/s from 1 thread and from `THREADS` threads sharing the store,
+//!   interleaved, their ratio (issue 17 target >= 5 at 16 threads) and the per-create
+//!   latency p50/p99 at both.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use credhost::crypto::MasterKey;
@@ -15,6 +20,7 @@ use secrecy::SecretString;
 
 const PHASE: Duration = Duration::from_millis(700);
 const ROUNDS: usize = 3;
+const THREADS: usize = 16;
 const RAW: TableDefinition<u64, &[u8]> = TableDefinition::new("raw");
 
 fn new_cred(i: u64) -> NewCredential {
@@ -40,11 +46,13 @@ pub fn main() {
     std::fs::create_dir_all(&base).unwrap();
     let dir = tempfile::tempdir_in(&base).unwrap();
 
-    let store = Store::open(
-        dir.path().join("store.redb"),
-        MasterKey::generate().unwrap(),
-    )
-    .unwrap();
+    let store = Arc::new(
+        Store::open(
+            dir.path().join("store.redb"),
+            MasterKey::generate().unwrap(),
+        )
+        .unwrap(),
+    );
     let user = store.add_user("bench", "bench", Role::User).unwrap();
     let ns = user.namespace;
 
@@ -122,6 +130,45 @@ pub fn main() {
     }
     let list_rate = lists as f64 / t.elapsed().as_secs_f64();
 
+    // Group commit: the same creates from 1 thread, then from THREADS threads, interleaved.
+    let next = Arc::new(AtomicU64::new(next));
+    let (mut one, mut many) = ((0u64, Duration::ZERO, Vec::new()), (0u64, Duration::ZERO, Vec::new()));
+    for _ in 0..ROUNDS {
+        for (threads, acc) in [(1, &mut one), (THREADS, &mut many)] {
+            let stop = Arc::new(AtomicBool::new(false));
+            let t = Instant::now();
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    let (store, stop, next) = (store.clone(), stop.clone(), next.clone());
+                    std::thread::spawn(move || {
+                        let mut lat = Vec::new();
+                        while !stop.load(Ordering::Relaxed) {
+                            let cred = new_cred(next.fetch_add(1, Ordering::Relaxed));
+                            let t = Instant::now();
+                            store.create_credential("bench", ns, cred).unwrap();
+                            lat.push(t.elapsed());
+                        }
+                        lat
+                    })
+                })
+                .collect();
+            std::thread::sleep(PHASE);
+            stop.store(true, Ordering::Relaxed);
+            for w in workers {
+                let lat = w.join().unwrap();
+                acc.0 += lat.len() as u64;
+                acc.2.extend(lat);
+            }
+            acc.1 += t.elapsed();
+        }
+    }
+    let pct = |lat: &mut Vec<Duration>, p: f64| -> f64 {
+        lat.sort();
+        lat[((lat.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e3
+    };
+    let one_rate = one.0 as f64 / one.1.as_secs_f64();
+    let many_rate = many.0 as f64 / many.1.as_secs_f64();
+
     println!("value_bytes_per_commit {value_len}");
     println!("raw_redb_durable_commits_per_s {raw_rate:.1}");
     println!("store_durable_creates_per_s {store_rate:.1}");
@@ -130,5 +177,19 @@ pub fn main() {
     println!(
         "list_credentials_50_per_s {list_rate:.0} (namespace holds {} credentials)",
         ids.len()
+    );
+    println!(
+        "creates_1_thread_per_s {one_rate:.1} (p50 {:.2} ms, p99 {:.2} ms)",
+        pct(&mut one.2, 0.5),
+        pct(&mut one.2, 0.99)
+    );
+    println!(
+        "creates_{THREADS}_threads_per_s {many_rate:.1} (p50 {:.2} ms, p99 {:.2} ms)",
+        pct(&mut many.2, 0.5),
+        pct(&mut many.2, 0.99)
+    );
+    println!(
+        "group_commit_ratio_{THREADS}_vs_1 {:.2} (target >= 5)",
+        many_rate / one_rate
     );
 }

@@ -64,6 +64,17 @@ fn raw_db(path: &Path) -> redb::Database {
 }
 
 #[test]
+fn user_names_that_are_path_segments_or_odd_are_refused() {
+    let fx = Fixture::new();
+    let store = fx.open();
+    for bad in [".", "..", "", "a/b", "a b", &"x".repeat(65)] {
+        assert!(store.add_user("admin", bad, Role::User).is_err(), "{bad:?} was accepted");
+    }
+    assert!(store.add_user("admin", "a.b", Role::User).is_ok());
+    assert_eq!(store.list_users().unwrap().len(), 1);
+}
+
+#[test]
 fn round_trip_per_user() {
     let fx = Fixture::new();
     let store = fx.open();

@@ -71,7 +71,8 @@ fn open_store_with(config: &Config, key: MasterKey) -> Result<Store, String> {
     data_dir(config)?;
     let path = config.db_path();
     let existed = path.exists();
-    let store = match Store::open(&path, key) {
+    let cache = config.storage.cache_bytes();
+    let store = match Store::open_with_cache(&path, key, cache) {
         // A master-key rotation committed but a crash kept its key file from being renamed.
         Err(StoreError::WrongKey { expected, given }) => {
             let pending = match key_source(config) {
@@ -79,7 +80,7 @@ fn open_store_with(config: &Config, key: MasterKey) -> Result<Store, String> {
                 _ => None,
             };
             match pending {
-                Some(key) => Store::open(&path, key),
+                Some(key) => Store::open_with_cache(&path, key, cache),
                 None => Err(StoreError::WrongKey { expected, given }),
             }
         }
@@ -93,6 +94,32 @@ fn open_store_with(config: &Config, key: MasterKey) -> Result<Store, String> {
         tracing::warn!("database: {warning}");
     }
     Ok(store)
+}
+
+/// How often the server hands freed heap memory back to the system.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Bounded memory (issue 17): glibc keeps the memory a burst of requests freed in its
+/// per-thread arenas, scattered between live allocations (database cache pages), so the
+/// resident size stays at its peak for good: with 30,000 credentials, 145 MB held for
+/// 41 MB in use (malloc_stats). A thread returns those free pages every few seconds
+/// (`malloc_trim`; its pause is not measured yet). Other C libraries: nothing to do.
+fn start_memory_trim() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        static STARTED: std::sync::Once = std::sync::Once::new();
+        STARTED.call_once(|| {
+            let spawned = std::thread::Builder::new().name("credhost-trim".into()).spawn(|| loop {
+                std::thread::sleep(TRIM_EVERY);
+                // SAFETY: malloc_trim only releases free memory; callable from any thread.
+                unsafe { libc::malloc_trim(0) };
+            });
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "could not start the memory trim thread");
+            }
+        });
+    }
 }
 
 /// The plugin registry: built-ins, the plugin dir, overrides, and the compile cache when
@@ -134,6 +161,7 @@ pub fn starting_service(config: &Config, config_path: Option<PathBuf>) -> Result
     let key = master_key(config)?;
     let cache_key = key.subkey(CACHE_KEY_LABEL);
     let store = open_store_with(config, key)?;
+    start_memory_trim();
     // Pending rotations survive restarts: the gauge starts from the store.
     match store.count_pending() {
         Ok(n) => crate::metrics::rotations_pending(n),

@@ -356,11 +356,23 @@ pub struct StorageConfig {
     /// Secret versions kept per credential (`CREDHOST_MAX_VERSIONS`); older ones that are
     /// neither current nor pending are destroyed when a new one is written.
     pub max_versions: u32,
+    /// Database page cache in MiB (`CREDHOST_CACHE_MIB`): redb's read cache and write
+    /// buffer together, the bound on the store's share of resident memory.
+    pub cache_mib: u64,
 }
+
+/// `[storage] cache_mib` when not configured.
+pub const DEFAULT_CACHE_MIB: u64 = (crate::store::DEFAULT_CACHE_BYTES / (1024 * 1024)) as u64;
+/// The largest `[storage] cache_mib` accepted (64 GiB).
+pub const MAX_CACHE_MIB: u64 = 64 * 1024;
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        StorageConfig { data_dir: PathBuf::from("./data"), max_versions: crate::store::versions::DEFAULT_MAX_VERSIONS }
+        StorageConfig {
+            data_dir: PathBuf::from("./data"),
+            max_versions: crate::store::versions::DEFAULT_MAX_VERSIONS,
+            cache_mib: DEFAULT_CACHE_MIB,
+        }
     }
 }
 
@@ -371,7 +383,15 @@ impl StorageConfig {
         if self.max_versions < 1 || self.max_versions > max {
             return Err(format!("[storage] max_versions: {} must be between 1 and {max}", self.max_versions));
         }
+        if self.cache_mib < 1 || self.cache_mib > MAX_CACHE_MIB {
+            return Err(format!("[storage] cache_mib: {} must be between 1 and {MAX_CACHE_MIB} (MiB)", self.cache_mib));
+        }
         Ok(())
+    }
+
+    /// The database cache in bytes.
+    pub fn cache_bytes(&self) -> usize {
+        usize::try_from(self.cache_mib.clamp(1, MAX_CACHE_MIB) * 1024 * 1024).unwrap_or(usize::MAX)
     }
 }
 
@@ -445,6 +465,10 @@ impl Config {
             self.storage.max_versions =
                 v.parse().map_err(|_| format!("CREDHOST_MAX_VERSIONS: {v:?} is not a whole number"))?;
         }
+        if let Some(v) = get("CREDHOST_CACHE_MIB") {
+            self.storage.cache_mib =
+                v.trim().parse().map_err(|_| format!("CREDHOST_CACHE_MIB: {v:?} is not a whole number of MiB"))?;
+        }
         if let Some(v) = get("CREDHOST_DATA_DIR") {
             self.storage.data_dir = PathBuf::from(v);
         }
@@ -498,6 +522,28 @@ mod tests {
         assert_eq!(c.server.listen.port(), 2);
         let bad = c.apply_env(|k| (k == "CREDHOST_LISTEN").then(|| "nope".to_string()));
         assert!(bad.unwrap_err().contains("CREDHOST_LISTEN"));
+    }
+
+    #[test]
+    fn cache_mib_has_a_bounded_default_and_is_checked() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.storage.cache_mib, DEFAULT_CACHE_MIB);
+        assert_eq!(c.storage.cache_bytes(), crate::store::DEFAULT_CACHE_BYTES);
+        c.storage.check().unwrap();
+        let c = Config::parse("[storage]\ncache_mib = 8\n").unwrap();
+        assert_eq!(c.storage.cache_bytes(), 8 << 20);
+        for bad in [0, MAX_CACHE_MIB + 1] {
+            let c = Config::parse(&format!("[storage]\ncache_mib = {bad}\n")).unwrap();
+            let e = c.storage.check().unwrap_err();
+            assert!(e.contains("[storage] cache_mib") && e.contains(&bad.to_string()), "{e}");
+        }
+        let mut c = Config::parse("").unwrap();
+        c.apply_env(|k| (k == "CREDHOST_CACHE_MIB").then(|| "64".to_string())).unwrap();
+        assert_eq!(c.storage.cache_mib, 64);
+        let e = c.apply_env(|k| (k == "CREDHOST_CACHE_MIB").then(|| "lots".to_string())).unwrap_err();
+        assert!(e.contains("CREDHOST_CACHE_MIB") && e.contains("lots"), "{e}");
+        c.apply_env(|k| (k == "CREDHOST_CACHE_MIB").then(|| "0".to_string())).unwrap();
+        assert!(c.storage.check().unwrap_err().contains("cache_mib: 0"));
     }
 
     #[test]

@@ -547,6 +547,9 @@ pub fn check_file(path: &Path) -> Vec<(usize, String)> {
     if let Err(e) = config.monitor.check() {
         problems.push(Problem::new(Loc::File, e));
     }
+    if let Err(e) = config.storage.check() {
+        problems.push(Problem::new(Loc::File, e));
+    }
     // `[[webhooks]]`, `[webhook_delivery]`: the check `serve` runs (secrets read, URLs checked).
     let hooks = config.clone();
     match crate::plugins::caps::netio::run(async move { crate::service::webhooks::Deployment::from_config(&hooks).await.map(|_| ()) }) {

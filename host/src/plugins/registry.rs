@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use super::cache;
 use super::manifest::{Manifest, PluginOverride};
@@ -206,7 +205,8 @@ impl Registry {
 struct Candidate {
     origin: String,
     manifest: Manifest,
-    wasm: Vec<u8>,
+    /// Built-ins borrow the bytes embedded in the binary.
+    wasm: std::borrow::Cow<'static, [u8]>,
     builtin: bool,
 }
 
@@ -227,7 +227,7 @@ fn build_catalog(
     for (name, manifest, wasm) in builtin_sources() {
         let origin = format!("builtin:{name}");
         let manifest = Manifest::parse(manifest).map_err(|message| PluginError::Load { origin: origin.clone(), message })?;
-        todo.push(Candidate { origin, manifest, wasm: wasm.to_vec(), builtin: true });
+        todo.push(Candidate { origin, manifest, wasm: std::borrow::Cow::Borrowed(wasm), builtin: true });
     }
 
     if let (true, Some(dir)) = (with_dir, &sources.dir) {
@@ -271,6 +271,15 @@ fn build_catalog(
         accepted.insert(id, c);
     }
 
+    // Overrides and reuse first, in type-id order; what is left is loaded in parallel
+    // (each load is independent: hash, cache read or compile, link); the outcomes are
+    // then taken in type-id order again, so problems and errors come out as before.
+    enum Step {
+        Ready(Arc<Plugin>),
+        Refused(LoadProblem),
+        Load(Candidate, Option<String>),
+    }
+    let mut steps: Vec<(String, Step)> = Vec::with_capacity(accepted.len());
     for (id, mut c) in accepted {
         if let Some(o) = sources.overrides.get(&id) {
             if let Err(message) = c.manifest.apply_override(o) {
@@ -278,27 +287,50 @@ fn build_catalog(
                 if c.builtin {
                     return Err(PluginError::Load { origin: format!("config [plugins.overrides.{id}]"), message });
                 }
-                problems.push(LoadProblem { origin: c.origin, message });
-                failed_ids.push(id);
+                steps.push((id, Step::Refused(LoadProblem { origin: c.origin, message })));
                 continue;
             }
         }
+        // Hashed once per candidate. A built-in's origin names the bytes embedded in this
+        // binary, so the same origin is the same component: no hash needed to compare.
+        let mut sha256 = None;
         let unchanged = previous.and_then(|prev| prev.plugins.get(&id)).filter(|p| {
-            p.origin == c.origin && *p.manifest == c.manifest && p.sha256 == super::runtime::hex(&Sha256::digest(&c.wasm))
+            p.origin == c.origin
+                && *p.manifest == c.manifest
+                && (c.builtin || p.sha256 == *sha256.get_or_insert_with(|| super::runtime::sha256_hex(&c.wasm)))
         });
-        if let Some(p) = unchanged {
-            plugins.insert(id, p.clone());
-            continue;
-        }
-        match cache::load(runtime, &c.wasm, c.manifest, c.origin.clone(), sources.cache.as_ref()) {
-            Ok(p) => {
-                plugins.insert(p.manifest.id.clone(), Arc::new(p));
+        let step = match unchanged {
+            Some(p) => Step::Ready(p.clone()),
+            None => Step::Load(c, sha256),
+        };
+        steps.push((id, step));
+    }
+    let jobs: Vec<&(String, Step)> = steps.iter().filter(|(_, s)| matches!(s, Step::Load(..))).collect();
+    let mut loaded = parallel_map(&jobs, |(_, step)| {
+        let Step::Load(c, sha256) = step else { unreachable!("only loads are jobs") };
+        let sha256 = sha256.clone().unwrap_or_else(|| super::runtime::sha256_hex(&c.wasm));
+        cache::load_hashed(runtime, &c.wasm, &sha256, c.manifest.clone(), c.origin.clone(), sources.cache.as_ref())
+    })
+    .into_iter();
+    for (id, step) in steps {
+        match step {
+            Step::Ready(p) => {
+                plugins.insert(id, p);
             }
-            Err(e) if c.builtin => return Err(e),
-            Err(e) => {
-                problems.push(LoadProblem { origin: c.origin, message: e.to_string() });
+            Step::Refused(problem) => {
+                problems.push(problem);
                 failed_ids.push(id);
             }
+            Step::Load(c, _) => match loaded.next().expect("one outcome per load") {
+                Ok(p) => {
+                    plugins.insert(p.manifest.id.clone(), Arc::new(p));
+                }
+                Err(e) if c.builtin => return Err(e),
+                Err(e) => {
+                    problems.push(LoadProblem { origin: c.origin, message: e.to_string() });
+                    failed_ids.push(id);
+                }
+            },
         }
     }
 
@@ -332,6 +364,33 @@ fn build_catalog(
     Ok(Catalog { plugins, problems, warnings })
 }
 
+/// `f` over `items` on up to one thread per core, outcomes in the order of `items`.
+fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(items.len());
+    if threads <= 1 {
+        return items.iter().map(f).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut done: Vec<(usize, R)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut mine = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(item) = items.get(i) else { break mine };
+                        mine.push((i, f(item)));
+                    }
+                })
+            })
+            .collect();
+        // A panic in `f` is re-raised here, as it would be without threads.
+        workers.into_iter().flat_map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+    });
+    done.sort_by_key(|(i, _)| *i);
+    done.into_iter().map(|(_, r)| r).collect()
+}
+
 /// Reads every `<name>.toml` + `<name>.wasm` pair in `dir`. Files are checked
 /// before anything is compiled: regular files only, not writable by others,
 /// a sha256 pin that matches.
@@ -349,7 +408,9 @@ fn scan_dir(dir: &Path) -> Result<(Vec<Candidate>, Vec<LoadProblem>), String> {
         let wasm_path = toml_path.with_extension("wasm");
         let origin = wasm_path.display().to_string();
         match read_candidate(&toml_path, &wasm_path) {
-            Ok((manifest, wasm)) => found.push(Candidate { origin, manifest, wasm, builtin: false }),
+            Ok((manifest, wasm)) => {
+                found.push(Candidate { origin, manifest, wasm: std::borrow::Cow::Owned(wasm), builtin: false })
+            }
             Err(message) => problems.push(LoadProblem { origin, message }),
         }
     }

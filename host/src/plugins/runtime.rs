@@ -6,7 +6,7 @@
 //! a memory overrun or an oversize result ends that call with a [`PluginError`];
 //! the engine and every other plugin go on serving.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,6 +39,53 @@ pub(crate) const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 16;
 pub(crate) const MAX_MEMORIES_PER_COMPONENT: u32 = 4;
 pub(crate) const MAX_TABLES_PER_COMPONENT: u32 = 8;
 
+/// Table bytes a pool slot keeps resident (reset with a memset instead of `madvise`):
+/// the built-ins' tables use a few KiB.
+const TABLE_KEEP_RESIDENT: usize = 64 * 1024;
+/// With the in-place reset, the most bytes of a memory's written pages reset in place
+/// and kept resident per slot; beyond it the rest is released as before. A `validate`
+/// writes ~16 KiB.
+const MEMORY_KEEP_RESIDENT: usize = 512 * 1024;
+/// Unused slots that stay warm (affine to a plugin, pages resident) before they are
+/// handed to another plugin: bounds the pool's idle resident memory.
+const MAX_UNUSED_WARM_SLOTS: u32 = 32;
+/// How often (in epoch ticks) the in-place reset re-checks that no swap was turned on.
+const SWAP_CHECK_TICKS: u32 = 100;
+
+/// Whether swap is (or may be) active: any swap area in `/proc/swaps`, or no way to tell.
+fn swap_active() -> bool {
+    match std::fs::read_to_string("/proc/swaps") {
+        // A header line, then one line per active swap area.
+        Ok(text) => text.lines().skip(1).any(|l| !l.trim().is_empty()),
+        Err(_) => true,
+    }
+}
+
+/// Runs on the epoch thread when pool slots are reset in place: once swap is on, a
+/// written page may be swapped out before its reset and escape it, so plugin calls stop
+/// (fail closed) until a restart picks the `madvise` reset.
+struct SwapWatch {
+    appeared: Arc<AtomicBool>,
+    ticks: u32,
+}
+
+impl SwapWatch {
+    fn tick(&mut self) {
+        self.ticks += 1;
+        if self.ticks < SWAP_CHECK_TICKS || self.appeared.load(Ordering::Relaxed) {
+            return;
+        }
+        self.ticks = 0;
+        if swap_active() {
+            self.appeared.store(true, Ordering::SeqCst);
+            tracing::error!(
+                "swap was turned on while credhost runs: plugin calls are refused until credhost is \
+                 restarted (its plugin sandbox resets memory in place only when no swap is active)"
+            );
+        }
+    }
+}
+
 /// Host-side services capabilities use (network clients, policies).
 #[derive(Debug, Default)]
 pub struct HostServices {
@@ -52,6 +99,10 @@ pub struct Runtime {
     linker: Linker<CallState>,
     host: Arc<HostServices>,
     stop_ticker: Arc<AtomicBool>,
+    /// Set when swap was turned on after start-up with the in-place reset: calls refused.
+    swap_appeared: Arc<AtomicBool>,
+    /// The engine's compilation settings, hashed (part of compile cache entry names).
+    fingerprint: u64,
 }
 
 impl Drop for Runtime {
@@ -110,6 +161,26 @@ impl Runtime {
             .max_memories_per_component(MAX_MEMORIES_PER_COMPONENT)
             .max_tables_per_component(MAX_TABLES_PER_COMPONENT)
             .max_memory_size(POOL_MAX_MEMORY);
+        // Resetting a slot after a call. By default wasmtime `madvise`s the whole memory
+        // away: a TLB shootdown per call, and the next call faults every page back in (most
+        // of a sandboxed call's cost). With the `PAGEMAP_SCAN` ioctl it resets only the pages
+        // the call wrote (memcpy from the image / zero) and keeps them mapped. That scan sees
+        // present pages only: a written page swapped out before the reset would keep its
+        // old contents (a secret of the previous call) for the next instance in the slot.
+        // So it is used only when no swap is active (checked here, and again while running:
+        // see `SwapWatch`). Tables are small: a memset of a few KiB beats an madvise.
+        let in_place_reset = !swap_active() && PoolingAllocationConfig::is_pagemap_scan_available();
+        pool.table_keep_resident(TABLE_KEEP_RESIDENT)
+            // A warm slot keeps what its last call wrote resident (≤ MEMORY_KEEP_RESIDENT):
+            // bound how many unused warm slots there are.
+            .max_unused_warm_slots(MAX_UNUSED_WARM_SLOTS);
+        if in_place_reset {
+            pool.pagemap_scan(wasmtime::Enabled::Yes).linear_memory_keep_resident(MEMORY_KEEP_RESIDENT);
+        } else {
+            // Without the scan a keep-resident region is memset blindly from address 0,
+            // where a Rust guest's stack bottom is: no gain. Leave memories to madvise.
+            pool.pagemap_scan(wasmtime::Enabled::No).linear_memory_keep_resident(0);
+        }
         let mut config = Config::new();
         config
             .epoch_interruption(true)
@@ -125,17 +196,24 @@ impl Runtime {
             .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
 
         let stop_ticker = Arc::new(AtomicBool::new(false));
+        let swap_appeared = Arc::new(AtomicBool::new(false));
         let (ticker_engine, stop) = (engine.clone(), stop_ticker.clone());
+        let mut watch = in_place_reset.then(|| SwapWatch { appeared: swap_appeared.clone(), ticks: 0 });
         std::thread::Builder::new()
             .name("credhost-epoch".into())
             .spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     std::thread::sleep(TICK);
                     ticker_engine.increment_epoch();
+                    if let Some(w) = &mut watch {
+                        w.tick();
+                    }
                 }
             })
             .map_err(|e| PluginError::Engine(format!("epoch thread: {e}")))?;
-        Ok(Runtime { engine, linker, host: Arc::new(host), stop_ticker })
+        tracing::debug!(in_place_reset, "plugin sandbox pool ready");
+        let fingerprint = super::cache::engine_fingerprint(&engine);
+        Ok(Runtime { engine, linker, host: Arc::new(host), stop_ticker, swap_appeared, fingerprint })
     }
 
     /// Whether outgoing calls may reach private addresses (the operator's choice).
@@ -147,6 +225,11 @@ impl Runtime {
         &self.engine
     }
 
+    /// Hash of the engine's compilation settings (see [`super::cache::entry_path`]).
+    pub fn engine_fingerprint(&self) -> u64 {
+        self.fingerprint
+    }
+
     /// Compiles a component (slow: tens of ms in release). See [`Runtime::load`].
     pub fn compile(&self, wasm: &[u8]) -> Result<Component, String> {
         Component::new(&self.engine, wasm).map_err(|e| format!("not a valid component: {e:#}"))
@@ -154,36 +237,34 @@ impl Runtime {
 
     /// Compiles, links and describes a plugin; checks it against its manifest.
     pub fn load(&self, wasm: &[u8], manifest: Manifest, origin: String) -> Result<Plugin, PluginError> {
-        self.load_with(wasm, manifest, origin, |_| self.compile(wasm))
-    }
-
-    /// Like [`Runtime::load`], with `compile(sha256_hex)` supplying the component
-    /// (the precompiled cache). The sha256 pin is checked before anything is compiled.
-    pub fn load_with(
-        &self,
-        wasm: &[u8],
-        manifest: Manifest,
-        origin: String,
-        compile: impl FnOnce(&str) -> Result<Component, String>,
-    ) -> Result<Plugin, PluginError> {
-        let sha256 = hex(&Sha256::digest(wasm));
-        let load_err = |message: String| PluginError::Load { origin: origin.clone(), message };
-        if let Some(pin) = &manifest.sha256 {
-            if !pin.eq_ignore_ascii_case(&sha256) {
-                return Err(load_err(format!("sha256 mismatch: manifest pins {pin}, file is {sha256}")));
-            }
-        }
-        let component = compile(&sha256).map_err(load_err)?;
+        let sha256 = sha256_hex(wasm);
+        check_pin(&sha256, &manifest, &origin)?;
+        let component = self.compile(wasm).map_err(|message| PluginError::Load { origin: origin.clone(), message })?;
         self.link(component, manifest, sha256, origin)
     }
 
-    /// Links an already compiled component (fresh or from the precompiled cache).
+    /// Links an already compiled component (fresh or from the precompiled cache) and
+    /// calls its `describe`.
     pub fn link(
         &self,
         component: Component,
         manifest: Manifest,
         sha256: String,
         origin: String,
+    ) -> Result<Plugin, PluginError> {
+        self.link_described(component, manifest, sha256, origin, None)
+    }
+
+    /// Like [`Runtime::link`]; with `descriptor` (what this component's `describe`
+    /// returned under this very manifest, kept by the compile cache beside the artefact)
+    /// no `describe` call is made. Either way the descriptor is checked against the manifest.
+    pub fn link_described(
+        &self,
+        component: Component,
+        manifest: Manifest,
+        sha256: String,
+        origin: String,
+        descriptor: Option<TypeDescriptor>,
     ) -> Result<Plugin, PluginError> {
         let load_err = |message: String| PluginError::Load { origin: origin.clone(), message };
         // Optional since 0.1.1: looked up here, type-checked when called.
@@ -195,11 +276,16 @@ impl Runtime {
         let pre = CredentialTypePre::new(instance_pre)
             .map_err(|e| load_err(format!("does not export the credential-type world: {e:#}")))?;
         let manifest = Arc::new(manifest);
-        let call = self.run(&pre, &manifest, Phase::Describe, Bound::default(), |ct, store| {
-            ct.call_describe(store)
-        });
-        let raw = call.result.map_err(|e| load_err(format!("describe failed: {e}")))?;
-        let descriptor = TypeDescriptor::from_wit(raw);
+        let descriptor = match descriptor {
+            Some(d) => d,
+            None => {
+                let call = self.run(&pre, &manifest, Phase::Describe, Arc::default(), |ct, store| {
+                    ct.call_describe(store)
+                });
+                let raw = call.result.map_err(|e| load_err(format!("describe failed: {e}")))?;
+                TypeDescriptor::from_wit(raw)
+            }
+        };
         check_descriptor(&descriptor, &manifest).map_err(load_err)?;
         if authenticate.is_none() && manifest.use_policy.as_ref().is_some_and(|u| u.proxy()) {
             return Err(load_err(
@@ -217,26 +303,25 @@ impl Runtime {
     /// `validate` is the one export that sees secrets in plaintext, so its clear output is
     /// checked for information taken from them (see [`Runtime::check_clear_output`]).
     pub fn validate(&self, plugin: &Plugin, input: Bound) -> Call<Result<Validated, Vec<FieldError>>> {
-        let given = Bound {
-            environment: input.environment.clone(),
-            fields: input.fields.clone(),
-            secrets: input.secrets.clone(),
-        };
-        let secrets: Vec<SecretString> = input.secrets.values().cloned().collect();
-        let call = self.validate_raw(plugin, input);
+        // Shared with the call's state (not copied): the checks below read the same input.
+        let given = Arc::new(input);
+        let call = self.validate_raw(plugin, given.clone());
         let mut events = call.events;
         let id = &plugin.manifest.id;
         let result = call.result.and_then(|r| match r {
-            Ok(values) => split_validated(plugin, values, &secrets).and_then(|mut v| {
+            Ok(values) => split_validated(plugin, values, &given.secrets).and_then(|mut v| {
                 // Types may normalise the environment; those that don't keep the given one.
-                v.environment = v.environment.or(given.environment.clone());
+                v.environment = v.environment.or_else(|| given.environment.clone());
                 self.check_clear_output(plugin, &given, &v, &mut events)?;
                 Ok(Ok(v))
             }),
-            Err(errors) => Ok(Err(errors
-                .into_iter()
-                .map(|e| FieldError { field: e.field, message: redact::scrub(&e.message, &secrets) })
-                .collect())),
+            Err(errors) => {
+                let scrubber = redact::Scrubber::new(given.secrets.values());
+                Ok(Err(errors
+                    .into_iter()
+                    .map(|e| FieldError { field: e.field, message: scrubber.scrub(&e.message) })
+                    .collect()))
+            }
         });
         if let Err(PluginError::Contract { .. }) = &result {
             tracing::warn!(plugin = %id, "validate output broke the contract");
@@ -245,7 +330,11 @@ impl Runtime {
     }
 
     /// One `validate` call with `input` on the wire; plaintext copies are zeroized after.
-    fn validate_raw(&self, plugin: &Plugin, input: Bound) -> Call<Result<Vec<wit::FieldValue>, Vec<wit::FieldError>>> {
+    fn validate_raw(
+        &self,
+        plugin: &Plugin,
+        input: Arc<Bound>,
+    ) -> Call<Result<Vec<wit::FieldValue>, Vec<wit::FieldError>>> {
         let mut wire: Vec<wit::FieldValue> = input
             .fields
             .iter()
@@ -302,11 +391,11 @@ impl Runtime {
             fields: given.fields.clone(),
             secrets: given.secrets.iter().map(|(k, v)| (k.clone(), decoy_of(v))).collect(),
         };
-        let decoy_secrets: Vec<SecretString> = decoy.secrets.values().cloned().collect();
-        let call = self.validate_raw(plugin, decoy);
+        let decoy = Arc::new(decoy);
+        let call = self.validate_raw(plugin, decoy.clone());
         events.extend(call.events);
         let again = match call.result {
-            Ok(Ok(values)) => split_validated(plugin, values, &decoy_secrets).ok(),
+            Ok(Ok(values)) => split_validated(plugin, values, &decoy.secrets).ok(),
             _ => None,
         };
         for (name, value) in unexplained {
@@ -341,7 +430,7 @@ impl Runtime {
         };
         let secrets: Vec<SecretString> = bound.secrets.values().cloned().collect();
         let started = Instant::now();
-        let call = self.run(&plugin.pre, &plugin.manifest, Phase::Test, bound, move |ct, store| {
+        let call = self.run(&plugin.pre, &plugin.manifest, Phase::Test, Arc::new(bound), move |ct, store| {
             ct.call_test(store, &ctx)
         });
         let latency_ms = started.elapsed().as_millis() as u64;
@@ -386,7 +475,7 @@ impl Runtime {
             fields: bound.fields.iter().map(|(k, v)| wit::FieldValue { name: k.clone(), value: v.clone() }).collect(),
             secret_fields: bound.secrets.keys().cloned().collect(),
         };
-        let bound = Bound { environment: bound.environment, fields: bound.fields, secrets: Default::default() };
+        let bound = Arc::new(Bound { environment: bound.environment, fields: bound.fields, secrets: Default::default() });
         let pre = plugin.pre.instance_pre();
         // `Phase::Validate`: offline and without `secrets`, within `validate_ms`.
         let call = self.run_in(&plugin.manifest, Phase::Validate, "authenticate", bound, |store| {
@@ -416,7 +505,7 @@ impl Runtime {
         pre: &CredentialTypePre<CallState>,
         manifest: &Arc<Manifest>,
         phase: Phase,
-        bound: Bound,
+        bound: Arc<Bound>,
         f: impl FnOnce(&CredentialType, &mut Store<CallState>) -> wasmtime::Result<T>,
     ) -> Call<T> {
         let name = match phase {
@@ -435,9 +524,13 @@ impl Runtime {
         manifest: &Arc<Manifest>,
         phase: Phase,
         name: &'static str,
-        bound: Bound,
+        bound: Arc<Bound>,
         f: impl FnOnce(&mut Store<CallState>) -> wasmtime::Result<T>,
     ) -> Call<T> {
+        if self.swap_appeared.load(Ordering::Relaxed) {
+            let message = "swap was turned on after start-up; restart credhost to run plugins again".to_string();
+            return Call { result: Err(PluginError::Engine(message)), events: Vec::new() };
+        }
         let limits = manifest.limits;
         let budget_ms = if phase == Phase::Test { limits.test_ms } else { limits.validate_ms };
         let state = CallState::new(manifest.clone(), phase, bound, self.host.clone());
@@ -497,10 +590,12 @@ fn is_pool_exhausted(e: &wasmtime::Error) -> bool {
 fn split_validated(
     plugin: &Plugin,
     values: Vec<wit::FieldValue>,
-    input_secrets: &[SecretString],
+    input_secrets: &BTreeMap<String, SecretString>,
 ) -> Result<Validated, PluginError> {
     let contract = |message: String| PluginError::Contract { plugin: plugin.manifest.id.clone(), message };
     let mut out = Validated::default();
+    // Built once, on the first clear field (not per field).
+    let mut scrubber: Option<redact::Scrubber> = None;
     for fv in values {
         if fv.name == "environment" && !plugin.descriptor.environments.is_empty() {
             if !plugin.descriptor.environments.contains(&fv.value) {
@@ -517,7 +612,8 @@ fn split_validated(
             out.secrets.insert(fv.name, SecretString::from(fv.value));
         } else {
             // A plugin must not move a secret into a field that is stored and shown in clear.
-            if redact::scrub(&fv.value, input_secrets) != fv.value {
+            let scrubber = scrubber.get_or_insert_with(|| redact::Scrubber::new(input_secrets.values()));
+            if scrubber.scrub(&fv.value) != fv.value {
                 return Err(contract(format!("validate put a secret value into non-secret field `{}`", fv.name)));
             }
             out.fields.insert(fv.name, fv.value);
@@ -608,6 +704,22 @@ fn check_descriptor(d: &TypeDescriptor, m: &Manifest) -> Result<(), String> {
         return Err("capability `secrets` is declared but `reveal` lists no fields".into());
     }
     Ok(())
+}
+
+/// Hex SHA-256 of a component's bytes (its identity in the cache and the API).
+pub fn sha256_hex(wasm: &[u8]) -> String {
+    hex(&Sha256::digest(wasm))
+}
+
+/// Refuses a component whose hash differs from the manifest's `sha256` pin.
+pub fn check_pin(sha256: &str, manifest: &Manifest, origin: &str) -> Result<(), PluginError> {
+    match &manifest.sha256 {
+        Some(pin) if !pin.eq_ignore_ascii_case(sha256) => Err(PluginError::Load {
+            origin: origin.to_string(),
+            message: format!("sha256 mismatch: manifest pins {pin}, file is {sha256}"),
+        }),
+        _ => Ok(()),
+    }
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {

@@ -62,7 +62,7 @@ pub const MAX_RECORDED_EVENTS: usize = 64;
 pub struct CallState {
     pub(crate) manifest: Arc<Manifest>,
     pub(crate) phase: Phase,
-    pub(crate) bound: Bound,
+    pub(crate) bound: Arc<Bound>,
     pub(crate) host: Arc<HostServices>,
     events: Vec<CapabilityEvent>,
     /// Capability calls so far, and those not recorded as events (over the caps above).
@@ -79,22 +79,14 @@ pub struct CallState {
     pub(crate) memory_exceeded: bool,
     /// What the guest wrote to stderr (bounded); logged after the call.
     pub(crate) stderr: StderrCapture,
-    wasi: WasiCtx,
+    /// Built on the guest's first WASI call: many calls (a Rust `validate`) make none.
+    wasi: Option<WasiCtx>,
     table: ResourceTable,
 }
 
 impl CallState {
-    pub(crate) fn new(manifest: Arc<Manifest>, phase: Phase, bound: Bound, host: Arc<HostServices>) -> Self {
-        // No preopens, env, args, stdin/stdout or sockets: the builder's defaults plus
-        // explicit network denial (its defaults have changed between releases). Stderr goes
-        // to a bounded buffer the host logs, scrubbed, after the call.
+    pub(crate) fn new(manifest: Arc<Manifest>, phase: Phase, bound: Arc<Bound>, host: Arc<HostServices>) -> Self {
         let stderr = StderrCapture::default();
-        let wasi = WasiCtx::builder()
-            .stderr(stderr.clone())
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
         let memory_cap = manifest.limits.memory_mib as usize * 1024 * 1024;
         CallState {
             manifest,
@@ -110,7 +102,7 @@ impl CallState {
             memory_used: 0,
             memory_exceeded: false,
             stderr,
-            wasi,
+            wasi: None,
             table: ResourceTable::new(),
         }
     }
@@ -191,8 +183,22 @@ impl CallState {
 
 impl WasiView for CallState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        let stderr = &self.stderr;
+        let ctx = self.wasi.get_or_insert_with(|| wasi_ctx(stderr));
+        WasiCtxView { ctx, table: &mut self.table }
     }
+}
+
+/// The WASI a call sees: no preopens, env, args, stdin/stdout or sockets: the builder's
+/// defaults plus explicit network denial (its defaults have changed between releases).
+/// Stderr goes to the call's bounded buffer, logged (scrubbed) after the call.
+fn wasi_ctx(stderr: &StderrCapture) -> WasiCtx {
+    WasiCtx::builder()
+        .stderr(stderr.clone())
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .build()
 }
 
 /// The cap is per call: the sum of every memory in the store (a component may hold

@@ -2,9 +2,13 @@
 //!
 //! One file holds users, their namespaces (one each, with its own data key wrapped by the
 //! master key), credential metadata, sealed secret versions, API tokens (as SHA-256 only)
-//! and a hash-chained audit log. Every operation is one durable write transaction
-//! (`Durability::Immediate`), and every write appends its audit record in that same
-//! transaction, so the log and the data never disagree after a crash.
+//! and a hash-chained audit log. Every operation is one write transaction, answered only
+//! once it is durable, and every write appends its audit record in that same transaction,
+//! so the log and the data never disagree after a crash. Concurrent writes share one
+//! fsync (group commit, `Group` in this module): a write queued behind others commits
+//! without fsync and is answered after the durable commit of the last of them; a lone
+//! write commits durably at once. Readers may see a write of such a batch before its
+//! fsync; a crash then loses it, but it was never answered.
 //!
 //! - Open with the master key: a wrong key is refused before anything is read or written
 //!   ([`StoreError::WrongKey`] names both key ids); an unknown schema is refused too.
@@ -102,7 +106,9 @@ pub struct KeyReport {
 
 /// The credential store. See the [module docs](self).
 pub struct Store {
-    db: Database,
+    db: Arc<Database>,
+    /// Every write transaction commits through it ([`Txn::commit`]).
+    group: Arc<Group>,
     /// The master key and what derives from it. Replaced only by [`Store::rotate_kek`],
     /// which holds the write lock across its commit and the swap: a write transaction
     /// takes the keys after it begins (so after any rotation committed and swapped), a
@@ -113,11 +119,18 @@ pub struct Store {
     lazy_pending: std::sync::atomic::AtomicBool,
 }
 
-/// A durable write transaction that knows the audit key, so every audit record appended
-/// in it is keyed. Derefs to redb's transaction.
+/// A write transaction that knows the audit key, so every audit record appended in it is
+/// keyed, and that commits through the store's [`Group`] commit: [`Txn::commit`] returns
+/// once the write is durable. Derefs to redb's transaction.
 pub(crate) struct Txn {
+    // Dropped first: an uncommitted transaction aborts (releasing redb's write lock)
+    // before its slot in the group is given up.
     inner: WriteTransaction,
     audit_key: Arc<AuditKey>,
+    /// `Durability::None` asked for through [`Txn::set_durability`]: commit without
+    /// waiting for the disk.
+    lazy: bool,
+    slot: Slot,
 }
 
 impl std::ops::Deref for Txn {
@@ -134,8 +147,280 @@ impl std::ops::DerefMut for Txn {
 }
 
 impl Txn {
+    /// Commits, and returns once the commit is durable: by its own fsync when no other
+    /// write is queued behind it, else by a later durable commit that covers it (see
+    /// [`Group`]). A failed durable commit fails every commit it was to cover. After
+    /// `set_durability(Durability::None)` it returns without waiting for the disk.
     pub(crate) fn commit(self) -> std::result::Result<(), redb::CommitError> {
-        self.inner.commit()
+        let Txn { inner, lazy, slot, .. } = self;
+        slot.commit(inner, if lazy { Mode::Lazy } else { Mode::Grouped })
+    }
+
+    /// Commits with its own fsync whatever is queued behind it, so the caller never waits
+    /// for another writer (used while holding a lock other writers take).
+    pub(crate) fn commit_durable(self) -> std::result::Result<(), redb::CommitError> {
+        let Txn { inner, slot, .. } = self;
+        slot.commit(inner, Mode::Durable)
+    }
+
+    /// Shadows redb's method (callers reach it through `DerefMut` otherwise): the group
+    /// commit chooses each commit's durability. `Durability::None` makes this a lazy commit:
+    /// visible at once, persisted by the next durable commit, lost if the process dies
+    /// before that; [`Txn::commit`] then does not wait.
+    pub(crate) fn set_durability(&mut self, durability: Durability) -> std::result::Result<(), redb::SetDurabilityError> {
+        self.lazy = matches!(durability, Durability::None);
+        Ok(())
+    }
+}
+
+/// How a transaction commits (see [`Slot::commit`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Durable before returning, sharing an fsync with the writes queued with it.
+    Grouped,
+    /// Durable before returning, by its own fsync.
+    Durable,
+    /// Not waiting for the disk (`Durability::None`).
+    Lazy,
+}
+
+/// Most non-durable commits one durable commit may have to cover: past this, a writer
+/// commits durably even with others queued behind it.
+const MAX_BATCH: u64 = 64;
+
+/// Group commit: every write transaction of a store commits through here.
+///
+/// redb runs one write transaction at a time, and a `Durability::None` commit is visible
+/// to later transactions at once but written to disk only by the next durable commit
+/// (`Durability::Immediate`), which persists every commit before it with one fsync; a
+/// crash before that loses the non-durable commits, all of them, the file opening at the
+/// last durable commit. So a writer commits durably only when no other write transaction
+/// is open or queued (`open`). Otherwise it commits without fsync and waits until a durable
+/// commit covers it: normally that of the last writer of the queue, so a queue of N writers
+/// costs one fsync and a lone writer commits exactly as before. When the writers behind a
+/// waiter all ended without a durable commit (an error dropped their transaction, or they
+/// committed lazily), the waiter makes an empty durable commit itself. Nothing is answered
+/// before the fsync that covers it, so a write lost in a crash was never reported; if that
+/// fsync fails, every writer it was to cover gets the error.
+///
+/// Writers take their turn at redb's write lock first come, first served (redb's own lock
+/// lets a newcomer overtake a waiter, which starved some writers for several batches).
+#[derive(Default)]
+pub(crate) struct Group {
+    state: std::sync::Mutex<GroupState>,
+    /// Signalled when `durable` or `failed` moves, or `open` falls to 0.
+    wake: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct GroupState {
+    /// Write transactions begun or queued, not yet committed or dropped (an empty durable
+    /// commit under way included).
+    open: usize,
+    /// One of them has the turn: it holds redb's write lock or is about to take it.
+    busy: bool,
+    /// The others, in arrival order.
+    queue: std::collections::VecDeque<Arc<Turn>>,
+    /// Sequence number of the last successful commit (commits are serialized by redb).
+    committed: u64,
+    /// Every commit up to this one is durable.
+    durable: u64,
+    /// A failed durable commit: the commits after `durable` up to `.0` get its error.
+    failed: Option<(u64, std::io::ErrorKind, String)>,
+}
+
+/// A queued writer: unparked when its turn comes.
+struct Turn {
+    thread: std::thread::Thread,
+    granted: std::sync::atomic::AtomicBool,
+}
+
+impl Group {
+    fn lock(&self) -> std::sync::MutexGuard<'_, GroupState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Counts a writer in and waits for its turn at redb's write lock.
+    fn take_turn(&self, mut st: std::sync::MutexGuard<'_, GroupState>) {
+        st.open += 1;
+        if !st.busy {
+            st.busy = true;
+            return;
+        }
+        let turn = Arc::new(Turn {
+            thread: std::thread::current(),
+            granted: std::sync::atomic::AtomicBool::new(false),
+        });
+        st.queue.push_back(turn.clone());
+        drop(st);
+        while !turn.granted.load(std::sync::atomic::Ordering::Acquire) {
+            std::thread::park();
+        }
+    }
+
+    /// The writer with the turn is done with redb's write lock (committed or dropped):
+    /// counts it out and hands the turn on.
+    fn leave(&self, st: &mut GroupState) {
+        st.open -= 1;
+        match st.queue.pop_front() {
+            Some(next) => {
+                next.granted.store(true, std::sync::atomic::Ordering::Release);
+                next.thread.unpark();
+            }
+            None => st.busy = false,
+        }
+        if st.open == 0 {
+            self.wake.notify_all();
+        }
+    }
+
+    /// Records the outcome of the commit at `seq` (`Ok(durable)` or its error), made by
+    /// the writer with the turn, and hands the turn on.
+    fn finish(&self, st: &mut GroupState, seq: u64, outcome: std::result::Result<bool, &redb::CommitError>) {
+        match outcome {
+            Ok(durable) => {
+                st.committed = seq;
+                if durable {
+                    st.durable = seq;
+                    self.wake.notify_all();
+                }
+            }
+            // Nothing was committed: the waiters still need a durable commit.
+            Err(redb::CommitError::TransactionPoisoned) => {}
+            // The commits not yet durable may or may not reach the disk, and no later
+            // commit can cover them (redb refuses writes until reopened): fail them all.
+            Err(e) if st.committed > st.durable => {
+                let kind = match e {
+                    redb::CommitError::Storage(redb::StorageError::Io(io)) => io.kind(),
+                    _ => std::io::ErrorKind::Other,
+                };
+                let upto = st.committed.max(st.failed.as_ref().map_or(0, |f| f.0));
+                st.failed = Some((upto, kind, e.to_string()));
+                self.wake.notify_all();
+            }
+            Err(_) => {}
+        }
+        self.leave(st);
+    }
+
+    /// Waits until commit `seq` is durable, leading an empty durable commit when nobody
+    /// else is left to make one.
+    fn wait_durable(&self, db: &Database, seq: u64) -> std::result::Result<(), redb::CommitError> {
+        let mut st = self.lock();
+        loop {
+            if st.durable >= seq {
+                return Ok(());
+            }
+            if let Some((upto, kind, msg)) = &st.failed {
+                if *upto >= seq {
+                    return Err(redb::CommitError::Storage(redb::StorageError::Io(std::io::Error::new(
+                        *kind,
+                        format!("the durable commit that was to cover this write failed: {msg}"),
+                    ))));
+                }
+            }
+            if st.open == 0 {
+                self.take_turn(st);
+                st = self.lock();
+                // A durable commit ahead of this one in the queue may have covered it.
+                if st.durable >= seq || st.failed.as_ref().is_some_and(|f| f.0 >= seq) {
+                    self.leave(&mut st);
+                    continue;
+                }
+                drop(st);
+                self.flush(db);
+                st = self.lock();
+                continue;
+            }
+            st = self.wake.wait(st).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// An empty durable commit, by a writer that has the turn.
+    fn flush(&self, db: &Database) {
+        let mut txn = match db.begin_write() {
+            Ok(txn) => txn,
+            Err(e) => {
+                let e = redb::CommitError::Storage(redb::StorageError::Io(std::io::Error::other(e.to_string())));
+                let mut st = self.lock();
+                let seq = st.committed + 1;
+                return self.finish(&mut st, seq, Err(&e));
+            }
+        };
+        let _ = txn.set_durability(Durability::Immediate);
+        // Taken with redb's write lock held: no commit can come in between.
+        let seq = self.lock().committed + 1;
+        let res = txn.commit();
+        let mut st = self.lock();
+        match &res {
+            Ok(()) => self.finish(&mut st, seq, Ok(true)),
+            // An empty transaction that cannot commit still leaves the waiters uncovered.
+            Err(redb::CommitError::TransactionPoisoned) => {
+                let e = redb::CommitError::Storage(redb::StorageError::Io(std::io::Error::other(
+                    "an empty durable commit was refused",
+                )));
+                self.finish(&mut st, seq, Err(&e))
+            }
+            Err(e) => self.finish(&mut st, seq, Err(e)),
+        }
+    }
+}
+
+/// A write transaction's place in its store's [`Group`]: counted in `open` and holding
+/// the turn from before redb's `begin_write` until its commit or drop.
+pub(crate) struct Slot {
+    group: Arc<Group>,
+    db: Arc<Database>,
+    counted: bool,
+}
+
+impl Slot {
+    fn enter(group: &Arc<Group>, db: &Arc<Database>) -> Slot {
+        group.take_turn(group.lock());
+        Slot { group: group.clone(), db: db.clone(), counted: true }
+    }
+
+    fn commit(mut self, mut inner: WriteTransaction, mode: Mode) -> std::result::Result<(), redb::CommitError> {
+        let group = self.group.clone();
+        let (seq, durable) = {
+            let st = group.lock();
+            // Taken with redb's write lock held: no commit can come in between.
+            let seq = st.committed + 1;
+            let durable = match mode {
+                Mode::Durable => true,
+                Mode::Lazy => false,
+                Mode::Grouped => st.open <= 1 || seq - st.durable > MAX_BATCH,
+            };
+            (seq, durable)
+        };
+        // Only a persistent savepoint can refuse `None` (the store makes none): then durably.
+        let durable = durable || inner.set_durability(Durability::None).is_err();
+        if durable {
+            inner.set_durability(Durability::Immediate).map_err(|e| {
+                redb::CommitError::Storage(redb::StorageError::Io(std::io::Error::other(e.to_string())))
+            })?;
+        }
+        let res = inner.commit();
+        {
+            let mut st = group.lock();
+            self.counted = false;
+            group.finish(&mut st, seq, res.as_ref().map(|()| durable));
+        }
+        res?;
+        match mode {
+            Mode::Grouped if !durable => group.wait_durable(&self.db, seq),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Drop for Slot {
+    /// An uncommitted transaction (aborted by now) or a failed `begin_write` hands the turn
+    /// on; a waiter may now have to lead.
+    fn drop(&mut self) {
+        if self.counted {
+            self.group.leave(&mut self.group.lock());
+        }
     }
 }
 
@@ -247,6 +532,10 @@ fn check_meta(txn: &ReadTransaction, kek: &MasterKey) -> Result<MetaState> {
     Ok(MetaState::Ready)
 }
 
+/// The database page cache when none is configured (redb's own default is 1 GiB, which a
+/// store of 100,000 credentials fills to ~200 MiB of resident memory that stays).
+pub const DEFAULT_CACHE_BYTES: usize = 32 * 1024 * 1024;
+
 impl Store {
     /// Opens the store at `path`, creating and initialising it if the file does not exist.
     ///
@@ -255,6 +544,12 @@ impl Store {
     /// (After a crash, redb must repair the file before it can be read; that repair
     /// rewrites only redb's own bookkeeping, and the key check follows it.)
     pub fn open(path: impl AsRef<Path>, kek: MasterKey) -> Result<Store> {
+        Store::open_with_cache(path, kek, DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`Store::open`] with a database page cache of at most `cache_bytes` (redb's read
+    /// cache and write buffer together; `[storage] cache_mib`).
+    pub fn open_with_cache(path: impl AsRef<Path>, kek: MasterKey, cache_bytes: usize) -> Result<Store> {
         let path = path.as_ref().to_owned();
         let existing = std::fs::metadata(&path)
             .map(|m| m.len() > 0)
@@ -270,9 +565,10 @@ impl Store {
             }
         }
         // Opens an existing file, or initialises a missing or empty one.
-        let db = Database::create(&path)?;
+        let db = Database::builder().set_cache_size(cache_bytes).create(&path)?;
         let store = Store {
-            db,
+            db: Arc::new(db),
+            group: Arc::default(),
             keys: RwLock::new(Arc::new(Keys::new(kek))),
             path,
             lazy_pending: std::sync::atomic::AtomicBool::new(false),
@@ -344,13 +640,15 @@ impl Store {
         self.keys.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
-    /// A write transaction with durable (fsync-on-commit) durability, set explicitly even
-    /// though it is redb 4's default.
+    /// A write transaction; its [`Txn::commit`] returns once the commit is durable (see
+    /// [`Group`]).
     pub(crate) fn begin_write(&self) -> Result<Txn> {
-        let mut txn = self.db.begin_write()?;
-        txn.set_durability(Durability::Immediate)?;
+        // Counted before it waits for redb's write lock, so the writer ahead of it commits
+        // without fsync and lets this one's commit cover both.
+        let slot = Slot::enter(&self.group, &self.db);
+        let inner = self.db.begin_write()?;
         // After begin: a rotation has either not started or committed and swapped.
-        Ok(Txn { inner: txn, audit_key: self.keys().audit_key.clone() })
+        Ok(Txn { inner, audit_key: self.keys().audit_key.clone(), lazy: false, slot })
     }
 
     /// A read transaction and the keys of its snapshot, taken under the keys' lock so a
@@ -488,9 +786,11 @@ impl Store {
         let new = Keys::new(new_kek);
         audit::rekey(&mut txn, new.audit_key.clone())?;
         audit::append(&txn, AuditEntry::ok(actor, "keys.rotate").detail(detail))?;
-        // Commit and swap under the write lock: no snapshot starts in between.
+        // Commit and swap under the write lock: no snapshot starts in between. Durably by
+        // its own fsync: a grouped commit would wait for the writer queued behind it, which
+        // takes this lock once it begins.
         let mut slot = self.keys.write().unwrap_or_else(PoisonError::into_inner);
-        txn.commit()?;
+        txn.commit_durable()?;
         *slot = Arc::new(new);
         Ok(count)
     }
@@ -514,7 +814,11 @@ impl Store {
 }
 
 fn validate_user_name(name: &str) -> Result<()> {
+    // `.` and `..` are path segments, not names: a URL naming them (`/api/admin/users/../tokens`)
+    // would reach another route.
     let ok = !name.is_empty()
+        && name != "."
+        && name != ".."
         && name.len() <= 64
         && name
             .chars()
@@ -523,7 +827,7 @@ fn validate_user_name(name: &str) -> Result<()> {
         Ok(())
     } else {
         Err(StoreError::Invalid(
-            "user names are 1-64 characters of A-Z a-z 0-9 . _ - @".into(),
+            "user names are 1-64 characters of A-Z a-z 0-9 . _ - @, and not `.` or `..`".into(),
         ))
     }
 }
@@ -583,5 +887,180 @@ mod tests {
         assert!(ops.load(Ordering::Relaxed) > 0);
         store.verify_audit().unwrap();
         assert_eq!(store.verify_keys().unwrap().namespaces, 1);
+    }
+
+    /// An in-memory database whose fsync fails once `fail` is set.
+    #[derive(Debug)]
+    struct FailingSync {
+        inner: redb::backends::InMemoryBackend,
+        fail: Arc<AtomicBool>,
+    }
+
+    impl redb::StorageBackend for FailingSync {
+        fn len(&self) -> std::io::Result<u64> {
+            redb::StorageBackend::len(&self.inner)
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+            redb::StorageBackend::read(&self.inner, offset, out)
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            redb::StorageBackend::set_len(&self.inner, len)
+        }
+        fn sync_data(&self) -> std::io::Result<()> {
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(std::io::Error::other("injected fsync failure"));
+            }
+            redb::StorageBackend::sync_data(&self.inner)
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+            redb::StorageBackend::write(&self.inner, offset, data)
+        }
+    }
+
+    /// A store on [`FailingSync`]: returns it and its switch.
+    fn failing_store() -> (Arc<Store>, Arc<AtomicBool>) {
+        let fail = Arc::new(AtomicBool::new(false));
+        let backend = FailingSync { inner: redb::backends::InMemoryBackend::new(), fail: fail.clone() };
+        let db = Database::builder().create_with_backend(backend).unwrap();
+        let store = Store {
+            db: Arc::new(db),
+            group: Arc::default(),
+            keys: RwLock::new(Arc::new(Keys::new(MasterKey::generate().unwrap()))),
+            path: PathBuf::new(),
+            lazy_pending: AtomicBool::new(false),
+        };
+        store.init().unwrap();
+        store.ensure_tables().unwrap();
+        (Arc::new(store), fail)
+    }
+
+    fn new_cred(name: &str) -> NewCredential {
+        let mut new = NewCredential::new(name, "t");
+        new.secrets.insert("k".into(), SecretString::from("s3cret"));
+        new
+    }
+
+    /// Many writers at once: every create returns, is there afterwards, and the audit chain
+    /// (one record per create, appended in each grouped transaction) verifies.
+    #[test]
+    fn concurrent_writers_all_commit() {
+        let (store, _) = failing_store();
+        let user = store.add_user("admin", "alice", Role::User).unwrap();
+        let workers: Vec<_> = (0..8)
+            .map(|w| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    for i in 0..40 {
+                        store.create_credential("alice", user.namespace, new_cred(&format!("w{w}-{i}"))).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().unwrap();
+        }
+        let st = store.group.lock();
+        assert_eq!((st.open, st.durable), (0, st.committed), "everything answered is durable");
+        drop(st);
+        let page = store.list_credentials(user.namespace, &ListQuery { limit: 1000, ..Default::default() }).unwrap();
+        assert_eq!(page.items.len(), 320);
+        store.verify_audit().unwrap();
+    }
+
+    /// Once fsync fails, no writer is answered Ok and none is left waiting: each gets the
+    /// error, its own or that of the durable commit that was to cover its write.
+    #[test]
+    fn failed_flush_fails_every_writer_of_the_batch() {
+        let (store, fail) = failing_store();
+        let user = store.add_user("admin", "alice", Role::User).unwrap();
+        let done = Arc::new(AtomicUsize::new(0));
+        let workers: Vec<_> = (0..8)
+            .map(|w| {
+                let (store, done, fail) = (store.clone(), done.clone(), fail.clone());
+                std::thread::spawn(move || {
+                    for i in 0.. {
+                        let failing = fail.load(Ordering::SeqCst);
+                        match store.create_credential("alice", user.namespace, new_cred(&format!("w{w}-{i}"))) {
+                            Ok(_) => {
+                                assert!(!failing, "writer {w}: answered Ok after fsync started failing");
+                                done.fetch_add(1, Ordering::SeqCst);
+                            }
+                            Err(e) => return e.to_string(),
+                        }
+                    }
+                    unreachable!()
+                })
+            })
+            .collect();
+        while done.load(Ordering::SeqCst) < 100 {
+            std::thread::yield_now();
+        }
+        fail.store(true, Ordering::SeqCst);
+        let errors: Vec<String> = workers.into_iter().map(|w| w.join().unwrap()).collect();
+        assert_eq!(errors.len(), 8);
+        assert_eq!(store.group.lock().open, 0);
+        // The database refuses writes until reopened.
+        assert!(store.create_credential("alice", user.namespace, new_cred("after")).is_err());
+    }
+
+    /// A write committed without fsync, waiting for the writer behind it to make the
+    /// durable commit: when that commit's fsync fails, both get an error.
+    #[test]
+    fn waiter_gets_the_error_of_the_durable_commit_that_was_to_cover_it() {
+        let (store, fail) = failing_store();
+        let first = store.begin_write().unwrap();
+        audit::append(&first, AuditEntry::ok("t", "first")).unwrap();
+        let behind = {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let txn = store.begin_write().unwrap();
+                audit::append(&txn, AuditEntry::ok("t", "behind")).unwrap();
+                txn.commit()
+            })
+        };
+        while store.group.lock().open < 2 {
+            std::thread::yield_now();
+        }
+        fail.store(true, Ordering::SeqCst);
+        let err = first.commit().unwrap_err().to_string();
+        assert!(err.contains("the durable commit that was to cover this write failed"), "{err}");
+        assert!(err.contains("injected fsync failure"), "{err}");
+        assert!(behind.join().unwrap().is_err());
+        assert_eq!(store.group.lock().open, 0);
+    }
+
+    /// A writer whose successors all end without a durable commit (one aborts, one commits
+    /// lazily) is not stranded: it makes the durable commit itself.
+    #[test]
+    fn waiter_flushes_when_the_writer_behind_it_aborts_or_commits_lazily() {
+        for lazy in [false, true] {
+            let (store, _) = failing_store();
+            let first = store.begin_write().unwrap();
+            audit::append(&first, AuditEntry::ok("t", "first")).unwrap();
+            let behind = {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    let mut txn = store.begin_write().unwrap();
+                    if lazy {
+                        txn.set_durability(Durability::None).unwrap();
+                        audit::append(&txn, AuditEntry::ok("t", "lazy")).unwrap();
+                        txn.commit().unwrap();
+                    } else {
+                        audit::append(&txn, AuditEntry::ok("t", "aborted")).unwrap();
+                        drop(txn);
+                    }
+                })
+            };
+            // The second writer is counted (waiting for redb's lock): `first` commits
+            // without fsync and waits for a durable commit that the second never makes.
+            while store.group.lock().open < 2 {
+                std::thread::yield_now();
+            }
+            first.commit().unwrap();
+            behind.join().unwrap();
+            let st = store.group.lock();
+            assert_eq!(st.open, 0);
+            assert!(st.durable == st.committed && st.failed.is_none(), "lazy={lazy}");
+        }
     }
 }

@@ -1,0 +1,266 @@
+//! Scale and memory, plain numbers (`cargo bench --bench scale`), about 1-2 minutes with
+//! the defaults.
+//!
+//! Starts the real `credhost` binary, creates `SCALE_USERS` users (admin API) and
+//! `SCALE_CREDS` credentials for each over HTTP with 16 concurrent clients, then lists
+//! every user's first page (`GET /api/credentials?limit=50`). Prints create p50/p99 and
+//! creates/s, list p50/p99, the server's resident memory (VmRSS) fresh, after the creates,
+//! after the lists and after 5 s idle, the database file size, and the warm restart time
+//! (SIGTERM, start, first `/readyz` 200) with the RSS and list latencies after it.
+//!
+//! The whole scenario runs once per database cache setting in `SCALE_CACHE_MIB`
+//! (comma-separated MiB values; `default` = no `CREDHOST_CACHE_MIB`, the built-in default),
+//! each on a fresh data dir, so the settings compare within one run.
+//! Defaults: `SCALE_USERS=1000 SCALE_CREDS=10 SCALE_CACHE_MIB=default,1024`
+//! (1024 MiB is redb's own default, the server's setting before `[storage] cache_mib`).
+//! The scale: `SCALE_USERS=10000 SCALE_CREDS=10`.
+//!
+//! `SCALE_MONITOR=off` runs the servers with `[monitor] enabled = false` (no scheduler, no
+//! sweep of every credential). `SCALE_SMAPS=1` also prints the server's largest memory mappings after the idle wait.
+//!
+//! Client and server share this machine's cores: compare settings within a run.
+
+#[allow(dead_code)]
+#[path = "../tests/common/server.rs"]
+mod server;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const CLIENTS: usize = 16;
+const IDLE: Duration = Duration::from_secs(5);
+
+fn env_usize(name: &str, default: usize) -> usize {
+    match std::env::var(name) {
+        Ok(v) => v.trim().parse().unwrap_or_else(|_| panic!("{name}: {v:?} is not a whole number")),
+        Err(_) => default,
+    }
+}
+
+/// `VmRSS` and `VmHWM` of a process, in MiB.
+fn rss_mib(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/PID/status");
+    let field = |name: &str| -> f64 {
+        let line = status.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name} in /proc status"));
+        let kib: f64 = line[name.len()..].trim().trim_end_matches("kB").trim().parse().expect("kB value");
+        kib / 1024.0
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// The largest mappings by resident size (`SCALE_SMAPS=1`): where the memory is.
+fn print_smaps(pid: u32) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps")).expect("read smaps");
+    let mut maps: Vec<(u64, String)> = Vec::new();
+    let mut name = String::new();
+    for line in text.lines() {
+        if let Some(kb) = line.strip_prefix("Rss:") {
+            let kb: u64 = kb.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
+            maps.push((kb, name.clone()));
+        } else if line.split_whitespace().next().is_some_and(|f| f.contains('-') && !f.ends_with(':')) {
+            name = line.to_string();
+        }
+    }
+    maps.sort_by(|a, b| b.0.cmp(&a.0));
+    let total: u64 = maps.iter().map(|m| m.0).sum();
+    println!("  smaps: {} mappings, {:.1} MiB resident; largest:", maps.len(), total as f64 / 1024.0);
+    for (kb, name) in maps.iter().take(8) {
+        println!("    {:>8.1} MiB  {name}", *kb as f64 / 1024.0);
+    }
+}
+
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+/// Runs `n` operations over `CLIENTS` concurrent tasks; returns each one's latency (sorted)
+/// and the wall time.
+async fn run_all<F, Fut>(n: usize, op: F) -> (Vec<Duration>, Duration)
+where
+    F: Fn(usize) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let next = Arc::new(AtomicUsize::new(0));
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..CLIENTS {
+        let (op, next) = (op.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                let t = Instant::now();
+                op(i).await;
+                lat.push(t.elapsed());
+            }
+            lat
+        }));
+    }
+    let mut all = Vec::with_capacity(n);
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let wall = t0.elapsed();
+    all.sort();
+    (all, wall)
+}
+
+/// Spawns the server and waits for `/readyz` 200; returns it and the time that took.
+async fn start_ready(env: &server::Env, http: &reqwest::Client) -> (server::Server, Duration) {
+    let t0 = Instant::now();
+    let srv = env.start(&[]);
+    loop {
+        if let Ok(r) = http.get(format!("{}/readyz", srv.base)).send().await {
+            if r.status() == 200 {
+                break;
+            }
+        }
+        assert!(t0.elapsed() < Duration::from_secs(120), "not ready after 120 s");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    (srv, t0.elapsed())
+}
+
+async fn list_all(http: &reqwest::Client, base: &str, tokens: &Arc<Vec<String>>, per_user: usize) -> Vec<Duration> {
+    let url = format!("{base}/api/credentials?limit=50");
+    let (http, tokens) = (http.clone(), tokens.clone());
+    let expect = per_user.min(50);
+    let (lat, _) = run_all(tokens.len(), move |i| {
+        let (http, url, tokens) = (http.clone(), url.clone(), tokens.clone());
+        async move {
+            let r = http.get(&url).bearer_auth(&tokens[i]).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            let v: Value = r.json().await.unwrap();
+            assert_eq!(v["items"].as_array().map(Vec::len), Some(expect), "page size");
+        }
+    })
+    .await;
+    lat
+}
+
+fn scenario(rt: &tokio::runtime::Runtime, users: usize, creds: usize, cache: Option<&str>) {
+    let label = cache.map_or("default".to_string(), |c| format!("{c}MiB"));
+    let mut env = server::Env::new();
+    if let Some(c) = cache {
+        env = env.set("CREDHOST_CACHE_MIB", c);
+    }
+    if std::env::var("SCALE_MONITOR").is_ok_and(|v| v == "off") {
+        let file = env.dir.path().join("monitor-off.toml");
+        std::fs::write(&file, "[monitor]\nenabled = false\n").unwrap();
+        env = env.set("CREDHOST_CONFIG", file.to_str().unwrap());
+    }
+    let admin = env.add_user("admin", true);
+    rt.block_on(async move {
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(CLIENTS)
+            .pool_idle_timeout(Duration::from_secs(4))
+            .build()
+            .unwrap();
+        let (mut srv, cold_start) = start_ready(&env, &http).await;
+        let base = srv.base.clone();
+        let (rss_fresh, _) = rss_mib(srv.pid());
+
+        // Users, over the admin API.
+        let user_tokens = {
+            let (http, base, admin) = (http.clone(), base.clone(), admin.clone());
+            let out = Arc::new(std::sync::Mutex::new(vec![String::new(); users]));
+            let sink = out.clone();
+            run_all(users, move |i| {
+                let (http, base, admin, sink) = (http.clone(), base.clone(), admin.clone(), sink.clone());
+                async move {
+                    let r = http
+                        .post(format!("{base}/api/admin/users"))
+                        .bearer_auth(&admin)
+                        .json(&json!({"name": format!("user{i:06}")}))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(r.status(), 201);
+                    let v: Value = r.json().await.unwrap();
+                    sink.lock().unwrap()[i] = v["token"].as_str().expect("token").to_string();
+                }
+            })
+            .await;
+            let tokens = std::mem::take(&mut *out.lock().unwrap());
+            Arc::new(tokens)
+        };
+
+        // Credentials: item i belongs to user i % users, so concurrent creates hit many users.
+        let total = users * creds;
+        let (create_lat, create_wall) = {
+            let (http, url, tokens) = (http.clone(), format!("{base}/api/credentials"), user_tokens.clone());
+            run_all(total, move |i| {
+                let (http, url, tokens) = (http.clone(), url.clone(), tokens.clone());
+                let body = json!({"name": format!("cred-{:05}", i / users), "type": "bearer_token",
+                    "description": "scale benchmark credential", "tags": ["scale"],
+                    "fields": {"token": server::random_alnum(40), "test_url": "https://api.example.com/v1/me"}});
+                async move {
+                    let r = http.post(&url).bearer_auth(&tokens[i % users]).json(&body).send().await.unwrap();
+                    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+                }
+            })
+            .await
+        };
+        let (rss_created, _) = rss_mib(srv.pid());
+        let list_lat = list_all(&http, &base, &user_tokens, creds).await;
+        let (rss_listed, hwm) = rss_mib(srv.pid());
+        tokio::time::sleep(IDLE).await;
+        let (rss_idle, _) = rss_mib(srv.pid());
+        tokio::time::sleep(IDLE).await;
+        let (rss_idle2, _) = rss_mib(srv.pid());
+        if std::env::var_os("SCALE_SMAPS").is_some() {
+            print_smaps(srv.pid());
+        }
+        let db = env.data_dir().join("credhost.redb");
+        let db_mib = std::fs::metadata(&db).map(|m| m.len()).unwrap_or(0) as f64 / (1024.0 * 1024.0);
+
+        // Warm restart: plugin cache and database exist.
+        let status = srv.stop();
+        assert!(status.success(), "server exit {status}");
+        drop(srv);
+        let (srv2, restart) = start_ready(&env, &http).await;
+        let (rss_restarted, _) = rss_mib(srv2.pid());
+        let relist_lat = list_all(&http, &srv2.base, &user_tokens, creds).await;
+        let (rss_relisted, _) = rss_mib(srv2.pid());
+        drop(srv2);
+
+        let monitor = if std::env::var("SCALE_MONITOR").is_ok_and(|v| v == "off") { ", monitor off" } else { "" };
+        println!("== cache {label}: {users} users x {creds} credentials, {CLIENTS} clients{monitor}");
+        println!("  create_p50_ms {:.2}", pct(&create_lat, 0.50));
+        println!("  create_p99_ms {:.2}", pct(&create_lat, 0.99));
+        println!("  creates_per_s {:.0}", total as f64 / create_wall.as_secs_f64());
+        println!("  list_p50_ms {:.2}", pct(&list_lat, 0.50));
+        println!("  list_p99_ms {:.2}", pct(&list_lat, 0.99));
+        println!("  rss_fresh_mib {rss_fresh:.1}");
+        println!("  rss_after_creates_mib {rss_created:.1}");
+        println!("  rss_after_lists_mib {rss_listed:.1} (peak {hwm:.1})");
+        println!("  rss_after_{}s_idle_mib {rss_idle:.1}", IDLE.as_secs());
+        println!("  rss_after_{}s_idle_mib {rss_idle2:.1}", 2 * IDLE.as_secs());
+        println!("  db_file_mib {db_mib:.1}");
+        println!("  cold_start_to_ready_ms {:.0}", cold_start.as_secs_f64() * 1000.0);
+        println!("  warm_restart_to_ready_ms {:.0}", restart.as_secs_f64() * 1000.0);
+        println!("  after_restart: rss_mib {rss_restarted:.1}, list_p50_ms {:.2}, list_p99_ms {:.2}, rss_after_lists_mib {rss_relisted:.1}",
+            pct(&relist_lat, 0.50), pct(&relist_lat, 0.99));
+    });
+}
+
+fn main() {
+    let users = env_usize("SCALE_USERS", 1000);
+    let creds = env_usize("SCALE_CREDS", 10);
+    assert!(users >= 1 && creds >= 1, "SCALE_USERS and SCALE_CREDS must be at least 1");
+    let caches = std::env::var("SCALE_CACHE_MIB").unwrap_or_else(|_| "default,1024".into());
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    for c in caches.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+        scenario(&rt, users, creds, (c != "default").then_some(c));
+    }
+}
