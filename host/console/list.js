@@ -9,14 +9,19 @@ const FILTERS = ["name_prefix", "type", "tag", "health", "include_deleted"];
 
 /** The hash for a set of filters (and a page cursor). */
 function hashFor(state) {
-  return query("#/credentials", {
+  return query("#/credentials", params(state));
+}
+
+/** The list query of a set of filters and a page cursor (the hash and the API share it). */
+function params(state) {
+  return {
     name_prefix: state.name_prefix,
     type: state.type,
     tag: state.tag,
     health: state.health,
     include_deleted: state.include_deleted ? "true" : "",
     cursor: state.cursor,
-  });
+  };
 }
 
 function labelled(id, text, input) {
@@ -105,15 +110,7 @@ route("#/credentials", async (args, main, isCurrent) => {
     try {
       page = await api(
         "GET",
-        query("/api/credentials", {
-          name_prefix: state.name_prefix,
-          type: state.type,
-          tag: state.tag,
-          health: state.health,
-          include_deleted: state.include_deleted ? "true" : "",
-          cursor: state.cursor,
-          limit: PAGE,
-        }),
+        query("/api/credentials", { ...params(state), limit: PAGE }),
       );
     } catch (e) {
       if (mine !== seq || !isCurrent()) return;

@@ -224,6 +224,17 @@ fn same_file(a: &Path, b: &Path) -> bool {
 /// `new` over `current` (atomic) and syncs the directory. Until the rename, `current`
 /// still holds the old key and `new` the new one. Returns the `.old` path.
 pub fn replace_key_file(current: &Path, new: &Path) -> std::io::Result<PathBuf> {
+    let old = keep_old_key(current)?;
+    std::fs::rename(new, current)?;
+    if let Some(dir) = current.parent() {
+        let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(old)
+}
+
+/// Copies the current key file to `<current>.old` (0600, synced) before it is replaced.
+fn keep_old_key(current: &Path) -> std::io::Result<PathBuf> {
     use std::io::Write;
     let old = retired_key_file(current);
     let text = zeroize::Zeroizing::new(std::fs::read(current)?);
@@ -232,11 +243,6 @@ pub fn replace_key_file(current: &Path, new: &Path) -> std::io::Result<PathBuf> 
     crate::fsperm::restrict_file(&old)?;
     f.write_all(&text)?;
     f.sync_all()?;
-    std::fs::rename(new, current)?;
-    if let Some(dir) = current.parent() {
-        let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
-        std::fs::File::open(dir)?.sync_all()?;
-    }
     Ok(old)
 }
 
@@ -249,12 +255,7 @@ pub fn replace_key_file(current: &Path, new: &Path) -> std::io::Result<PathBuf> 
 fn install_key_file(current: &Path, key: &secrecy::SecretString, handed: &Path, read: (u64, u64)) -> std::io::Result<PathBuf> {
     use secrecy::ExposeSecret;
     use std::io::Write;
-    let old = retired_key_file(current);
-    let text = zeroize::Zeroizing::new(std::fs::read(current)?);
-    let mut f = crate::fsperm::private_file(&old)?;
-    crate::fsperm::restrict_file(&old)?;
-    f.write_all(&text)?;
-    f.sync_all()?;
+    let old = keep_old_key(current)?;
     let staged = suffixed(current, ".tmp");
     match std::fs::remove_file(&staged) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
