@@ -68,6 +68,9 @@ pub fn open_store(config: &Config) -> Result<Store, String> {
 fn open_store_with(config: &Config, key: MasterKey) -> Result<Store, String> {
     config.storage.check()?;
     crate::store::versions::set_max_versions(config.storage.max_versions);
+    if let Some(opts) = config.postgres()? {
+        return Store::open_postgres(&opts, key).map_err(|e| format!("opening the PostgreSQL store {}: {e}", opts.url));
+    }
     data_dir(config)?;
     let path = config.db_path();
     let existed = path.exists();

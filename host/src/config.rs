@@ -359,6 +359,41 @@ pub struct StorageConfig {
     /// Database page cache in MiB (`CREDHOST_CACHE_MIB`): redb's read cache and write
     /// buffer together, the bound on the store's share of resident memory.
     pub cache_mib: u64,
+    /// `redb` (embedded, one process) or `postgres` (several replicas on one database)
+    /// (`CREDHOST_STORAGE_BACKEND`).
+    pub backend: StorageBackend,
+    /// `postgres://user@host:port/database` (`CREDHOST_POSTGRES_URL`); no password in it.
+    pub postgres_url: Option<String>,
+    /// File holding the PostgreSQL password (`CREDHOST_POSTGRES_PASSWORD_FILE`);
+    /// `CREDHOST_POSTGRES_PASSWORD` wins over it.
+    pub postgres_password_file: Option<PathBuf>,
+    /// Most connections one replica opens (`CREDHOST_POSTGRES_POOL`).
+    pub postgres_pool: usize,
+    /// The role every session takes (`SET ROLE`): owns nothing, so row-level security
+    /// applies to it.
+    pub postgres_role: String,
+}
+
+/// `[storage] backend`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    #[default]
+    Redb,
+    Postgres,
+}
+
+/// A URL for messages: any password replaced.
+pub(crate) fn url_without_password(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) if url.contains('@') => "(unparseable URL, not shown)".into(),
+        Err(_) => url.to_owned(),
+    }
 }
 
 /// `[storage] cache_mib` when not configured.
@@ -372,6 +407,11 @@ impl Default for StorageConfig {
             data_dir: PathBuf::from("./data"),
             max_versions: crate::store::versions::DEFAULT_MAX_VERSIONS,
             cache_mib: DEFAULT_CACHE_MIB,
+            backend: StorageBackend::Redb,
+            postgres_url: None,
+            postgres_password_file: None,
+            postgres_pool: 16,
+            postgres_role: "credhost_app".into(),
         }
     }
 }
@@ -385,6 +425,40 @@ impl StorageConfig {
         }
         if self.cache_mib < 1 || self.cache_mib > MAX_CACHE_MIB {
             return Err(format!("[storage] cache_mib: {} must be between 1 and {MAX_CACHE_MIB} (MiB)", self.cache_mib));
+        }
+        if self.postgres_pool < 2 || self.postgres_pool > 512 {
+            return Err(format!("[storage] postgres_pool: {} must be between 2 and 512", self.postgres_pool));
+        }
+        let role_ok = !self.postgres_role.is_empty()
+            && self.postgres_role.len() <= 63
+            && self.postgres_role.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !role_ok {
+            return Err(format!(
+                "[storage] postgres_role: {:?} must be 1-63 characters of A-Z a-z 0-9 _",
+                self.postgres_role
+            ));
+        }
+        if self.backend == StorageBackend::Postgres {
+            let Some(url) = &self.postgres_url else {
+                return Err("[storage] postgres_url: required with backend = \"postgres\" (or CREDHOST_POSTGRES_URL)".into());
+            };
+            let parsed = url::Url::parse(url)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "postgres" | "postgresql") && u.host_str().is_some());
+            match parsed {
+                None => {
+                    return Err(format!(
+                        "[storage] postgres_url: {:?} is not a postgres://user@host:port/database URL",
+                        crate::config::url_without_password(url)
+                    ))
+                }
+                Some(u) if u.password().is_some() => {
+                    return Err("[storage] postgres_url: carries a password; give it in CREDHOST_POSTGRES_PASSWORD \
+                                or [storage] postgres_password_file instead"
+                        .into())
+                }
+                Some(_) => {}
+            }
         }
         Ok(())
     }
@@ -472,6 +546,23 @@ impl Config {
         if let Some(v) = get("CREDHOST_DATA_DIR") {
             self.storage.data_dir = PathBuf::from(v);
         }
+        if let Some(v) = get("CREDHOST_STORAGE_BACKEND") {
+            self.storage.backend = match v.trim() {
+                "redb" => StorageBackend::Redb,
+                "postgres" => StorageBackend::Postgres,
+                _ => return Err(format!("CREDHOST_STORAGE_BACKEND: {v:?} is not a backend (expected redb or postgres)")),
+            };
+        }
+        if let Some(v) = get("CREDHOST_POSTGRES_URL") {
+            self.storage.postgres_url = Some(v);
+        }
+        if let Some(v) = get("CREDHOST_POSTGRES_PASSWORD_FILE") {
+            self.storage.postgres_password_file = Some(PathBuf::from(v));
+        }
+        if let Some(v) = get("CREDHOST_POSTGRES_POOL") {
+            self.storage.postgres_pool =
+                v.trim().parse().map_err(|_| format!("CREDHOST_POSTGRES_POOL: {v:?} is not a whole number"))?;
+        }
         if let Some(v) = get("CREDHOST_MASTER_KEY_FILE") {
             self.keys.master_key_file = Some(PathBuf::from(v));
         }
@@ -497,6 +588,39 @@ impl Config {
             let d = &self.storage.data_dir;
             d.is_dir().then(|| d.join("cache"))
         })
+    }
+
+    /// The PostgreSQL connection settings, when the backend is PostgreSQL; the password
+    /// from `CREDHOST_POSTGRES_PASSWORD` or the password file.
+    pub fn postgres(&self) -> Result<Option<crate::store::pg::PgOptions>, String> {
+        if self.storage.backend != StorageBackend::Postgres {
+            return Ok(None);
+        }
+        self.storage.check()?;
+        let password = match (std::env::var("CREDHOST_POSTGRES_PASSWORD").ok(), &self.storage.postgres_password_file) {
+            (Some(p), _) => Some(p),
+            (None, Some(file)) => Some(
+                std::fs::read_to_string(file)
+                    .map_err(|e| format!("[storage] postgres_password_file {}: {e}", file.display()))?
+                    .trim_end_matches(['\r', '\n'])
+                    .to_owned(),
+            ),
+            (None, None) => None,
+        };
+        Ok(Some(crate::store::pg::PgOptions {
+            url: self.storage.postgres_url.clone().unwrap_or_default(),
+            password: password.map(secrecy::SecretString::from),
+            pool: self.storage.postgres_pool,
+            role: self.storage.postgres_role.clone(),
+        }))
+    }
+
+    /// Where the store lives, for messages: the redb file or the PostgreSQL URL.
+    pub fn store_location(&self) -> String {
+        match self.storage.backend {
+            StorageBackend::Redb => self.db_path().display().to_string(),
+            StorageBackend::Postgres => self.storage.postgres_url.clone().unwrap_or_default(),
+        }
     }
 
     /// The database file inside the data dir.

@@ -52,6 +52,10 @@ pub fn target(connect: &Connect, config_path: Option<&Path>) -> Result<Target, S
 /// True when another process has the database open (a running server, or another
 /// command in the middle of a write). redb allows one process at a time.
 pub fn store_in_use(config: &Config) -> bool {
+    // PostgreSQL is shared by design: commands open it alongside the servers.
+    if config.storage.backend == crate::config::StorageBackend::Postgres {
+        return false;
+    }
     let path = config.db_path();
     if !std::fs::metadata(&path).is_ok_and(|m| m.len() > 0) {
         return false;

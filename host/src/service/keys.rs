@@ -149,6 +149,14 @@ impl Service {
     /// the new key and the old key kept as `<file>.old`.
     pub fn admin_rotate_master_key(&self, p: &Principal, new_key_file: &str) -> Result<KeyRotation> {
         require_admin(p)?;
+        if self.store.is_shared() {
+            // The other replicas would keep the old key in memory and fail every unwrap.
+            return Err(ServiceError::Conflict(
+                "online master-key rotation is not available with PostgreSQL storage: stop every replica, \
+                 run `credhost keys rotate` against the database, then start every replica with the new key"
+                    .into(),
+            ));
+        }
         if new_key_file.trim().is_empty() {
             return Err(bad_file("is required: the absolute path of a file holding the new key"));
         }

@@ -418,15 +418,24 @@ fn dispatch(
                 continue;
             }
         };
-        if policy.interval_for(&plugin, &c).is_none() {
+        let Some(iv) = policy.interval_for(&plugin, &c) else {
             reschedule(None);
             continue;
-        }
+        };
         let dest = destination_of(&plugin, &c);
         if let Err(free_at) = budget.take(&dest, now) {
             crate::metrics::scheduled_test_deferred("rate_budget");
             reschedule(Some(free_at.max(now + 1) + random_below(1000)));
             continue;
+        }
+        // Another replica on the same database may have taken it since it was read.
+        match service.store.claim_due(id, at, policy.next_due(now, iv, c.monitor.failures)) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => {
+                tracing::error!(credential = %id, error = %e, "could not claim a due test");
+                continue;
+            }
         }
         inflight.lock().unwrap_or_else(|p| p.into_inner()).insert(id);
         if tx.send(c).is_err() {

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use redb::{ReadableDatabase, ReadableTable};
+use super::kv::Table;
 use serde::{Deserialize, Serialize};
 
 use super::error::{Result, StoreError};
@@ -310,8 +310,8 @@ pub(crate) fn append_many(txn: &Txn, entries: Vec<AuditEntry>) -> Result<Vec<Aud
 /// Walks the chain in `audit` against `meta`'s head and key marker. Returns the number
 /// of records, or [`StoreError::AuditBroken`] naming the first bad seq and why.
 fn check_chain(
-    audit: &impl ReadableTable<u64, &'static [u8]>,
-    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+    audit: &Table<'_, u64, &'static [u8]>,
+    meta: &Table<'_, &'static str, &'static [u8]>,
     key: &AuditKey,
 ) -> Result<u64> {
     let broken = |seq, reason: &str| StoreError::AuditBroken { seq, reason: reason.to_owned() };
@@ -471,7 +471,7 @@ impl Store {
         if let Some(c) = &query.cursor {
             before = before.min(decode_cursor(c)?);
         }
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let table = txn.open_table(AUDIT)?;
         let mut scan = Scan { query, limit, budget: scan_budget(limit), items: Vec::new(), examined: 0, last: 0, resume: None };
         if let Some(ns) = query.namespace {
@@ -507,13 +507,14 @@ impl Store {
     /// seq and why.
     pub fn verify_audit(&self) -> Result<u64> {
         let txn = self.begin_read()?;
-        check_chain(&txn.open_table(AUDIT)?, &txn.open_table(META)?, txn.audit_key())
+        let (audit, meta) = (txn.open_table(AUDIT)?, txn.open_table(META)?);
+        check_chain(&audit, &meta, txn.audit_key())
     }
 
     /// How many records predate the keyed chain (written by a version that did not key
     /// it; see the module docs). 0 for a database created keyed.
     pub fn audit_legacy_records(&self) -> Result<u64> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let meta = txn.open_table(META)?;
         let from: u64 = match meta.get(META_AUDIT_KEYED_FROM)? {
             Some(v) => dec(v.value(), "audit key marker")?,
@@ -526,7 +527,7 @@ impl Store {
     /// keys the chain from the next seq and builds the namespace index, in one transaction.
     pub(crate) fn migrate_audit(&self) -> Result<()> {
         {
-            let txn = self.db.begin_read()?;
+            let txn = self.begin_read()?;
             let meta = txn.open_table(META)?;
             if meta.get(META_AUDIT_KEYED_FROM)?.is_some() && meta.get(META_AUDIT_INDEX)?.is_some() {
                 return Ok(());

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use redb::{ReadableDatabase, ReadableTable};
+use super::kv::Table;
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 
@@ -329,7 +329,7 @@ fn canonical_tags(tags: &[String]) -> Result<Vec<String>> {
 /// The error for a name already in the index: says whether a soft-deleted credential
 /// holds it (then restore or purge frees it).
 fn name_taken(
-    creds: &impl ReadableTable<u128, &'static [u8]>,
+    creds: &Table<'_, u128, &'static [u8]>,
     ns: NamespaceId,
     holder: u128,
     name: String,
@@ -340,7 +340,7 @@ fn name_taken(
 
 /// Loads a credential of `ns` (deleted or not). Another namespace's id is `NotFound`.
 pub(super) fn load(
-    table: &impl ReadableTable<u128, &'static [u8]>,
+    table: &Table<'_, u128, &'static [u8]>,
     ns: NamespaceId,
     id: CredentialId,
 ) -> Result<Credential> {
@@ -356,7 +356,7 @@ pub(super) fn load(
 
 /// Like [`load`], but a soft-deleted credential is `NotFound`.
 pub(super) fn load_live(
-    table: &impl ReadableTable<u128, &'static [u8]>,
+    table: &Table<'_, u128, &'static [u8]>,
     ns: NamespaceId,
     id: CredentialId,
 ) -> Result<Credential> {
@@ -402,7 +402,7 @@ impl Store {
             }
         }
         let id = new_credential_id()?;
-        let txn = self.begin_write()?;
+        let txn = self.begin_write_in(ns)?;
         let cred = {
             let dek = self.dek_in(&txn.open_table(NAMESPACES)?, ns)?;
             let mut names = txn.open_table(NAMES)?;
@@ -474,14 +474,15 @@ impl Store {
 
     /// Metadata of a credential in `ns`, soft-deleted ones included (see `deleted_at`).
     pub fn get_credential(&self, ns: NamespaceId, id: CredentialId) -> Result<Credential> {
-        let txn = self.db.begin_read()?;
-        load(&txn.open_table(CREDENTIALS)?, ns, id)
+        let txn = self.begin_read_in(ns)?;
+        let creds = txn.open_table(CREDENTIALS)?;
+        load(&creds, ns, id)
     }
 
     /// Where `id` leads from `ns`: the caller's credential, nothing, or another
     /// namespace's credential (which callers must treat exactly like nothing).
     pub fn find_credential(&self, ns: NamespaceId, id: CredentialId) -> Result<Lookup> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read_in(ns)?;
         let creds = txn.open_table(CREDENTIALS)?;
         let cred: Credential = match creds.get(id.key())? {
             Some(v) => dec(v.value(), "credential")?,
@@ -507,7 +508,7 @@ impl Store {
             }
             None => None,
         };
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read_in(ns)?;
         let names = txn.open_table(NAMES)?;
         let creds = txn.open_table(CREDENTIALS)?;
         // The range of the index the name filters allow: an exact name is a one-key range.
@@ -580,7 +581,7 @@ impl Store {
             check_field_name(k)?;
             check_value_len(k, v.expose_secret().len())?;
         }
-        let txn = self.begin_write()?;
+        let txn = self.begin_write_in(ns)?;
         let mut changed: Vec<String> = Vec::new();
         // The version a secret change replaces (recorded with the new one).
         let mut replaced = None;
@@ -702,7 +703,7 @@ impl Store {
         id: CredentialId,
         delete: bool,
     ) -> Result<Credential> {
-        let txn = self.begin_write()?;
+        let txn = self.begin_write_in(ns)?;
         let cred = {
             let mut creds = txn.open_table(CREDENTIALS)?;
             let mut cred = load(&creds, ns, id)?;
@@ -763,7 +764,7 @@ impl Store {
 
     /// Destroys a credential (deleted or not): metadata, name and every version.
     pub fn purge_credential(&self, actor: &str, ns: NamespaceId, id: CredentialId) -> Result<()> {
-        let txn = self.begin_write()?;
+        let txn = self.begin_write_in(ns)?;
         let cred = {
             let mut creds = txn.open_table(CREDENTIALS)?;
             let cred = load(&creds, ns, id)?;
@@ -834,7 +835,7 @@ impl Store {
         id: CredentialId,
         purpose: &str,
     ) -> Result<SecretMap> {
-        let txn = self.begin_write()?;
+        let txn = self.begin_write_in(ns)?;
         let (secrets, version) = {
             let cred = load_live(&txn.open_table(CREDENTIALS)?, ns, id)?;
             let dek = self.dek_in(&txn.open_table(NAMESPACES)?, ns)?;
@@ -866,7 +867,7 @@ impl Store {
     /// an audit record of its own: for the proxy, whose every call is audited as a use
     /// of the credential (a durable write per call would dominate its latency).
     pub fn credential_for_use(&self, ns: NamespaceId, id: CredentialId) -> Result<(Credential, SecretMap)> {
-        let txn = self.begin_read()?;
+        let txn = self.begin_read_in(ns)?;
         let cred = load_live(&txn.open_table(CREDENTIALS)?, ns, id)?;
         let dek = txn.dek_in(&txn.open_table(NAMESPACES)?, ns)?;
         let versions = txn.open_table(VERSIONS)?;

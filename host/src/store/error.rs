@@ -49,6 +49,9 @@ pub enum StoreError {
     /// The embedded database failed.
     #[error("database: {0}")]
     Db(#[from] redb::Error),
+    /// PostgreSQL failed or refused (the message is PostgreSQL's, or what to fix).
+    #[error("PostgreSQL: {0}")]
+    Postgres(String),
 }
 
 macro_rules! from_redb {

@@ -3,7 +3,6 @@
 //! expiry nears even without a new test). Health changes are emitted to the outbox in
 //! the transaction that records them.
 
-use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 
 use super::audit::{self, AuditEntry};
@@ -197,7 +196,7 @@ impl Store {
         result: TestResult,
         opts: RecordOpts,
     ) -> Result<Credential> {
-        let txn = self.begin_write()?;
+        let txn = self.begin_write_in(ns)?;
         let now = now_ms();
         let cred = {
             let mut creds = txn.open_table(CREDENTIALS)?;
@@ -254,7 +253,7 @@ impl Store {
 
     /// The last test outcomes of a credential (deleted or not), newest first.
     pub fn test_history(&self, ns: NamespaceId, id: CredentialId) -> Result<Vec<TestResult>> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read_in(ns)?;
         load(&txn.open_table(CREDENTIALS)?, ns, id)?;
         let hist = txn.open_table(TEST_HISTORY)?;
         let mut out = Vec::new();
@@ -285,6 +284,27 @@ impl Store {
         Ok(Some(cred))
     }
 
+    /// Claims the scheduled test due at `at` for this process: moves it to `until` (the
+    /// next regular due time) if it is still due at `at`, and says whether it did. With
+    /// several replicas on one database, only the one whose claim commits first runs the
+    /// test; if it dies before recording one, the test runs at `until`.
+    pub fn claim_due(&self, id: CredentialId, at: u64, until: u64) -> Result<bool> {
+        let txn = self.begin_write()?;
+        {
+            let mut creds = txn.open_table(CREDENTIALS)?;
+            let Some(raw) = creds.get(id.key())?.map(|v| v.value().to_vec()) else { return Ok(false) };
+            let mut cred: Credential = dec(&raw, "credential")?;
+            if cred.deleted_at.is_some() || cred.monitor.next_test_at != Some(at) {
+                return Ok(false);
+            }
+            reschedule(&txn, id, Some(at), Some(until))?;
+            cred.monitor.next_test_at = Some(until);
+            creds.insert(id.key(), enc(&cred).as_slice())?;
+        }
+        txn.commit()?;
+        Ok(true)
+    }
+
     /// The owner's monitoring switch and interval for a live credential, with the schedule
     /// that follows from them, audited as an update.
     pub fn set_monitor(
@@ -296,7 +316,7 @@ impl Store {
         interval_secs: Option<u64>,
         next: Option<u64>,
     ) -> Result<Credential> {
-        let txn = self.begin_write()?;
+        let txn = self.begin_write_in(ns)?;
         let cred = {
             let mut creds = txn.open_table(CREDENTIALS)?;
             let mut cred = load_live(&creds, ns, id)?;
@@ -329,7 +349,7 @@ impl Store {
 
     /// Scheduled tests due at `now` (due time, credential), oldest first, at most `limit`.
     pub fn due_tests(&self, now: u64, limit: usize) -> Result<Vec<(u64, CredentialId)>> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let due = txn.open_table(MONITOR_DUE)?;
         let mut out = Vec::new();
         for row in due.range((0u64, 0u128)..=(now, u128::MAX))?.take(limit) {
@@ -341,7 +361,7 @@ impl Store {
 
     /// A credential by id in any namespace (the scheduler's read).
     pub fn credential_by_id(&self, id: CredentialId) -> Result<Option<Credential>> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let creds = txn.open_table(CREDENTIALS)?;
         let raw = creds.get(id.key())?;
         raw.map(|v| dec(v.value(), "credential")).transpose()
@@ -353,7 +373,7 @@ impl Store {
     /// sweep holds a few dozen bytes per credential instead of whole records (at 100,000
     /// credentials the whole list held ~150 MB for a moment every sweep).
     pub fn all_credentials(&self) -> Result<Vec<Credential>> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let creds = txn.open_table(CREDENTIALS)?;
         let mut out = Vec::new();
         for row in creds.iter()? {

@@ -47,6 +47,9 @@ mod audit;
 mod credentials;
 mod error;
 pub mod history;
+pub(crate) mod kv;
+pub mod migrate;
+pub mod pg;
 pub mod outbox;
 pub mod schema;
 mod tokens;
@@ -58,9 +61,10 @@ use std::path::{Path, PathBuf};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use redb::{
-    Database, Durability, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable,
-    TableError, WriteTransaction,
+    Database, Durability, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, TableDefinition, TableError,
+    WriteTransaction,
 };
+use kv::{OrdKey, Table};
 use serde::{Deserialize, Serialize};
 
 pub use audit::{AuditEntry, AuditPage, AuditQuery, AuditRecord, Outcome};
@@ -106,7 +110,7 @@ pub struct KeyReport {
 
 /// The credential store. See the [module docs](self).
 pub struct Store {
-    db: Arc<Database>,
+    backend: Backend,
     /// Every write transaction commits through it ([`Txn::commit`]).
     group: Arc<Group>,
     /// The master key and what derives from it. Replaced only by [`Store::rotate_kek`],
@@ -114,6 +118,7 @@ pub struct Store {
     /// takes the keys after it begins (so after any rotation committed and swapped), a
     /// read snapshot takes them together with its snapshot ([`Store::begin_read`]).
     keys: RwLock<Arc<Keys>>,
+    /// The redb file, or the PostgreSQL URL (without password).
     path: PathBuf,
     /// Non-durable audit commits wait for the next durable one ([`Store::flush_audit`]).
     lazy_pending: std::sync::atomic::AtomicBool,
@@ -125,42 +130,96 @@ pub struct Store {
 pub(crate) struct Txn {
     // Dropped first: an uncommitted transaction aborts (releasing redb's write lock)
     // before its slot in the group is given up.
-    inner: WriteTransaction,
+    inner: Write,
     audit_key: Arc<AuditKey>,
     /// `Durability::None` asked for through [`Txn::set_durability`]: commit without
     /// waiting for the disk.
     lazy: bool,
-    slot: Slot,
+    /// redb only (PostgreSQL groups commits itself).
+    slot: Option<Slot>,
 }
 
-impl std::ops::Deref for Txn {
-    type Target = WriteTransaction;
-    fn deref(&self) -> &WriteTransaction {
-        &self.inner
+/// Where the data lives.
+enum Backend {
+    Redb(Arc<Database>),
+    Pg(Arc<pg::Pg>),
+}
+
+enum Write {
+    Redb(WriteTransaction),
+    Pg(pg::Tx),
+}
+
+enum Read {
+    Redb(ReadTransaction),
+    Pg(pg::Tx),
+}
+
+impl Read {
+    fn open_table<K: OrdKey, V: redb::Value + 'static>(&self, def: TableDefinition<K, V>) -> Result<Table<'_, K, V>> {
+        match self {
+            Read::Redb(t) => Ok(Table::redb_read(t.open_table(def)?)),
+            Read::Pg(tx) => Ok(Table::pg(tx, def)),
+        }
     }
 }
 
-impl std::ops::DerefMut for Txn {
-    fn deref_mut(&mut self) -> &mut WriteTransaction {
-        &mut self.inner
-    }
+/// The scope of a PostgreSQL transaction: one namespace, or the host's own (`*`).
+fn scope(ns: Option<NamespaceId>) -> String {
+    ns.map_or_else(|| "*".to_owned(), pg::namespace_label)
 }
 
 impl Txn {
+    pub(crate) fn open_table<K: OrdKey, V: redb::Value + 'static>(&self, def: TableDefinition<K, V>) -> Result<Table<'_, K, V>> {
+        match &self.inner {
+            Write::Redb(t) => Ok(Table::redb_write(t.open_table(def)?)),
+            Write::Pg(tx) => Ok(Table::pg(tx, def)),
+        }
+    }
+
+    /// Whether the database holds any table (a fresh one holds none).
+    fn has_tables(&self) -> Result<bool> {
+        match &self.inner {
+            Write::Redb(t) => Ok(t.list_tables()?.next().is_some()),
+            Write::Pg(_) => {
+                if !self.open_table(META)?.is_empty()? {
+                    return Ok(true);
+                }
+                // Rows without meta: a copy from redb that did not finish.
+                if !self.open_table(NAMESPACES)?.is_empty()? || !self.open_table(AUDIT)?.is_empty()? {
+                    return Err(StoreError::Conflict(
+                        "the database holds credhost rows but no meta: a `credhost migrate` that did not finish? \
+                         Run it again with --resume"
+                            .into(),
+                    ));
+                }
+                Ok(false)
+            }
+        }
+    }
+
     /// Commits, and returns once the commit is durable: by its own fsync when no other
     /// write is queued behind it, else by a later durable commit that covers it (see
     /// [`Group`]). A failed durable commit fails every commit it was to cover. After
     /// `set_durability(Durability::None)` it returns without waiting for the disk.
-    pub(crate) fn commit(self) -> std::result::Result<(), redb::CommitError> {
+    pub(crate) fn commit(self) -> Result<()> {
         let Txn { inner, lazy, slot, .. } = self;
-        slot.commit(inner, if lazy { Mode::Lazy } else { Mode::Grouped })
+        match (inner, slot) {
+            (Write::Redb(inner), Some(slot)) => Ok(slot.commit(inner, if lazy { Mode::Lazy } else { Mode::Grouped })?),
+            (Write::Pg(tx), _) => tx.commit(lazy),
+            (Write::Redb(_), None) => unreachable!("a redb transaction has a slot"),
+        }
     }
 
     /// Commits with its own fsync whatever is queued behind it, so the caller never waits
     /// for another writer (used while holding a lock other writers take).
-    pub(crate) fn commit_durable(self) -> std::result::Result<(), redb::CommitError> {
+    pub(crate) fn commit_durable(self) -> Result<()> {
         let Txn { inner, slot, .. } = self;
-        slot.commit(inner, Mode::Durable)
+        match (inner, slot) {
+            (Write::Redb(inner), Some(slot)) => Ok(slot.commit(inner, Mode::Durable)?),
+            (Write::Pg(tx), _) => tx.commit(false),
+            (Write::Redb(_), None) => unreachable!("a redb transaction has a slot"),
+        }
     }
 
     /// Shadows redb's method (callers reach it through `DerefMut` otherwise): the group
@@ -444,7 +503,7 @@ impl Keys {
         Ok(self.kek.unwrap_dek(&wrapped, rec.id.as_uuid())?)
     }
 
-    fn dek_in(&self, table: &impl ReadableTable<u128, &'static [u8]>, ns: NamespaceId) -> Result<DataKey> {
+    fn dek_in(&self, table: &Table<'_, u128, &'static [u8]>, ns: NamespaceId) -> Result<DataKey> {
         let rec: NamespaceRecord = match table.get(ns.key())? {
             Some(v) => dec(v.value(), "namespace")?,
             None => return Err(StoreError::NotFound),
@@ -456,20 +515,17 @@ impl Keys {
 /// A read transaction with the keys that match its snapshot (a rotation may commit and
 /// swap the keys while it is open). Derefs to redb's transaction.
 pub(crate) struct Snapshot {
-    inner: ReadTransaction,
+    inner: Read,
     keys: Arc<Keys>,
 }
 
-impl std::ops::Deref for Snapshot {
-    type Target = ReadTransaction;
-    fn deref(&self) -> &ReadTransaction {
-        &self.inner
-    }
-}
-
 impl Snapshot {
+    pub(crate) fn open_table<K: OrdKey, V: redb::Value + 'static>(&self, def: TableDefinition<K, V>) -> Result<Table<'_, K, V>> {
+        self.inner.open_table(def)
+    }
+
     /// A namespace's data key, unwrapped with the master key of this snapshot.
-    pub(crate) fn dek_in(&self, table: &impl ReadableTable<u128, &'static [u8]>, ns: NamespaceId) -> Result<DataKey> {
+    pub(crate) fn dek_in(&self, table: &Table<'_, u128, &'static [u8]>, ns: NamespaceId) -> Result<DataKey> {
         self.keys.dek_in(table, ns)
     }
 
@@ -499,13 +555,17 @@ enum MetaState {
     Ready,
 }
 
+/// Checks schema version and key check value of a redb file; reads only.
+fn check_meta_redb(txn: &ReadTransaction, kek: &MasterKey) -> Result<MetaState> {
+    match txn.open_table(META) {
+        Ok(t) => check_meta(&Table::redb_read(t), kek),
+        Err(TableError::TableDoesNotExist(_)) => Ok(MetaState::Empty),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Checks schema version and key check value; reads only.
-fn check_meta(txn: &ReadTransaction, kek: &MasterKey) -> Result<MetaState> {
-    let meta = match txn.open_table(META) {
-        Ok(t) => t,
-        Err(TableError::TableDoesNotExist(_)) => return Ok(MetaState::Empty),
-        Err(e) => return Err(e.into()),
-    };
+fn check_meta(meta: &Table<'_, &'static str, &'static [u8]>, kek: &MasterKey) -> Result<MetaState> {
     let Some(version) = meta.get(META_SCHEMA_VERSION)? else {
         return Ok(MetaState::Empty);
     };
@@ -557,7 +617,7 @@ impl Store {
         if existing {
             match ReadOnlyDatabase::open(&path) {
                 Ok(ro) => {
-                    check_meta(&ro.begin_read()?, &kek)?;
+                    check_meta_redb(&ro.begin_read()?, &kek)?;
                     ro.close()?;
                 }
                 Err(redb::DatabaseError::RepairAborted) => {} // needs repair: checked below
@@ -566,26 +626,57 @@ impl Store {
         }
         // Opens an existing file, or initialises a missing or empty one.
         let db = Database::builder().set_cache_size(cache_bytes).create(&path)?;
+        Store::start(Backend::Redb(Arc::new(db)), kek, path)
+    }
+
+    /// Opens the store in a PostgreSQL database, applying the schema migrations it lacks
+    /// and initialising an empty one (see [`pg`]). Every replica opens it this way.
+    pub fn open_postgres(opts: &pg::PgOptions, kek: MasterKey) -> Result<Store> {
+        let pg = Arc::new(pg::Pg::connect(opts)?);
+        Store::start(Backend::Pg(pg), kek, PathBuf::from(&opts.url))
+    }
+
+    fn start(backend: Backend, kek: MasterKey, path: PathBuf) -> Result<Store> {
         let store = Store {
-            db: Arc::new(db),
+            backend,
             group: Arc::default(),
             keys: RwLock::new(Arc::new(Keys::new(kek))),
             path,
             lazy_pending: std::sync::atomic::AtomicBool::new(false),
         };
-        if let MetaState::Empty = check_meta(&store.db.begin_read()?, &store.keys().kek)? {
+        let state = {
+            let snap = store.begin_read()?;
+            match &snap.inner {
+                Read::Redb(t) => check_meta_redb(t, &store.keys().kek)?,
+                Read::Pg(_) => check_meta(&snap.open_table(META)?, &store.keys().kek)?,
+            }
+        };
+        if let MetaState::Empty = state {
             store.init()?;
+            if store.is_shared() {
+                let snap = store.begin_read()?;
+                check_meta(&snap.open_table(META)?, &store.keys().kek)?;
+            }
         }
         store.migrate_audit()?;
         store.ensure_tables()?;
         Ok(store)
     }
 
+    /// Whether several processes may share this store (PostgreSQL).
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Pg(_))
+    }
+
     fn init(&self) -> Result<()> {
         let txn = self.begin_write()?;
         let keys = self.keys();
         let kek = &keys.kek;
-        if txn.list_tables()?.next().is_some() {
+        if txn.has_tables()? {
+            // Another replica initialised the database first: its key is checked next.
+            if self.is_shared() && !txn.open_table(META)?.is_empty()? {
+                return Ok(());
+            }
             return Err(StoreError::Corrupt(
                 "the file is a redb database but not a credhost store (no meta table)".into(),
             ));
@@ -643,10 +734,25 @@ impl Store {
     /// A write transaction; its [`Txn::commit`] returns once the commit is durable (see
     /// [`Group`]).
     pub(crate) fn begin_write(&self) -> Result<Txn> {
-        // Counted before it waits for redb's write lock, so the writer ahead of it commits
-        // without fsync and lets this one's commit cover both.
-        let slot = Slot::enter(&self.group, &self.db);
-        let inner = self.db.begin_write()?;
+        self.begin_write_scoped(None)
+    }
+
+    /// A write transaction for one namespace's operation: on PostgreSQL, row-level
+    /// security lets it see and write that namespace's rows only.
+    pub(crate) fn begin_write_in(&self, ns: NamespaceId) -> Result<Txn> {
+        self.begin_write_scoped(Some(ns))
+    }
+
+    fn begin_write_scoped(&self, ns: Option<NamespaceId>) -> Result<Txn> {
+        let (inner, slot) = match &self.backend {
+            Backend::Redb(db) => {
+                // Counted before it waits for redb's write lock, so the writer ahead of it
+                // commits without fsync and lets this one's commit cover both.
+                let slot = Slot::enter(&self.group, db);
+                (Write::Redb(db.begin_write()?), Some(slot))
+            }
+            Backend::Pg(pg) => (Write::Pg(pg.begin(true, &scope(ns))?), None),
+        };
         // After begin: a rotation has either not started or committed and swapped.
         Ok(Txn { inner, audit_key: self.keys().audit_key.clone(), lazy: false, slot })
     }
@@ -655,8 +761,20 @@ impl Store {
     /// rotation cannot commit between the two. Reads that unwrap data keys or check the
     /// audit chain use this, not `db.begin_read`.
     pub(crate) fn begin_read(&self) -> Result<Snapshot> {
+        self.begin_read_scoped(None)
+    }
+
+    /// A read transaction for one namespace's operation (see [`Store::begin_write_in`]).
+    pub(crate) fn begin_read_in(&self, ns: NamespaceId) -> Result<Snapshot> {
+        self.begin_read_scoped(Some(ns))
+    }
+
+    fn begin_read_scoped(&self, ns: Option<NamespaceId>) -> Result<Snapshot> {
         let keys = self.keys.read().unwrap_or_else(PoisonError::into_inner);
-        let inner = self.db.begin_read()?;
+        let inner = match &self.backend {
+            Backend::Redb(db) => Read::Redb(db.begin_read()?),
+            Backend::Pg(pg) => Read::Pg(pg.begin(false, &scope(ns))?),
+        };
         Ok(Snapshot { inner, keys: keys.clone() })
     }
 
@@ -664,7 +782,7 @@ impl Store {
     /// can commit while it is open). Read snapshots use [`Snapshot::dek_in`].
     pub(crate) fn dek_in(
         &self,
-        table: &impl ReadableTable<u128, &'static [u8]>,
+        table: &Table<'_, u128, &'static [u8]>,
         ns: NamespaceId,
     ) -> Result<DataKey> {
         self.keys().dek_in(table, ns)
@@ -720,7 +838,7 @@ impl Store {
 
     /// A user by name.
     pub fn get_user(&self, name: &str) -> Result<User> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let users = txn.open_table(USERS)?;
         let v = users.get(name)?.ok_or(StoreError::NotFound)?;
         dec(v.value(), "user")
@@ -728,14 +846,15 @@ impl Store {
 
     /// The user owning namespace `ns`.
     pub fn namespace_user(&self, ns: NamespaceId) -> Result<String> {
-        let txn = self.db.begin_read()?;
-        let v = txn.open_table(NAMESPACES)?.get(ns.key())?.ok_or(StoreError::NotFound)?;
+        let txn = self.begin_read_in(ns)?;
+        let namespaces = txn.open_table(NAMESPACES)?;
+        let v = namespaces.get(ns.key())?.ok_or(StoreError::NotFound)?;
         Ok(dec::<NamespaceRecord>(v.value(), "namespace")?.user)
     }
 
     /// All users, ordered by name.
     pub fn list_users(&self) -> Result<Vec<User>> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let users = txn.open_table(USERS)?;
         users
             .iter()?
@@ -923,7 +1042,7 @@ mod tests {
         let backend = FailingSync { inner: redb::backends::InMemoryBackend::new(), fail: fail.clone() };
         let db = Database::builder().create_with_backend(backend).unwrap();
         let store = Store {
-            db: Arc::new(db),
+            backend: Backend::Redb(Arc::new(db)),
             group: Arc::default(),
             keys: RwLock::new(Arc::new(Keys::new(MasterKey::generate().unwrap()))),
             path: PathBuf::new(),

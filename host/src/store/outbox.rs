@@ -3,7 +3,6 @@
 //! and never reports a change that did not commit. The webhook delivery worker
 //! (`service::webhooks`) drains it.
 
-use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
 use super::error::Result;

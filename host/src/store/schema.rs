@@ -67,7 +67,7 @@ pub const WEBHOOK_QUEUE: TableDefinition<(u64, u128), u128> = TableDefinition::n
 
 /// Creates every table added since schema version 1 (a no-op when they exist). Add new
 /// tables here, so read transactions of an older file never meet a missing one.
-pub(crate) fn ensure_tables(txn: &redb::WriteTransaction) -> Result<()> {
+pub(crate) fn ensure_tables(txn: &super::Txn) -> Result<()> {
     txn.open_table(OUTBOX)?;
     txn.open_table(TEST_HISTORY)?;
     txn.open_table(MONITOR_DUE)?;

@@ -3,7 +3,7 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use redb::{ReadableDatabase, ReadableTable};
+use super::kv::Table;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
@@ -270,7 +270,7 @@ impl Store {
             return Ok(Err(TokenRefusal::Unknown));
         }
         let hash = sha256(token.as_bytes());
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let tokens = txn.open_table(TOKENS)?;
         let Some(hit) = tokens.range(hash.as_slice()..=hash.as_slice())?.next() else {
             return Ok(Err(TokenRefusal::Unknown));
@@ -307,7 +307,7 @@ impl Store {
 
     /// Tokens of `user` (all users when `None`), oldest first.
     pub fn list_tokens(&self, user: Option<&str>) -> Result<Vec<TokenInfo>> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let tokens = txn.open_table(TOKENS)?;
         let mut out = Vec::new();
         for row in tokens.iter()? {
@@ -349,7 +349,7 @@ impl Store {
 /// The stored key and record of the token with id `token_id` (a scan: tokens are keyed
 /// by hash, and there are few).
 fn find_token(
-    tokens: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    tokens: &Table<'_, &'static [u8], &'static [u8]>,
     token_id: &str,
 ) -> Result<Option<(Vec<u8>, TokenInfo)>> {
     for row in tokens.iter()? {

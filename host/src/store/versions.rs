@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use redb::{ReadableDatabase, ReadableTable};
+use super::kv::Table;
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
@@ -140,7 +140,7 @@ fn version_range(id: CredentialId) -> std::ops::RangeInclusive<(u128, u32)> {
 /// The number for a new version of `id`: one past the highest ever kept. Retention
 /// destroys the oldest first and the newest is always kept, so numbers are never reused.
 pub(crate) fn next_number(
-    blobs: &impl ReadableTable<(u128, u32), &'static [u8]>,
+    blobs: &Table<'_, (u128, u32), &'static [u8]>,
     id: CredentialId,
 ) -> Result<u32> {
     let last = blobs.range(version_range(id))?.next_back().transpose()?.map(|(k, _)| k.value().1);
@@ -258,7 +258,7 @@ fn rotation_event(
 impl Store {
     /// A credential (live) and every kept version of it, newest first.
     pub fn list_versions(&self, ns: NamespaceId, id: CredentialId) -> Result<(Credential, Vec<VersionInfo>)> {
-        let txn = self.begin_read()?;
+        let txn = self.begin_read_in(ns)?;
         let cred = load_live(&txn.open_table(CREDENTIALS)?, ns, id)?;
         let blobs = txn.open_table(VERSIONS)?;
         let metas = txn.open_table(VERSION_META)?;
@@ -300,7 +300,7 @@ impl Store {
     /// namespace's fingerprint key, `force`): equal requests have equal digests, and the
     /// digest says nothing about a value to anyone without the key.
     pub fn rotation_digest(&self, ns: NamespaceId, id: CredentialId, fields: &SecretMap, force: bool) -> Result<String> {
-        let txn = self.begin_read()?;
+        let txn = self.begin_read_in(ns)?;
         let fpk = txn.dek_in(&txn.open_table(NAMESPACES)?, ns)?.fingerprint_key();
         let mut h = sha2::Sha256::new();
         h.update(b"credhost rotate v1\n");
@@ -313,7 +313,7 @@ impl Store {
 
     /// The rotate request remembered under `key` for `id`, if any (and not expired).
     pub fn rotation_key(&self, id: CredentialId, key: &str) -> Result<Option<RotationKey>> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let keys = txn.open_table(ROTATION_KEYS)?;
         let Some(v) = keys.get((id.key(), key))? else { return Ok(None) };
         let rec: RotationKey = dec(v.value(), "rotation key")?;
@@ -337,7 +337,7 @@ impl Store {
         binding: Option<String>,
         key: Option<(&str, &str)>,
     ) -> Result<(Credential, u32, Option<u32>)> {
-        let txn = self.begin_write()?;
+        let txn = self.begin_write_in(ns)?;
         let (cred, n, superseded, destroyed) = {
             let mut creds = txn.open_table(CREDENTIALS)?;
             let mut cred = load_live(&creds, ns, id)?;
@@ -403,7 +403,7 @@ impl Store {
         version: u32,
         purpose: &str,
     ) -> Result<SecretMap> {
-        let txn = self.begin_write()?;
+        let txn = self.begin_write_in(ns)?;
         let secrets = {
             load_live(&txn.open_table(CREDENTIALS)?, ns, id)?;
             let dek = self.dek_in(&txn.open_table(NAMESPACES)?, ns)?;
@@ -426,7 +426,7 @@ impl Store {
     /// idempotency key, and audits. Refused if the version is no longer pending.
     pub fn finish_rotation(&self, actor: &str, ns: NamespaceId, id: CredentialId, end: RotationEnd) -> Result<Credential> {
         let n = end.version;
-        let txn = self.begin_write()?;
+        let txn = self.begin_write_in(ns)?;
         let (cred, previous) = {
             let mut creds = txn.open_table(CREDENTIALS)?;
             let mut cred = load_live(&creds, ns, id)?;
@@ -498,7 +498,7 @@ impl Store {
         n: u32,
         binding: Option<&str>,
     ) -> Result<(Credential, Option<u32>)> {
-        let txn = self.begin_write()?;
+        let txn = self.begin_write_in(ns)?;
         let (cred, previous, test) = {
             let mut creds = txn.open_table(CREDENTIALS)?;
             let mut cred = load_live(&creds, ns, id)?;
@@ -573,7 +573,7 @@ impl Store {
             #[serde(default)]
             pending_version: Option<u32>,
         }
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let creds = txn.open_table(CREDENTIALS)?;
         let mut n = 0;
         for row in creds.iter()? {

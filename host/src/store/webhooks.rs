@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use redb::{ReadableTable, ReadableTableMetadata};
+use super::kv::Table;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -151,7 +151,7 @@ impl Store {
         max: usize,
     ) -> Result<Subscription> {
         let id = Uuid::new_v4();
-        let txn = self.begin_write()?;
+        let txn = self.begin_write_in(ns)?;
         let sub = {
             let mut table = txn.open_table(WEBHOOKS)?;
             if table.range((ns.key(), 0)..=(ns.key(), u128::MAX))?.count() >= max {
@@ -187,7 +187,7 @@ impl Store {
 
     /// The subscriptions of `ns`.
     pub fn list_webhooks(&self, ns: NamespaceId) -> Result<Vec<Subscription>> {
-        let txn = self.begin_read()?;
+        let txn = self.begin_read_in(ns)?;
         let table = txn.open_table(WEBHOOKS)?;
         let mut out = Vec::new();
         for row in table.range((ns.key(), 0)..=(ns.key(), u128::MAX))? {
@@ -199,7 +199,7 @@ impl Store {
 
     /// One subscription of `ns` (another user's is `NotFound`).
     pub fn get_webhook(&self, ns: NamespaceId, id: Uuid) -> Result<Subscription> {
-        let txn = self.begin_read()?;
+        let txn = self.begin_read_in(ns)?;
         let table = txn.open_table(WEBHOOKS)?;
         let v = table.get((ns.key(), id.as_u128()))?.ok_or(StoreError::NotFound)?;
         dec(v.value(), "webhook")
@@ -208,7 +208,7 @@ impl Store {
     /// Deletes a subscription of `ns` with its delivery log; its pending deliveries are
     /// never attempted again. Audited as `webhook.delete`. Returns how many were pending.
     pub fn delete_webhook(&self, actor: &str, ns: NamespaceId, id: Uuid) -> Result<usize> {
-        let txn = self.begin_write()?;
+        let txn = self.begin_write_in(ns)?;
         let (sub, pending) = {
             let mut table = txn.open_table(WEBHOOKS)?;
             let sub: Subscription = match table.remove((ns.key(), id.as_u128()))? {
@@ -230,7 +230,7 @@ impl Store {
 
     /// The newest `limit` deliveries of a subscription of `ns`, newest first.
     pub fn webhook_deliveries(&self, ns: NamespaceId, id: Uuid, limit: usize) -> Result<Vec<Delivery>> {
-        let txn = self.begin_read()?;
+        let txn = self.begin_read_in(ns)?;
         if txn.open_table(WEBHOOKS)?.get((ns.key(), id.as_u128()))?.is_none() {
             return Err(StoreError::NotFound);
         }
@@ -244,7 +244,7 @@ impl Store {
 
     /// Emits a `webhook.ping` event for one subscription of `ns` through the outbox.
     pub fn ping_webhook(&self, ns: NamespaceId, id: Uuid) -> Result<Event> {
-        let txn = self.begin_write()?;
+        let txn = self.begin_write_in(ns)?;
         if txn.open_table(WEBHOOKS)?.get((ns.key(), id.as_u128()))?.is_none() {
             return Err(StoreError::NotFound);
         }
@@ -416,7 +416,7 @@ impl Store {
     fn unseal_subscription(
         &self,
         txn: &super::Snapshot,
-        namespaces: &impl ReadableTable<u128, &'static [u8]>,
+        namespaces: &Table<'_, u128, &'static [u8]>,
         bytes: &[u8],
     ) -> Result<(Subscription, SecretString)> {
         let sub: Subscription = dec(bytes, "webhook")?;

@@ -1,0 +1,190 @@
+//! `credhost migrate --from-redb PATH --to-postgres URL`: copies a redb store into an empty
+//! PostgreSQL database as it is. Sealed blobs and wrapped keys are copied byte for byte
+//! (nothing is decrypted); the master key is needed only to check that it opens the source
+//! and to verify the audit chain on both sides.
+//!
+//! Rows go over in batches, each its own transaction, and a row already in the target is
+//! kept: an interrupted copy resumes (`--resume`) where it stopped. `meta` goes last, so a
+//! target whose copy did not finish holds no `meta` and no replica opens it as a store.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use redb::{TableDefinition, TableHandle, Value};
+
+use super::kv::{ord_key, raw_key, raw_value, OrdKey};
+use super::pg::{self, Pg, PgOptions};
+use super::schema::*;
+use super::schema::dec;
+use super::{Credential, Read, Result, Store, StoreError};
+use crate::crypto::MasterKey;
+
+/// Rows per target transaction.
+const BATCH: usize = 2000;
+
+/// What a migration copied and checked.
+#[derive(Debug, Default)]
+pub struct MigrationReport {
+    /// Rows per table: (table, rows in the source, rows in the target afterwards).
+    pub tables: Vec<(String, u64, u64)>,
+    /// Audit records verified on the target.
+    pub audit_records: u64,
+    pub namespaces: usize,
+}
+
+/// How a row's namespace (the `ns` of a per-user table) is found.
+enum NsOf {
+    /// Not a per-user table.
+    None,
+    /// The key's first part is the namespace.
+    KeyNamespace,
+    /// The key's first part is a credential id.
+    KeyCredential,
+    /// The value is a credential record.
+    Credential,
+}
+
+/// Copies the redb store at `src` into the database `opts` names (see the module docs).
+pub fn redb_to_postgres(
+    src: &Path,
+    opts: &PgOptions,
+    kek: MasterKey,
+    resume: bool,
+    mut progress: impl FnMut(&str),
+) -> Result<MigrationReport> {
+    let target_kek = MasterKey::from_base64(secrecy::ExposeSecret::expose_secret(&kek.to_base64()))?;
+    if !src.is_file() {
+        return Err(StoreError::Invalid(format!("{} is not a file", src.display())));
+    }
+    // Opening checks the key and the schema; the chain is checked before anything is copied.
+    let source = Store::open(src, kek)?;
+    let records = source.verify_audit()?;
+    progress(&format!("source {}: audit chain intact ({records} records)", src.display()));
+    let pg = Arc::new(Pg::connect(opts)?);
+    let existing = {
+        let tx = pg.raw()?;
+        let mut rows = 0;
+        for (t, _) in pg::TABLES {
+            rows += tx.count(pg::table_name(t))?;
+        }
+        rows
+    };
+    if existing > 0 && !resume {
+        return Err(StoreError::Conflict(format!(
+            "the target database is not empty ({existing} credhost rows): migrate into an empty database, \
+             or pass --resume to continue an interrupted migration into it"
+        )));
+    }
+    let snap = source.begin_read()?;
+    let Read::Redb(_) = &snap.inner else {
+        return Err(StoreError::Invalid("the source is not a redb store".into()));
+    };
+    // Per-user rows keyed by a credential id take that credential's namespace.
+    let mut owners: HashMap<u128, String> = HashMap::new();
+    for row in snap.open_table(CREDENTIALS)?.iter()? {
+        let (k, v) = row?;
+        let c: Credential = dec(v.value(), "credential")?;
+        owners.insert(k.value(), pg::namespace_label(c.namespace));
+    }
+    let mut report = MigrationReport::default();
+    let mut copy = |name: String, n: u64, total: u64| {
+        progress(&format!("{name}: {n} rows copied ({total} in the target)"));
+        report.tables.push((name, n, total));
+    };
+    macro_rules! copy {
+        ($def:expr, $ns:expr) => {{
+            let (n, total) = copy_table(&snap, &pg, $def, $ns, &owners)?;
+            copy($def.name().to_owned(), n, total);
+        }};
+    }
+    copy!(NAMESPACES, NsOf::None);
+    copy!(USERS, NsOf::None);
+    copy!(CREDENTIALS, NsOf::Credential);
+    copy!(NAMES, NsOf::KeyNamespace);
+    copy!(VERSIONS, NsOf::KeyCredential);
+    copy!(AUDIT, NsOf::None);
+    copy!(TOKENS, NsOf::None);
+    copy!(AUDIT_BY_NS, NsOf::None);
+    copy!(OUTBOX, NsOf::None);
+    copy!(TEST_HISTORY, NsOf::KeyCredential);
+    copy!(MONITOR_DUE, NsOf::None);
+    copy!(VERSION_META, NsOf::KeyCredential);
+    copy!(ROTATION_KEYS, NsOf::KeyCredential);
+    copy!(WEBHOOKS, NsOf::KeyNamespace);
+    copy!(WEBHOOK_DELIVERIES, NsOf::None);
+    copy!(WEBHOOK_QUEUE, NsOf::None);
+    copy!(META, NsOf::None);
+    drop(snap);
+    drop(source);
+    if let Some((t, n, total)) = report.tables.iter().find(|(_, n, total)| n != total) {
+        return Err(StoreError::Conflict(format!(
+            "table {t}: {n} rows in the source but {total} in the target (the target holds rows the source \
+             does not: not a resume of this source)"
+        )));
+    }
+    // The target opened as every replica will open it: key check, chain, data keys.
+    let target = Store::open_postgres(opts, target_kek)?;
+    report.audit_records = target.verify_audit()?;
+    report.namespaces = target.verify_keys()?.namespaces;
+    if report.audit_records < records {
+        return Err(StoreError::Conflict(format!(
+            "the target's audit chain has {} records, the source's {records}",
+            report.audit_records
+        )));
+    }
+    Ok(report)
+}
+
+/// Copies one table in batches; returns (rows in the source, rows in the target).
+fn copy_table<K: OrdKey, V: Value + 'static>(
+    snap: &super::Snapshot,
+    pg: &Arc<Pg>,
+    def: TableDefinition<K, V>,
+    ns_of: NsOf,
+    owners: &HashMap<u128, String>,
+) -> Result<(u64, u64)> {
+    let sql_table = pg::table_name(def.name());
+    let table = snap.open_table(def)?;
+    let mut tx = pg.raw()?;
+    let mut n = 0u64;
+    let mut in_batch = 0;
+    for row in table.iter()? {
+        let (k, v) = row?;
+        let (key, value) = (k.value(), v.value());
+        let ns = match ns_of {
+            NsOf::None => None,
+            NsOf::KeyNamespace | NsOf::KeyCredential => {
+                let first = first_u128(&ord_key::<K>(&key));
+                match ns_of {
+                    NsOf::KeyNamespace => Some(format!("{first:032x}")),
+                    _ => Some(owners.get(&first).cloned().ok_or_else(|| {
+                        StoreError::Corrupt(format!("{}: a row of credential {first:x}, which does not exist", def.name()))
+                    })?),
+                }
+            }
+            NsOf::Credential => {
+                let c: Credential = dec(&raw_value::<V>(&value), "credential")?;
+                Some(pg::namespace_label(c.namespace))
+            }
+        };
+        tx.copy_row(sql_table, ord_key::<K>(&key), raw_key::<K>(&key), raw_value::<V>(&value), ns)?;
+        n += 1;
+        in_batch += 1;
+        if in_batch == BATCH {
+            tx.commit(false)?;
+            tx = pg.raw()?;
+            in_batch = 0;
+        }
+    }
+    let total = tx.count(sql_table)?;
+    tx.commit(false)?;
+    Ok((n, total))
+}
+
+/// The first part of a key whose first part is a u128 ([`OrdKey`] writes it big-endian).
+fn first_u128(ord: &[u8]) -> u128 {
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&ord[..16]);
+    u128::from_be_bytes(b)
+}

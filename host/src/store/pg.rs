@@ -1,0 +1,610 @@
+//! The PostgreSQL backend: the store's tables in one database shared by several credhost
+//! replicas (issue 16). See docs/deploy.md.
+//!
+//! - Each store table is a table `kv_<name>` of `(k, kr, v)`: the key in an
+//!   order-preserving encoding ([`super::kv::OrdKey`]), the key and the value as redb
+//!   encodes them. The database holds what the redb file holds: metadata and sealed blobs,
+//!   never a plaintext secret or the master key.
+//! - Per-user tables carry `ns` and row-level security (forced, and credhost `SET ROLE`s to
+//!   a role that owns nothing): a transaction sees the rows of the namespace it set with
+//!   `set_config('credhost.namespace', ..., true)`, all rows under the host's own scope `*`,
+//!   and none without the setting.
+//! - Write transactions take one advisory lock (`WRITE_LOCK`), so writes run one at a time
+//!   across every replica, exactly as redb runs them in one process: names stay unique,
+//!   the audit chain stays one chain, and every operation keeps its read-then-write
+//!   logic. Reads are REPEATABLE READ snapshots and never wait for writers.
+//! - Commits are PostgreSQL's (durable with `synchronous_commit`; PostgreSQL groups
+//!   concurrent commits' WAL flushes itself).
+//!
+//! The store's code is synchronous; tokio-postgres runs on a small runtime of its own and
+//! each statement is handed to it, so a call works from any thread.
+
+use std::collections::{HashMap, VecDeque};
+use std::ops::Bound;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use tokio_postgres::{Client, Statement};
+
+use super::{Result, StoreError};
+
+/// The advisory lock every write transaction holds (an arbitrary constant: "credhost").
+const WRITE_LOCK: i64 = 0x6372_6564_686f_7374;
+/// The advisory lock held while migrations run.
+const MIGRATE_LOCK: i64 = WRITE_LOCK + 1;
+/// Rows a range cursor fetches per statement.
+const PAGE: i64 = 256;
+
+/// Store tables and whether each is per-user (row-level security on `ns`).
+pub(crate) const TABLES: &[(&str, bool)] = &[
+    ("meta", false),
+    ("namespaces", false),
+    ("users", false),
+    ("credentials", true),
+    ("names", true),
+    ("versions", true),
+    ("audit", false),
+    ("tokens", false),
+    ("audit_by_namespace", false),
+    ("outbox", false),
+    ("test_history", true),
+    ("monitor_due", false),
+    ("version_meta", true),
+    ("rotation_keys", true),
+    ("webhooks", true),
+    ("webhook_deliveries", false),
+    ("webhook_queue", false),
+];
+
+/// The SQL table of a store table (a fixed name from [`TABLES`]: safe to format into SQL).
+pub(crate) fn table_name(name: &str) -> &'static str {
+    TABLES
+        .iter()
+        .find(|(t, _)| *t == name)
+        .map(|(t, _)| match *t {
+            "meta" => "kv_meta",
+            "namespaces" => "kv_namespaces",
+            "users" => "kv_users",
+            "credentials" => "kv_credentials",
+            "names" => "kv_names",
+            "versions" => "kv_versions",
+            "audit" => "kv_audit",
+            "tokens" => "kv_tokens",
+            "audit_by_namespace" => "kv_audit_by_namespace",
+            "outbox" => "kv_outbox",
+            "test_history" => "kv_test_history",
+            "monitor_due" => "kv_monitor_due",
+            "version_meta" => "kv_version_meta",
+            "rotation_keys" => "kv_rotation_keys",
+            "webhooks" => "kv_webhooks",
+            "webhook_deliveries" => "kv_webhook_deliveries",
+            "webhook_queue" => "kv_webhook_queue",
+            _ => unreachable!(),
+        })
+        .unwrap_or_else(|| panic!("store table {name} is not in pg::TABLES"))
+}
+
+/// Whether a SQL table (from [`table_name`]) is per-user.
+fn is_per_user(sql_table: &str) -> bool {
+    TABLES.iter().any(|(t, per_user)| *per_user && table_name(t) == sql_table)
+}
+
+/// The schema versions this build knows, in order; each applied once, in a transaction.
+/// Never edit one that has shipped: add the next.
+const MIGRATIONS: &[fn() -> String] = &[migration_1];
+
+fn migration_1() -> String {
+    let mut sql = String::new();
+    for (name, per_user) in TABLES {
+        let t = table_name(name);
+        if *per_user {
+            sql += &format!(
+                "CREATE TABLE {t} (k bytea PRIMARY KEY, kr bytea NOT NULL, v bytea NOT NULL, \
+                 ns text NOT NULL DEFAULT current_setting('credhost.namespace', true));\n\
+                 CREATE INDEX {t}_ns ON {t} (ns);\n\
+                 ALTER TABLE {t} ENABLE ROW LEVEL SECURITY;\n\
+                 ALTER TABLE {t} FORCE ROW LEVEL SECURITY;\n\
+                 CREATE POLICY by_namespace ON {t} \
+                 USING (ns = current_setting('credhost.namespace', true) \
+                        OR current_setting('credhost.namespace', true) = '*') \
+                 WITH CHECK (ns = current_setting('credhost.namespace', true) \
+                        OR (current_setting('credhost.namespace', true) = '*' AND ns <> '*'));\n"
+            );
+        } else {
+            sql += &format!("CREATE TABLE {t} (k bytea PRIMARY KEY, kr bytea NOT NULL, v bytea NOT NULL);\n");
+        }
+    }
+    sql
+}
+
+/// The newest schema version this build knows.
+pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
+
+/// How to reach the database (`[storage]` in the config).
+#[derive(Clone)]
+pub struct PgOptions {
+    /// `postgres://user@host:port/db` (no password).
+    pub url: String,
+    pub password: Option<SecretString>,
+    /// Most connections open at once.
+    pub pool: usize,
+    /// The role sessions `SET ROLE` to: no ownership, so row-level security applies.
+    pub role: String,
+}
+
+impl std::fmt::Debug for PgOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgOptions")
+            .field("url", &self.url)
+            .field("password", &self.password.as_ref().map(|_| "[set]"))
+            .field("pool", &self.pool)
+            .field("role", &self.role)
+            .finish()
+    }
+}
+
+fn db_err(e: tokio_postgres::Error) -> StoreError {
+    StoreError::Postgres(match e.as_db_error() {
+        Some(d) => format!("{}: {}", d.code().code(), d.message()),
+        None => e.to_string(),
+    })
+}
+
+/// A namespace as the `ns` column and `credhost.namespace` hold it: 32 hex digits.
+pub(crate) fn namespace_label(ns: super::NamespaceId) -> String {
+    format!("{:032x}", ns.key())
+}
+
+/// Quotes an identifier for SQL.
+fn ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// A pooled connection and its prepared statements.
+struct Conn {
+    client: Arc<Client>,
+    stmts: HashMap<String, Statement>,
+    /// A read transaction was left open: rolled back with the next statement batch.
+    open_read: bool,
+}
+
+/// The backend: a runtime for tokio-postgres and a pool of connections.
+pub(crate) struct Pg {
+    rt: tokio::runtime::Runtime,
+    config: tokio_postgres::Config,
+    role: String,
+    pool: Mutex<PoolState>,
+    freed: Condvar,
+    max: usize,
+    /// One write transaction per process at a time (the advisory lock makes it one across
+    /// replicas): a writer waiting for the lock never holds a second connection.
+    writer: Mutex<bool>,
+    writer_freed: Condvar,
+}
+
+struct PoolState {
+    idle: Vec<Conn>,
+    open: usize,
+}
+
+impl Pg {
+    /// Connects, applies the migrations this build knows and checks the role.
+    pub(crate) fn connect(opts: &PgOptions) -> Result<Pg> {
+        if opts.url.contains('@') && url::Url::parse(&opts.url).is_ok_and(|u| u.password().is_some()) {
+            return Err(StoreError::Invalid(
+                "the PostgreSQL URL carries a password: give it in CREDHOST_POSTGRES_PASSWORD or a password file".into(),
+            ));
+        }
+        let mut config: tokio_postgres::Config = opts
+            .url
+            .parse()
+            .map_err(|e: tokio_postgres::Error| StoreError::Invalid(format!("PostgreSQL URL: {e}")))?;
+        if let Some(pw) = &opts.password {
+            config.password(pw.expose_secret().as_bytes());
+        }
+        config.connect_timeout(Duration::from_secs(10));
+        config.application_name("credhost");
+        // Notices (e.g. "already exists, skipping") are not worth a log line.
+        config.options("-c client_min_messages=warning");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("credhost-pg")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Postgres(format!("starting the PostgreSQL runtime: {e}")))?;
+        let pg = Pg {
+            rt,
+            config,
+            role: opts.role.clone(),
+            pool: Mutex::new(PoolState { idle: Vec::new(), open: 0 }),
+            freed: Condvar::new(),
+            max: opts.pool.max(2),
+            writer: Mutex::new(false),
+            writer_freed: Condvar::new(),
+        };
+        pg.migrate()?;
+        Ok(pg)
+    }
+
+    /// Runs `fut` on the backend's runtime and waits for it (from any thread).
+    fn block<T: Send + 'static>(&self, fut: impl std::future::Future<Output = T> + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.rt.spawn(async move {
+            let _ = tx.send(fut.await);
+        });
+        rx.recv().expect("the PostgreSQL runtime stopped")
+    }
+
+    fn open_conn(&self, set_role: bool) -> Result<Conn> {
+        let config = self.config.clone();
+        let client = self.block(async move {
+            let (client, conn) = config.connect(tokio_postgres::NoTls).await?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::warn!(error = %e, "PostgreSQL connection closed");
+                }
+            });
+            Ok::<_, tokio_postgres::Error>(client)
+        });
+        let client = Arc::new(client.map_err(|e| StoreError::Postgres(format!("connecting to PostgreSQL: {e}")))?);
+        let mut conn = Conn { client, stmts: HashMap::new(), open_read: false };
+        if set_role {
+            self.batch(&mut conn, &format!("SET ROLE {}", ident(&self.role))).map_err(|e| {
+                StoreError::Postgres(format!(
+                    "SET ROLE {}: {e} (the connecting user must be a member of it: GRANT {} TO <user>)",
+                    self.role,
+                    ident(&self.role)
+                ))
+            })?;
+        }
+        Ok(conn)
+    }
+
+    fn checkout(&self) -> Result<Conn> {
+        let mut st = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if let Some(c) = st.idle.pop() {
+                return Ok(c);
+            }
+            if st.open < self.max {
+                st.open += 1;
+                drop(st);
+                return self.open_conn(true).inspect_err(|_| {
+                    self.pool.lock().unwrap_or_else(PoisonError::into_inner).open -= 1;
+                    self.freed.notify_one();
+                });
+            }
+            st = self.freed.wait(st).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    fn checkin(&self, conn: Conn) {
+        let mut st = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
+        if conn.client.is_closed() {
+            st.open -= 1;
+        } else {
+            st.idle.push(conn);
+        }
+        self.freed.notify_one();
+    }
+
+    fn batch(&self, conn: &mut Conn, sql: &str) -> Result<()> {
+        let client = conn.client.clone();
+        let sql = sql.to_owned();
+        self.block(async move { client.batch_execute(&sql).await }).map_err(db_err)
+    }
+
+    fn query(&self, conn: &mut Conn, sql: &str, params: Vec<Vec<u8>>) -> Result<Vec<tokio_postgres::Row>> {
+        let stmt = match conn.stmts.get(sql) {
+            Some(s) => s.clone(),
+            None => {
+                let client = conn.client.clone();
+                let text = sql.to_owned();
+                let s = self.block(async move { client.prepare(&text).await }).map_err(db_err)?;
+                conn.stmts.insert(sql.to_owned(), s.clone());
+                s
+            }
+        };
+        let client = conn.client.clone();
+        self.block(async move {
+            let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+                params.iter().map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
+            client.query(&stmt, &refs).await
+        })
+        .map_err(db_err)
+    }
+
+    /// Applies the migrations the database lacks, under an advisory lock (replicas starting
+    /// together), and refuses a schema newer than this build.
+    fn migrate(&self) -> Result<()> {
+        let mut conn = self.open_conn(false)?;
+        let res = self.migrate_on(&mut conn);
+        if res.is_err() {
+            let _ = self.batch(&mut conn, "ROLLBACK");
+        }
+        res
+    }
+
+    fn migrate_on(&self, conn: &mut Conn) -> Result<()> {
+        self.batch(
+            conn,
+            &format!(
+                "BEGIN; SELECT pg_advisory_xact_lock({MIGRATE_LOCK}); \
+                 CREATE TABLE IF NOT EXISTS credhost_schema (version int NOT NULL);"
+            ),
+        )?;
+        let rows = self.query(conn, "SELECT max(version) FROM credhost_schema", vec![])?;
+        let found: i32 = rows.first().and_then(|r| r.get::<_, Option<i32>>(0)).unwrap_or(0);
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::Postgres(format!(
+                "the database's schema version {found} is newer than this credhost knows ({SCHEMA_VERSION}): \
+                 upgrade credhost on this replica"
+            )));
+        }
+        for v in found..SCHEMA_VERSION {
+            self.batch(conn, &MIGRATIONS[v as usize]())?;
+            self.batch(conn, &format!("INSERT INTO credhost_schema (version) VALUES ({})", v + 1))?;
+        }
+        // The role every session takes: created when missing (needs CREATEROLE; a DBA can
+        // create it beforehand), allowed the rows and nothing else.
+        let role = ident(&self.role);
+        let lit = self.role.replace('\'', "''");
+        let tables: Vec<&str> = TABLES.iter().map(|(t, _)| table_name(t)).collect();
+        self.batch(
+            conn,
+            &format!(
+                "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{lit}') THEN \
+                 CREATE ROLE {role} NOLOGIN; END IF; END $$;\n\
+                 GRANT SELECT ON credhost_schema TO {role};\n\
+                 GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {role};\n\
+                 COMMIT;",
+                tables.join(", ")
+            ),
+        )?;
+        // Membership, so this user may SET ROLE (a superuser needs none; others need it
+        // granted by whoever may: best effort).
+        let _ = self.batch(conn, &format!("GRANT {role} TO CURRENT_USER"));
+        Ok(())
+    }
+
+    /// Begins a transaction in `scope` (a namespace id, or `*` for the host's own work).
+    pub(crate) fn begin(self: &Arc<Self>, write: bool, scope: &str) -> Result<Tx> {
+        if write {
+            let mut busy = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+            while *busy {
+                busy = self.writer_freed.wait(busy).unwrap_or_else(PoisonError::into_inner);
+            }
+            *busy = true;
+        }
+        let mut tx = Tx { pg: self.clone(), conn: Mutex::new(None), write, done: false };
+        let mut conn = tx.pg.checkout()?;
+        // The scope is a UUID or `*` (checked by the caller): safe to format.
+        debug_assert!(scope == "*" || scope.chars().all(|c| c.is_ascii_hexdigit()));
+        let mut sql = String::new();
+        if conn.open_read {
+            sql += "ROLLBACK; ";
+        }
+        if write {
+            sql += &format!(
+                "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT set_config('credhost.namespace', '{scope}', true); \
+                 SELECT pg_advisory_xact_lock({WRITE_LOCK});"
+            );
+        } else {
+            sql += &format!(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT set_config('credhost.namespace', '{scope}', true);"
+            );
+        }
+        let res = tx.pg.batch(&mut conn, &sql);
+        conn.open_read = !write;
+        *tx.conn.get_mut().unwrap_or_else(PoisonError::into_inner) = Some(conn);
+        res?;
+        tx.done = !write;
+        Ok(tx)
+    }
+
+    /// Opens a connection as the configured user (not the row-level role), for the
+    /// migration from redb, which writes every namespace's rows with their `ns`.
+    pub(crate) fn raw(self: &Arc<Self>) -> Result<Tx> {
+        let mut conn = self.open_conn(false)?;
+        // The host's scope: row-level security is forced on the tables' owner too.
+        self.batch(&mut conn, "BEGIN; SELECT set_config('credhost.namespace', '*', true)")?;
+        Ok(Tx { pg: self.clone(), conn: Mutex::new(Some(conn)), write: true, done: false })
+    }
+}
+
+/// A transaction on one pooled connection. A write transaction rolls back on drop
+/// unless committed; a read transaction is ended with the connection's next use.
+pub(crate) struct Tx {
+    pg: Arc<Pg>,
+    conn: Mutex<Option<Conn>>,
+    write: bool,
+    /// Committed, rolled back, or a read (nothing to end now).
+    done: bool,
+}
+
+impl Tx {
+    fn with<T>(&self, f: impl FnOnce(&Pg, &mut Conn) -> Result<T>) -> Result<T> {
+        let mut slot = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        let conn = slot.as_mut().ok_or_else(|| StoreError::Postgres("transaction already ended".into()))?;
+        f(&self.pg, conn)
+    }
+
+    fn query(&self, sql: &str, params: Vec<Vec<u8>>) -> Result<Vec<tokio_postgres::Row>> {
+        self.with(|pg, conn| pg.query(conn, sql, params))
+    }
+
+    pub(crate) fn get(&self, table: &str, k: Vec<u8>) -> Result<Option<Vec<u8>>> {
+        let rows = self.query(&format!("SELECT v FROM {table} WHERE k = $1"), vec![k])?;
+        Ok(rows.first().map(|r| r.get(0)))
+    }
+
+    pub(crate) fn insert(&self, table: &str, k: Vec<u8>, kr: Vec<u8>, v: Vec<u8>) -> Result<Option<Vec<u8>>> {
+        // A per-user row keeps its namespace when replaced (the host's scope `*` may
+        // update any row but create none); a new one takes the transaction's.
+        let ns = if is_per_user(table) {
+            ", ns) VALUES ($1, $2, $3, COALESCE((SELECT ns FROM old), current_setting('credhost.namespace', true)))"
+        } else {
+            ") VALUES ($1, $2, $3)"
+        };
+        let rows = self.query(
+            &format!(
+                "WITH old AS (SELECT v, {} FROM {table} WHERE k = $1), \
+                 up AS (INSERT INTO {table} (k, kr, v{ns} \
+                        ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v, kr = EXCLUDED.kr) \
+                 SELECT v FROM old",
+                if is_per_user(table) { "ns" } else { "NULL AS ns" }
+            ),
+            vec![k, kr, v],
+        )?;
+        Ok(rows.first().map(|r| r.get(0)))
+    }
+
+    pub(crate) fn remove(&self, table: &str, k: Vec<u8>) -> Result<Option<Vec<u8>>> {
+        let rows = self.query(&format!("DELETE FROM {table} WHERE k = $1 RETURNING v"), vec![k])?;
+        Ok(rows.first().map(|r| r.get(0)))
+    }
+
+    pub(crate) fn remove_many(&self, table: &str, keys: Vec<Vec<u8>>) -> Result<()> {
+        for k in keys {
+            self.remove(table, k)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn count(&self, table: &str) -> Result<u64> {
+        let rows = self.query(&format!("SELECT count(*) FROM {table}"), vec![])?;
+        Ok(rows.first().map(|r| r.get::<_, i64>(0)).unwrap_or(0) as u64)
+    }
+
+    /// Copies one row as it is, with its namespace (the migration from redb): kept when
+    /// the key is there already, so an interrupted copy resumes.
+    pub(crate) fn copy_row(&self, table: &str, k: Vec<u8>, kr: Vec<u8>, v: Vec<u8>, ns: Option<String>) -> Result<()> {
+        match ns {
+            Some(ns) => self.query(
+                &format!("INSERT INTO {table} (k, kr, v, ns) VALUES ($1, $2, $3, convert_from($4, 'UTF8')) ON CONFLICT (k) DO NOTHING"),
+                vec![k, kr, v, ns.into_bytes()],
+            )?,
+            None => self.query(
+                &format!("INSERT INTO {table} (k, kr, v) VALUES ($1, $2, $3) ON CONFLICT (k) DO NOTHING"),
+                vec![k, kr, v],
+            )?,
+        };
+        Ok(())
+    }
+
+    /// Rows of `table` in the bounds, ascending or descending, at most [`PAGE`].
+    fn page(&self, table: &str, lo: &Bound<Vec<u8>>, hi: &Bound<Vec<u8>>, asc: bool) -> Result<Vec<(Vec<u8>, Vec<u8>, Vec<u8>)>> {
+        let mut sql = format!("SELECT k, kr, v FROM {table} WHERE true");
+        let mut params = Vec::new();
+        for (b, lt, le) in [(lo, ">", ">="), (hi, "<", "<=")] {
+            match b {
+                Bound::Included(k) => {
+                    params.push(k.clone());
+                    sql += &format!(" AND k {le} ${}", params.len());
+                }
+                Bound::Excluded(k) => {
+                    params.push(k.clone());
+                    sql += &format!(" AND k {lt} ${}", params.len());
+                }
+                Bound::Unbounded => {}
+            }
+        }
+        sql += if asc { " ORDER BY k ASC" } else { " ORDER BY k DESC" };
+        sql += &format!(" LIMIT {PAGE}");
+        let rows = self.query(&sql, params)?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+    }
+
+    /// Commits (durably unless `lazy`: then PostgreSQL's `synchronous_commit = off`).
+    pub(crate) fn commit(mut self, lazy: bool) -> Result<()> {
+        let sql = if lazy { "SET LOCAL synchronous_commit = off; COMMIT" } else { "COMMIT" };
+        let res = self.with(|pg, conn| pg.batch(conn, sql));
+        self.done = true;
+        if res.is_err() {
+            // The connection's state is unknown: do not reuse it.
+            self.conn.get_mut().unwrap_or_else(PoisonError::into_inner).take();
+            self.pg.pool.lock().unwrap_or_else(PoisonError::into_inner).open -= 1;
+            self.pg.freed.notify_one();
+        }
+        res
+    }
+}
+
+impl Drop for Tx {
+    fn drop(&mut self) {
+        let slot = self.conn.get_mut().unwrap_or_else(PoisonError::into_inner);
+        if let Some(mut conn) = slot.take() {
+            if !self.done && self.pg.batch(&mut conn, "ROLLBACK").is_err() {
+                // Left in an unknown state: closed with the client.
+                self.pg.pool.lock().unwrap_or_else(PoisonError::into_inner).open -= 1;
+                self.pg.freed.notify_one();
+            } else {
+                self.pg.checkin(conn);
+            }
+        }
+        if self.write {
+            *self.pg.writer.lock().unwrap_or_else(PoisonError::into_inner) = false;
+            self.pg.writer_freed.notify_one();
+        }
+    }
+}
+
+/// A range of rows fetched a page at a time from either end.
+pub(crate) struct Cursor<'t> {
+    tx: &'t Tx,
+    table: &'static str,
+    /// The part of the range not fetched yet.
+    lo: Bound<Vec<u8>>,
+    hi: Bound<Vec<u8>>,
+    exhausted: bool,
+    /// Fetched rows (raw key, value), ascending.
+    front: VecDeque<(Vec<u8>, Vec<u8>)>,
+    back: VecDeque<(Vec<u8>, Vec<u8>)>,
+}
+
+impl<'t> Cursor<'t> {
+    pub(crate) fn new(tx: &'t Tx, table: &'static str, lo: Bound<Vec<u8>>, hi: Bound<Vec<u8>>) -> Self {
+        Cursor { tx, table, lo, hi, exhausted: false, front: VecDeque::new(), back: VecDeque::new() }
+    }
+
+    /// The next row from the front (`asc`) or the back.
+    pub(crate) fn next_row(&mut self, asc: bool) -> Option<Result<(Vec<u8>, Vec<u8>)>> {
+        let buffered = if asc { self.front.pop_front() } else { self.back.pop_back() };
+        if let Some(row) = buffered {
+            return Some(Ok(row));
+        }
+        if !self.exhausted {
+            let rows = match self.tx.page(self.table, &self.lo, &self.hi, asc) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.exhausted = true;
+                    return Some(Err(e));
+                }
+            };
+            if (rows.len() as i64) < PAGE {
+                self.exhausted = true;
+            }
+            if let Some((k, _, _)) = rows.last() {
+                if asc {
+                    self.lo = Bound::Excluded(k.clone());
+                } else {
+                    self.hi = Bound::Excluded(k.clone());
+                }
+            }
+            for (_, kr, v) in rows {
+                if asc {
+                    self.front.push_back((kr, v));
+                } else {
+                    self.back.push_front((kr, v));
+                }
+            }
+            let fetched = if asc { self.front.pop_front() } else { self.back.pop_back() };
+            if let Some(row) = fetched {
+                return Some(Ok(row));
+            }
+        }
+        // Nothing left between the ends: take from the other end's buffer.
+        if asc { self.back.pop_front() } else { self.front.pop_back() }.map(Ok)
+    }
+}
