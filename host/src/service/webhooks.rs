@@ -429,6 +429,9 @@ pub fn start(service: Arc<Service>, deployment: Deployment, settings: WebhookDel
     });
 }
 
+/// How long a replica keeps the delivery lease at least, without renewing it.
+const DELIVERY_LEASE_MS: u64 = 30_000;
+
 async fn blocking<T: Send + 'static>(
     service: &Arc<Service>,
     f: impl FnOnce(&Service) -> crate::store::Result<T> + Send + 'static,
@@ -443,6 +446,12 @@ async fn blocking<T: Send + 'static>(
 /// One round: fan out a batch of outbox events, attempt a batch of due deliveries at
 /// once, record the outcomes in one transaction. True when a batch was full (go on now).
 async fn round(service: &Arc<Service>, deployment: &Arc<Deployment>, settings: &WebhookDeliveryConfig) -> std::result::Result<bool, String> {
+    // Replicas on one database: one sends at a time, so no delivery goes out twice.
+    // Outlives a round (sends time out at `timeout_secs`), renewed by each.
+    let lease = DELIVERY_LEASE_MS.max(settings.timeout_secs.saturating_mul(3000));
+    if !blocking(service, move |s| s.store().hold_lease("webhooks", lease)).await? {
+        return Ok(false);
+    }
     let targets = deployment.fan_out_targets();
     let taken = blocking(service, move |s| s.store().fan_out(&targets, FAN_OUT_BATCH)).await?;
     let (due, broken) = blocking(service, |s| s.store().due_deliveries(now_ms(), SEND_BATCH)).await?;

@@ -120,6 +120,8 @@ pub struct Store {
     keys: RwLock<Arc<Keys>>,
     /// The redb file, or the PostgreSQL URL (without password).
     path: PathBuf,
+    /// This process among the replicas of a shared store (leases name it).
+    replica: String,
     /// Non-durable audit commits wait for the next durable one ([`Store::flush_audit`]).
     lazy_pending: std::sync::atomic::AtomicBool,
 }
@@ -642,6 +644,7 @@ impl Store {
             group: Arc::default(),
             keys: RwLock::new(Arc::new(Keys::new(kek))),
             path,
+            replica: uuid::Uuid::now_v7().to_string(),
             lazy_pending: std::sync::atomic::AtomicBool::new(false),
         };
         let state = {
@@ -666,6 +669,37 @@ impl Store {
     /// Whether several processes may share this store (PostgreSQL).
     pub fn is_shared(&self) -> bool {
         matches!(self.backend, Backend::Pg(_))
+    }
+
+    /// Takes or renews the lease `name` for this process for `ttl_ms`; false while another
+    /// replica holds it. Work that must run in one replica at a time (webhook deliveries)
+    /// runs only while its lease is held; a replica that dies loses it after `ttl_ms`.
+    /// A store only one process opens (redb) needs no lease: always true.
+    pub fn hold_lease(&self, name: &str, ttl_ms: u64) -> Result<bool> {
+        if !self.is_shared() {
+            return Ok(true);
+        }
+        #[derive(Serialize, Deserialize)]
+        struct Lease {
+            holder: String,
+            until: u64,
+        }
+        let key = format!("lease.{name}");
+        let now = now_ms();
+        let txn = self.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            if let Some(v) = meta.get(key.as_str())? {
+                let held: Lease = dec(v.value(), "lease")?;
+                if held.holder != self.replica && held.until > now {
+                    return Ok(false);
+                }
+            }
+            let lease = Lease { holder: self.replica.clone(), until: now + ttl_ms };
+            meta.insert(key.as_str(), enc(&lease).as_slice())?;
+        }
+        txn.commit()?;
+        Ok(true)
     }
 
     fn init(&self) -> Result<()> {
@@ -1046,6 +1080,7 @@ mod tests {
             group: Arc::default(),
             keys: RwLock::new(Arc::new(Keys::new(MasterKey::generate().unwrap()))),
             path: PathBuf::new(),
+            replica: String::new(),
             lazy_pending: AtomicBool::new(false),
         };
         store.init().unwrap();
