@@ -185,6 +185,7 @@ pub struct RotateKeys {
     security(("bearer" = [])),
     responses((status = 200, body = crate::service::KeyRotation, description = "rotated; `action_needed` says what the operator must still do before the next start"),
               (status = 403, body = super::error::ErrorBody, description = "needs the admin role"),
+              (status = 409, body = super::error::ErrorBody, description = "PostgreSQL storage: the other replicas would keep the old key; rotate offline (`conflict`)"),
               (status = 422, body = super::error::ErrorBody, description = "the file is missing, not private to the server's user, not a key, or holds the current key; `fields` names `new_key_file`; nothing changed")))]
 async fn rotate_master_key(
     State(s): State<AppState>,
