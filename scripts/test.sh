@@ -52,5 +52,11 @@ rm -f "$CREDHOST_STATUS_LOG"
 # Release: components compile ~20x faster than in debug, and `serve` shares the build.
 cargo test --release --workspace "$@"
 if [ $# -eq 0 ]; then
+  # The API and store suites again with PostgreSQL storage (docs/deploy.md); the tests that
+  # read or edit the redb file itself are redb's alone.
+  CREDHOST_TEST_STORAGE=postgres cargo test --release --test api --test listing --test use_credentials --test store -- \
+    --skip blob_copied_from_another_user --skip blob_moved_to_another_credential --skip raw_file_contains_no_plaintext \
+    --skip tampered_audit_record --skip unknown_schema_version_refused --skip wrong_master_key_refused_and_file_unchanged \
+    --skip store_is_shareable_and_opens_empty --skip a_secret_only_goes_where_it_was_sent
   cargo test --release --test api_contract -- --ignored --exact statuses_seen_by_the_suite_are_documented
 fi

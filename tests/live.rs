@@ -686,75 +686,17 @@ async fn ssh_logins_against_openssh() {
 
 // ---------------------------------------------------------------- PostgreSQL
 
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
-
-struct Postgres {
-    dir: tempfile::TempDir,
-    port: u16,
-    password: String,
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        let _ = Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(format!("{PG_BIN}/pg_ctl"))
-            .arg("-D")
-            .arg(self.dir.path().join("data"))
-            .args(["-m", "immediate", "-w", "stop"])
-            .output();
-    }
-}
+// The cluster itself (initdb, scram, `admin`, watchdog) is tests/common/postgres.rs.
+use common::postgres::Postgres;
 
 fn start_postgres() -> Postgres {
-    start_postgres_with(false)
+    Postgres::start()
 }
 
 /// With `tls_only`: a throwaway certificate, `ssl = on`, and `pg_hba.conf` accepting
 /// only `hostssl` connections, so a login proves the session was encrypted.
 fn start_postgres_with(tls_only: bool) -> Postgres {
-    need(&format!("{PG_BIN}/initdb"), "postgresql-15");
-    need(&format!("{PG_BIN}/pg_ctl"), "postgresql-15");
-    need("/usr/sbin/runuser", "util-linux");
-    let dir = tempfile::tempdir().unwrap();
-    let password = format!("pg-{}", random_hex(12));
-    std::fs::write(dir.path().join("pwfile"), &password).unwrap();
-    run(Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()));
-    let pg = |tool: &str| {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(format!("{PG_BIN}/{tool}"));
-        c
-    };
-    run(pg("initdb")
-        .arg("-D")
-        .arg(dir.path().join("data"))
-        .args(["-A", "scram-sha-256", "-U", "admin", "--pwfile"])
-        .arg(dir.path().join("pwfile")));
-    let mut tls = String::new();
-    if tls_only {
-        need("/usr/bin/openssl", "openssl");
-        let (crt, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
-        run(Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost", "-keyout"])
-            .arg(&key)
-            .arg("-out")
-            .arg(&crt));
-        run(Command::new("chown").args(["postgres:postgres"]).arg(&crt).arg(&key));
-        run(Command::new("chmod").arg("600").arg(&key));
-        std::fs::write(dir.path().join("data/pg_hba.conf"), "hostssl all all 127.0.0.1/32 scram-sha-256\n").unwrap();
-        tls = format!(" -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}", crt.display(), key.display());
-    }
-    let port = free_port();
-    run(pg("pg_ctl")
-        .arg("-D")
-        .arg(dir.path().join("data"))
-        .arg("-l")
-        .arg(dir.path().join("log"))
-        .arg("-w")
-        .arg("-o")
-        .arg(format!("-p {port} -k {} -c listen_addresses=127.0.0.1{tls}", dir.path().display()))
-        .arg("start"));
-    Postgres { dir, port, password }
+    Postgres::start_with(tls_only)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,10 +12,18 @@ use credhost::store::{
 use redb::{ReadableDatabase, ReadableTable};
 use secrecy::{ExposeSecret, SecretString};
 
+#[allow(dead_code)]
+#[path = "common/postgres.rs"]
+mod postgres;
+
+/// The suite's store: a redb file, or with `CREDHOST_TEST_STORAGE=postgres` a fresh
+/// database of a real PostgreSQL (the tests that read or edit the redb file itself are
+/// redb's alone; scripts/test.sh runs the others on both).
 struct Fixture {
     _dir: tempfile::TempDir,
     path: PathBuf,
     key_b64: String,
+    pg: Option<credhost::store::pg::PgOptions>,
 }
 
 impl Fixture {
@@ -27,10 +35,35 @@ impl Fixture {
             .to_base64()
             .expose_secret()
             .to_owned();
+        let pg = std::env::var("CREDHOST_TEST_STORAGE").is_ok_and(|v| v == "postgres").then(|| {
+            let pg = postgres::Postgres::shared();
+            credhost::store::pg::PgOptions {
+                url: pg.fresh_database().1,
+                password: Some(SecretString::from(pg.password().to_owned())),
+                pool: 8,
+                role: "credhost_app".into(),
+            }
+        });
         Fixture {
             _dir: dir,
             path,
             key_b64,
+            pg,
+        }
+    }
+
+    /// Runs SQL in this fixture's PostgreSQL database as the superuser (sees every row).
+    fn psql(&self, sql: &str) -> String {
+        let url = &self.pg.as_ref().expect("a PostgreSQL fixture").url;
+        let db = url.rsplit('/').next().unwrap();
+        postgres::Postgres::shared().psql(db, sql).trim().to_owned()
+    }
+
+    /// Opens the store with `key`.
+    fn open_with(&self, key: MasterKey) -> Result<Store, StoreError> {
+        match &self.pg {
+            Some(opts) => Store::open_postgres(opts, key),
+            None => Store::open(&self.path, key),
         }
     }
 
@@ -39,7 +72,7 @@ impl Fixture {
     }
 
     fn open(&self) -> Store {
-        Store::open(&self.path, self.key()).unwrap()
+        self.open_with(self.key()).unwrap()
     }
 }
 
@@ -304,7 +337,7 @@ fn unknown_schema_version_refused() {
         .unwrap();
     txn.commit().unwrap();
     drop(db);
-    let err = Store::open(&fx.path, fx.key()).unwrap_err();
+    let err = fx.open_with(fx.key()).unwrap_err();
     assert!(
         matches!(
             err,
@@ -341,12 +374,12 @@ fn rotate_then_reopen_with_new_key_only() {
     assert_eq!(store.kek_id(), new_id);
     drop(store);
 
-    let err = Store::open(&fx.path, fx.key()).unwrap_err();
+    let err = fx.open_with(fx.key()).unwrap_err();
     assert!(
         matches!(&err, StoreError::WrongKey { expected, .. } if *expected == new_id),
         "{err:?}"
     );
-    let store = Store::open(&fx.path, MasterKey::from_base64(&new_b64).unwrap()).unwrap();
+    let store = fx.open_with(MasterKey::from_base64(&new_b64).unwrap()).unwrap();
     assert_eq!(store.verify_keys().unwrap().namespaces, 3);
     for (u, c) in &creds {
         let s = store.reveal("admin", u.namespace, c.id, "t").unwrap();
@@ -497,6 +530,15 @@ fn tokens_create_authenticate_revoke_expire() {
 
     // Only the hash is stored.
     drop(store);
+    if fx.pg.is_some() {
+        let hex: String = text.bytes().map(|b| format!("{b:02x}")).collect();
+        let found = fx.psql(&format!(
+            "SELECT count(*) FROM kv_tokens WHERE position('\\x{hex}'::bytea IN v) > 0 OR position('\\x{hex}'::bytea IN kr) > 0"
+        ));
+        assert_eq!(found, "0");
+        assert_ne!(fx.psql("SELECT count(*) FROM kv_tokens"), "0");
+        return;
+    }
     let raw = std::fs::read(&fx.path).unwrap();
     assert!(!contains(&raw, text.as_bytes()));
 }
@@ -607,6 +649,11 @@ fn soft_delete_restore_purge() {
     );
     store.purge_credential("alice", a.namespace, c.id).unwrap();
     drop(store);
+    if fx.pg.is_some() {
+        assert_eq!(fx.psql("SELECT count(*) FROM kv_credentials"), "0");
+        assert_eq!(fx.psql("SELECT count(*) FROM kv_versions"), "0", "all versions purged");
+        return;
+    }
     let db = raw_db(&fx.path);
     let txn = db.begin_read().unwrap();
     assert!(txn
@@ -918,7 +965,7 @@ fn debug_output_never_shows_secrets() {
     let kek = fx.key();
     let key_text = fx.key_b64.clone();
     let dek = DataKey::generate().unwrap();
-    let store = Store::open(&fx.path, fx.key()).unwrap();
+    let store = fx.open_with(fx.key()).unwrap();
     let a = store.add_user("admin", "alice", Role::User).unwrap();
     let new = cred("c", "t", &[("k", "SUPERSECRET-DEBUG")]);
     let mut upd = CredentialUpdate::default();

@@ -75,4 +75,5 @@ pub fn install_hostile(dir: &std::path::Path) {
     std::fs::write(dir.join("hostile.toml"), manifest).unwrap();
 }
 
+pub mod postgres;
 pub mod server;

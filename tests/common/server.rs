@@ -32,6 +32,17 @@ pub fn random_alnum(len: usize) -> String {
     b.iter().map(|x| SET[usize::from(*x) % SET.len()] as char).collect()
 }
 
+pub use super::postgres::Postgres;
+
+/// The variable that makes [`Env::new`] / [`Env::with_key`] use PostgreSQL storage
+/// (`CREDHOST_TEST_STORAGE=postgres`), so the API suites run unchanged against it.
+pub const TEST_STORAGE_ENV: &str = "CREDHOST_TEST_STORAGE";
+
+/// Whether `CREDHOST_TEST_STORAGE=postgres` is set (any other value: redb).
+pub fn test_storage_is_postgres() -> bool {
+    std::env::var(TEST_STORAGE_ENV).is_ok_and(|v| v.eq_ignore_ascii_case("postgres"))
+}
+
 /// Where a test's server keeps its data, and the environment it runs with.
 pub struct Env {
     pub dir: tempfile::TempDir,
@@ -50,13 +61,55 @@ impl Env {
         Env::with_key(&key)
     }
 
-    /// A fresh data dir with the given base64 master key.
+    /// A fresh data dir with the given base64 master key. With
+    /// `CREDHOST_TEST_STORAGE=postgres` in the test's environment, the storage is a fresh
+    /// database of the process-wide PostgreSQL ([`Postgres::shared`]) instead of redb.
     pub fn with_key(key: &str) -> Env {
+        let env = Env::redb_with_key(key);
+        if test_storage_is_postgres() {
+            return env.on_fresh_database(Postgres::shared());
+        }
+        env
+    }
+
+    /// A fresh data dir with the given master key and redb storage, whatever
+    /// `CREDHOST_TEST_STORAGE` says.
+    pub fn redb_with_key(key: &str) -> Env {
         let env = Env::bare();
         let data = env.dir.path().join("data");
         env.set("CREDHOST_LISTEN", "127.0.0.1:0")
             .set("CREDHOST_DATA_DIR", data.to_str().unwrap())
             .set("CREDHOST_MASTER_KEY", key)
+    }
+
+    /// Like [`Env::new`], with storage in a fresh database of `pg`.
+    pub fn postgres(pg: &Postgres) -> Env {
+        let mut key = [0u8; 32];
+        getrandom::fill(&mut key).expect("random key");
+        let key = base64::engine::general_purpose::STANDARD.encode(key);
+        Env::redb_with_key(&key).on_fresh_database(pg)
+    }
+
+    /// This env with storage in a fresh database of `pg`.
+    pub fn on_fresh_database(self, pg: &Postgres) -> Env {
+        let (_, url) = pg.fresh_database();
+        self.on_database(pg, &url)
+    }
+
+    /// This env with storage in the PostgreSQL database at `url` (no password in it).
+    pub fn on_database(self, pg: &Postgres, url: &str) -> Env {
+        self.set("CREDHOST_STORAGE_BACKEND", "postgres")
+            .set("CREDHOST_POSTGRES_URL", url)
+            .set("CREDHOST_POSTGRES_PASSWORD", pg.password())
+    }
+
+    /// Another replica of this env's deployment: its own temp dir, data dir and working
+    /// directory, every `CREDHOST_*` variable the same (key, storage) except the data dir.
+    pub fn replica(&self) -> Env {
+        let mut env = Env::bare();
+        let data = env.dir.path().join("data");
+        env.vars = self.vars.clone();
+        env.set("CREDHOST_DATA_DIR", data.to_str().unwrap())
     }
 
     /// A temp dir as working directory and no `CREDHOST_*` variables at all.

@@ -144,6 +144,18 @@ impl<'t, K: OrdKey, V: Value + 'static> Table<'t, K, V> {
             Imp::Pg(tx, name, _) => Ok(tx.get(name, ord_key::<K>(key))?.map(Guard::owned)))
     }
 
+    /// Several rows by key, in the order of `keys` (one statement on PostgreSQL).
+    pub(crate) fn get_many<'a>(&self, keys: &[K::SelfType<'a>]) -> Result<Vec<Option<Guard<'_, V>>>> {
+        match &self.imp {
+            Imp::Pg(tx, name, _) => {
+                let ords: Vec<Vec<u8>> = keys.iter().map(|k| ord_key::<K>(k)).collect();
+                let mut found = tx.get_many(name, ords.clone())?;
+                Ok(ords.iter().map(|k| found.remove(k).map(Guard::owned)).collect())
+            }
+            _ => keys.iter().map(|k| self.get(k)).collect(),
+        }
+    }
+
     /// Inserts or replaces; returns the value replaced.
     pub(crate) fn insert<'k, 'v>(
         &mut self,

@@ -65,8 +65,8 @@ pub fn redb_to_postgres(
     let existing = {
         let tx = pg.raw()?;
         let mut rows = 0;
-        for (t, _) in pg::TABLES {
-            rows += tx.count(pg::table_name(t))?;
+        for (_, sql, _) in pg::TABLES {
+            rows += tx.count(sql)?;
         }
         rows
     };
@@ -117,6 +117,11 @@ pub fn redb_to_postgres(
     copy!(META, NsOf::None);
     drop(snap);
     drop(source);
+    // Every table of the backend is copied (a table added later must be added above).
+    let copied: Vec<&str> = report.tables.iter().map(|t| t.0.as_str()).collect();
+    if let Some((t, _, _)) = pg::TABLES.iter().find(|(t, _, _)| !copied.contains(t)) {
+        return Err(StoreError::Corrupt(format!("migrate does not copy table {t}")));
+    }
     if let Some((t, n, total)) = report.tables.iter().find(|(_, n, total)| n != total) {
         return Err(StoreError::Conflict(format!(
             "table {t}: {n} rows in the source but {total} in the target (the target holds rows the source \

@@ -36,58 +36,39 @@ const MIGRATE_LOCK: i64 = WRITE_LOCK + 1;
 /// Rows a range cursor fetches per statement.
 const PAGE: i64 = 256;
 
-/// Store tables and whether each is per-user (row-level security on `ns`).
-pub(crate) const TABLES: &[(&str, bool)] = &[
-    ("meta", false),
-    ("namespaces", false),
-    ("users", false),
-    ("credentials", true),
-    ("names", true),
-    ("versions", true),
-    ("audit", false),
-    ("tokens", false),
-    ("audit_by_namespace", false),
-    ("outbox", false),
-    ("test_history", true),
-    ("monitor_due", false),
-    ("version_meta", true),
-    ("rotation_keys", true),
-    ("webhooks", true),
-    ("webhook_deliveries", false),
-    ("webhook_queue", false),
+/// Store tables: (redb name, SQL table, per-user: row-level security on `ns`).
+pub(crate) const TABLES: &[(&str, &str, bool)] = &[
+    ("meta", "kv_meta", false),
+    ("namespaces", "kv_namespaces", false),
+    ("users", "kv_users", false),
+    ("credentials", "kv_credentials", true),
+    ("names", "kv_names", true),
+    ("versions", "kv_versions", true),
+    ("audit", "kv_audit", false),
+    ("tokens", "kv_tokens", false),
+    ("audit_by_namespace", "kv_audit_by_namespace", false),
+    ("outbox", "kv_outbox", false),
+    ("test_history", "kv_test_history", true),
+    ("monitor_due", "kv_monitor_due", false),
+    ("version_meta", "kv_version_meta", true),
+    ("rotation_keys", "kv_rotation_keys", true),
+    ("webhooks", "kv_webhooks", true),
+    ("webhook_deliveries", "kv_webhook_deliveries", false),
+    ("webhook_queue", "kv_webhook_queue", false),
 ];
 
 /// The SQL table of a store table (a fixed name from [`TABLES`]: safe to format into SQL).
 pub(crate) fn table_name(name: &str) -> &'static str {
     TABLES
         .iter()
-        .find(|(t, _)| *t == name)
-        .map(|(t, _)| match *t {
-            "meta" => "kv_meta",
-            "namespaces" => "kv_namespaces",
-            "users" => "kv_users",
-            "credentials" => "kv_credentials",
-            "names" => "kv_names",
-            "versions" => "kv_versions",
-            "audit" => "kv_audit",
-            "tokens" => "kv_tokens",
-            "audit_by_namespace" => "kv_audit_by_namespace",
-            "outbox" => "kv_outbox",
-            "test_history" => "kv_test_history",
-            "monitor_due" => "kv_monitor_due",
-            "version_meta" => "kv_version_meta",
-            "rotation_keys" => "kv_rotation_keys",
-            "webhooks" => "kv_webhooks",
-            "webhook_deliveries" => "kv_webhook_deliveries",
-            "webhook_queue" => "kv_webhook_queue",
-            _ => unreachable!(),
-        })
+        .find(|(t, _, _)| *t == name)
+        .map(|(_, sql, _)| *sql)
         .unwrap_or_else(|| panic!("store table {name} is not in pg::TABLES"))
 }
 
 /// Whether a SQL table (from [`table_name`]) is per-user.
 fn is_per_user(sql_table: &str) -> bool {
-    TABLES.iter().any(|(t, per_user)| *per_user && table_name(t) == sql_table)
+    TABLES.iter().any(|(_, sql, per_user)| *per_user && *sql == sql_table)
 }
 
 /// The schema versions this build knows, in order; each applied once, in a transaction.
@@ -96,8 +77,7 @@ const MIGRATIONS: &[fn() -> String] = &[migration_1];
 
 fn migration_1() -> String {
     let mut sql = String::new();
-    for (name, per_user) in TABLES {
-        let t = table_name(name);
+    for (_, t, per_user) in TABLES {
         if *per_user {
             sql += &format!(
                 "CREATE TABLE {t} (k bytea PRIMARY KEY, kr bytea NOT NULL, v bytea NOT NULL, \
@@ -295,17 +275,20 @@ impl Pg {
         self.block(async move { client.batch_execute(&sql).await }).map_err(db_err)
     }
 
+    /// A prepared statement, from the connection's cache.
+    fn prepare(&self, conn: &mut Conn, sql: &str) -> Result<Statement> {
+        if let Some(s) = conn.stmts.get(sql) {
+            return Ok(s.clone());
+        }
+        let client = conn.client.clone();
+        let text = sql.to_owned();
+        let s = self.block(async move { client.prepare(&text).await }).map_err(db_err)?;
+        conn.stmts.insert(sql.to_owned(), s.clone());
+        Ok(s)
+    }
+
     fn query(&self, conn: &mut Conn, sql: &str, params: Vec<Vec<u8>>) -> Result<Vec<tokio_postgres::Row>> {
-        let stmt = match conn.stmts.get(sql) {
-            Some(s) => s.clone(),
-            None => {
-                let client = conn.client.clone();
-                let text = sql.to_owned();
-                let s = self.block(async move { client.prepare(&text).await }).map_err(db_err)?;
-                conn.stmts.insert(sql.to_owned(), s.clone());
-                s
-            }
-        };
+        let stmt = self.prepare(conn, sql)?;
         let client = conn.client.clone();
         self.block(async move {
             let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
@@ -347,15 +330,18 @@ impl Pg {
             self.batch(conn, &format!("INSERT INTO credhost_schema (version) VALUES ({})", v + 1))?;
         }
         // The role every session takes: created when missing (needs CREATEROLE; a DBA can
-        // create it beforehand), allowed the rows and nothing else.
+        // create it beforehand), allowed the rows and nothing else. Roles are per cluster:
+        // another database's first start may create it at the same moment.
         let role = ident(&self.role);
         let lit = self.role.replace('\'', "''");
-        let tables: Vec<&str> = TABLES.iter().map(|(t, _)| table_name(t)).collect();
+        let tables: Vec<&str> = TABLES.iter().map(|(_, sql, _)| *sql).collect();
         self.batch(
             conn,
             &format!(
                 "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{lit}') THEN \
-                 CREATE ROLE {role} NOLOGIN; END IF; END $$;\n\
+                 BEGIN CREATE ROLE {role} NOLOGIN; \
+                 EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END; \
+                 END IF; END $$;\n\
                  GRANT SELECT ON credhost_schema TO {role};\n\
                  GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {role};\n\
                  COMMIT;",
@@ -439,6 +425,16 @@ impl Tx {
         Ok(rows.first().map(|r| r.get(0)))
     }
 
+    pub(crate) fn get_many(&self, table: &str, keys: Vec<Vec<u8>>) -> Result<HashMap<Vec<u8>, Vec<u8>>> {
+        let sql = format!("SELECT k, v FROM {table} WHERE k = ANY($1)");
+        let rows = self.with(|pg, conn| {
+            let stmt = pg.prepare(conn, &sql)?;
+            let client = conn.client.clone();
+            pg.block(async move { client.query(&stmt, &[&keys]).await }).map_err(db_err)
+        })?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
     pub(crate) fn insert(&self, table: &str, k: Vec<u8>, kr: Vec<u8>, v: Vec<u8>) -> Result<Option<Vec<u8>>> {
         // A per-user row keeps its namespace when replaced (the host's scope `*` may
         // update any row but create none); a new one takes the transaction's.
@@ -518,7 +514,10 @@ impl Tx {
 
     /// Commits (durably unless `lazy`: then PostgreSQL's `synchronous_commit = off`).
     pub(crate) fn commit(mut self, lazy: bool) -> Result<()> {
-        let sql = if lazy { "SET LOCAL synchronous_commit = off; COMMIT" } else { "COMMIT" };
+        // A durable commit also covers the lazy ones before it only if it writes a commit
+        // record, which needs a transaction id: an empty one (flushing lazy audit records)
+        // takes one.
+        let sql = if lazy { "SET LOCAL synchronous_commit = off; COMMIT" } else { "SELECT pg_current_xact_id(); COMMIT" };
         let res = self.with(|pg, conn| pg.batch(conn, sql));
         self.done = true;
         if res.is_err() {
