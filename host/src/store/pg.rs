@@ -125,10 +125,18 @@ impl std::fmt::Debug for PgOptions {
 }
 
 fn db_err(e: tokio_postgres::Error) -> StoreError {
-    StoreError::Postgres(match e.as_db_error() {
+    StoreError::Postgres(message(&e))
+}
+
+/// PostgreSQL's own message (not its DETAIL, which may quote row values), or the cause.
+fn message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
         Some(d) => format!("{}: {}", d.code().code(), d.message()),
-        None => e.to_string(),
-    })
+        None => match std::error::Error::source(e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
+    }
 }
 
 /// A namespace as the `ns` column and `credhost.namespace` hold it: 32 hex digits.
@@ -186,7 +194,14 @@ impl Pg {
         config.connect_timeout(Duration::from_secs(10));
         config.application_name("credhost");
         // Notices (e.g. "already exists, skipping") are not worth a log line.
-        config.options("-c client_min_messages=warning");
+        // No statement (the write lock's wait included) outlives a request's time limit by
+        // much; a replica cut off mid-transaction is noticed by keepalives, and PostgreSQL
+        // then rolls it back and frees the write lock.
+        config.options(
+            "-c client_min_messages=warning -c statement_timeout=60000 \
+             -c tcp_keepalives_idle=30 -c tcp_keepalives_interval=10 -c tcp_keepalives_count=3",
+        );
+        config.keepalives_idle(Duration::from_secs(30));
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("credhost-pg")
@@ -219,13 +234,32 @@ impl Pg {
     fn open_conn(&self, set_role: bool) -> Result<Conn> {
         let config = self.config.clone();
         let client = self.block(async move {
-            let (client, conn) = config.connect(tokio_postgres::NoTls).await?;
+            // `sslmode=prefer` (the default) and `require` encrypt as libpq does, on the
+            // rustls already in the tree (the certificate is not checked: libpq checks it
+            // only in verify-ca/verify-full, which tokio-postgres does not offer).
+            let host = match config.get_hosts().first() {
+                Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+                _ => String::new(),
+            };
+            let tls = crate::plugins::caps::pgtls::Connector::new(&host).map_err(|e| e.to_string())?;
+            let (client, conn) = if config.get_ssl_mode() == tokio_postgres::config::SslMode::Disable || host.is_empty() {
+                let (client, conn) = config.connect(tokio_postgres::NoTls).await.map_err(|e| message(&e))?;
+                (client, tokio::spawn(async move { conn.await }))
+            } else {
+                let port = config.get_ports().first().copied().unwrap_or(5432);
+                let stream = tokio::time::timeout(Duration::from_secs(10), tokio::net::TcpStream::connect((host.as_str(), port)))
+                    .await
+                    .map_err(|_| format!("{host}:{port}: timed out"))?
+                    .map_err(|e| format!("{host}:{port}: {e}"))?;
+                let (client, conn) = config.connect_raw(stream, tls).await.map_err(|e| message(&e))?;
+                (client, tokio::spawn(async move { conn.await }))
+            };
             tokio::spawn(async move {
-                if let Err(e) = conn.await {
+                if let Ok(Err(e)) = conn.await {
                     tracing::warn!(error = %e, "PostgreSQL connection closed");
                 }
             });
-            Ok::<_, tokio_postgres::Error>(client)
+            Ok::<_, String>(client)
         });
         let client = Arc::new(client.map_err(|e| StoreError::Postgres(format!("connecting to PostgreSQL: {e}")))?);
         let mut conn = Conn { client, stmts: HashMap::new(), open_read: false };

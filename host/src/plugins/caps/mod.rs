@@ -6,7 +6,7 @@ pub mod keys;
 pub(crate) mod log;
 mod net;
 pub(crate) mod netio;
-mod pgtls;
+pub(crate) mod pgtls;
 mod secrets;
 mod settings;
 mod sql;
