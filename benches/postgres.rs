@@ -17,6 +17,17 @@
 //!    creates/s in total, p50/p99; list p50/p99.
 //! 4. The same creates (and list) on redb, one server, for reference.
 //!
+//! Before the phases it also prints PostgreSQL's durability settings and how many statements
+//! (round trips) one create and one list page take (`log_statement = all` for that span).
+//! Each server must answer `/readyz` with 200 before it is timed (it listens before its
+//! plugins are loaded, and API requests wait for them).
+//!
+//! All servers start before the timed phases and stay up (idle outside their own phases:
+//! during the one-replica phases the second replica is connected but gets no requests);
+//! the phases run in order, once per round, for `ROUNDS` rounds, so load that drifts during
+//! the run spreads over every configuration. Rates are the mean over the rounds, p50/p99
+//! over every request of them.
+//!
 //! Then a table and the same-run ratios: credhost creates/s ÷ raw INSERT/s, two replicas
 //! ÷ one, PostgreSQL ÷ redb. Every phase has a fixed length (`WARMUP` + `PHASE`);
 //! a request that fails or a server that does not start panics with the reason.
@@ -40,7 +51,9 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 
 const CONNS: usize = 16;
-const PHASE: Duration = Duration::from_millis(3000);
+const PHASE: Duration = Duration::from_millis(1500);
+/// Every phase runs once per round, the rounds one after the other.
+const ROUNDS: usize = 2;
 const WARMUP: Duration = Duration::from_millis(300);
 /// Sequential creates whose rows are measured to size the raw INSERT row.
 const PROBE_CREATES: usize = 20;
@@ -58,6 +71,12 @@ struct Run {
 }
 
 impl Run {
+    /// Adds one round's result (the rate is the mean over `ROUNDS`).
+    fn add(&mut self, round: Run) {
+        self.rate += round.rate / ROUNDS as f64;
+        self.lat.extend(round.lat);
+    }
+
     /// The `p` quantile of the latencies, in ms.
     fn pct(&self, p: f64) -> f64 {
         let mut lat = self.lat.clone();
@@ -147,6 +166,20 @@ async fn lists(http: &reqwest::Client, bases: &[String], token: &str, conns: usi
         }
     })
     .await
+}
+
+/// Waits (up to 60 s) until `GET /readyz` answers 200: a server prints `listening on` before
+/// its plugins are loaded, and API requests wait for them, which a timed phase must not see.
+async fn ready(http: &reqwest::Client, base: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = http.get(format!("{base}/readyz")).send().await.map(|r| r.status().as_u16());
+        if matches!(status, Ok(200)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{base} not ready within 60 s (last /readyz: {status:?})");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Creates exactly `n` credentials named `fill-NNNNN` for `token` from `CONNS` clients.
@@ -273,6 +306,7 @@ fn main() {
     rt.block_on(async move {
         let http = reqwest::Client::builder().pool_max_idle_per_host(CONNS).build().unwrap();
         let base1 = vec![one.base.clone()];
+        ready(&http, &one.base).await;
 
         // What one create writes: rows and bytes added by sequential creates on a quiet server.
         // Also how many statements (round trips) one create and one list page take.
@@ -314,25 +348,13 @@ fn main() {
              WHERE name IN ('fsync', 'synchronous_commit', 'wal_sync_method', 'full_page_writes')",
         );
 
-        // 1. Raw INSERTs of that size.
-        let raw_many = raw_inserts(&pg, &raw_url, row_bytes, CONNS).await;
-        let raw_one = raw_inserts(&pg, &raw_url, row_bytes, 1).await;
-
-        // 2. One replica.
-        let pg_many = creates(&http, &base1, &token, CONNS).await;
-        let pg_one = creates(&http, &base1, &token, 1).await;
-        let pg_list = lists(&http, &base1, &reader, CONNS).await;
-
-        // 3. Two replicas on the same database.
+        // Every server runs from here on, idle outside its own phases: the phases alternate
+        // in ROUNDS rounds, so load that drifts during the run (this machine is shared)
+        // spreads over every configuration instead of landing on one.
         let two = replica_env.start(&[]);
         let base2 = vec![one.base.clone(), two.base.clone()];
-        let rep_many = creates(&http, &base2, &token, CONNS).await;
-        let rep_list = lists(&http, &base2, &reader, CONNS).await;
-        drop(two);
-        one.stop();
-        drop(one);
-
-        // 4. redb, whatever CREDHOST_TEST_STORAGE says.
+        ready(&http, &two.base).await;
+        // redb, whatever CREDHOST_TEST_STORAGE says.
         let mut key = [0u8; 32];
         getrandom::fill(&mut key).unwrap();
         let redb_env = server::Env::redb_with_key(&base64::engine::general_purpose::STANDARD.encode(key));
@@ -340,14 +362,39 @@ fn main() {
         let redb_reader = redb_env.add_user("reader", false);
         let redb = redb_env.start(&[]);
         let base_r = vec![redb.base.clone()];
+        ready(&http, &redb.base).await;
         fill(&http, &redb.base, &redb_reader, LIST_CREDS).await;
-        let redb_many = creates(&http, &base_r, &redb_token, CONNS).await;
-        let redb_one = creates(&http, &base_r, &redb_token, 1).await;
-        let redb_list = lists(&http, &base_r, &redb_reader, CONNS).await;
-        drop(redb);
+
+        let empty = || Run { rate: 0.0, lat: Vec::new() };
+        let [mut raw_many, mut raw_one, mut pg_many, mut pg_one, mut pg_list, mut rep_many, mut rep_list] =
+            std::array::from_fn(|_| empty());
+        let [mut redb_many, mut redb_one, mut redb_list] = std::array::from_fn(|_| empty());
+        for _ in 0..ROUNDS {
+            // 1. Raw INSERTs of that size.
+            raw_many.add(raw_inserts(&pg, &raw_url, row_bytes, CONNS).await);
+            raw_one.add(raw_inserts(&pg, &raw_url, row_bytes, 1).await);
+            // 2. One replica.
+            pg_many.add(creates(&http, &base1, &token, CONNS).await);
+            pg_one.add(creates(&http, &base1, &token, 1).await);
+            pg_list.add(lists(&http, &base1, &reader, CONNS).await);
+            // 3. Two replicas on the same database.
+            rep_many.add(creates(&http, &base2, &token, CONNS).await);
+            rep_list.add(lists(&http, &base2, &reader, CONNS).await);
+            // 4. redb.
+            redb_many.add(creates(&http, &base_r, &redb_token, CONNS).await);
+            redb_one.add(creates(&http, &base_r, &redb_token, 1).await);
+            redb_list.add(lists(&http, &base_r, &redb_reader, CONNS).await);
+        }
+        drop((two, redb));
+        one.stop();
+        drop(one);
 
         let half = CONNS / 2;
-        println!("phase_seconds {:.1} (+{:.1} warm-up, not counted)", PHASE.as_secs_f64(), WARMUP.as_secs_f64());
+        println!(
+            "phase_seconds {:.1} x {ROUNDS} rounds (+{:.1} warm-up each, not counted)",
+            PHASE.as_secs_f64(),
+            WARMUP.as_secs_f64()
+        );
         println!("postgres {settings}");
         println!("list_user_credentials {LIST_CREDS} (the lists read as a second user holding exactly these)");
         println!("create_rows_per_credential {rows_per_create:.1}");

@@ -24,6 +24,10 @@
 #[path = "../tests/common/server.rs"]
 mod server;
 
+#[allow(dead_code)]
+#[path = "../tests/common/postgres.rs"]
+mod postgres;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

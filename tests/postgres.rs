@@ -834,3 +834,46 @@ async fn replicas_starting_at_once_on_fresh_databases_all_come_up() {
         assert!(out.status.success(), "users add: {}", String::from_utf8_lossy(&out.stderr));
     }
 }
+
+// ---------------------------------------------------------------- nothing in clear
+
+/// The database holds no secret in clear (a `pg_dump` of it, bytea as hex and as text), and
+/// PostgreSQL's own log shows none either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_in_clear_in_the_database_or_its_log() {
+    let (env, db) = pg_env();
+    let alice = env.add_user("alice", false);
+    let server = env.start(&[]);
+    let guard = LeakGuard::new();
+    let api = server.api(&guard);
+    api.learn_secret_fields().await;
+    let svc = Service::start().await;
+    let mut secrets = Vec::new();
+    for i in 0..3 {
+        let (body, secret) = bearer(&guard, &format!("c{i}"), &svc.url);
+        svc.accept(&secret);
+        let id = id_of(&create(&api, &alice, body).await);
+        assert_eq!(test_status(&api, &alice, &id).await, "valid");
+        let next = guard.secret(format!("tok_{}", random_alnum(28)));
+        api.patch(&format!("/api/credentials/{id}"), Some(&alice), json!({"fields": {"token": next}})).await.expect(200);
+        secrets.extend([secret, next]);
+    }
+    let p = pg();
+    common::postgres::need(&format!("{}/pg_dump", common::postgres::PG_BIN), "postgresql-15");
+    let out = std::process::Command::new(format!("{}/pg_dump", common::postgres::PG_BIN))
+        .args(["-h", "127.0.0.1", "-U", "admin", "-p", &p.port.to_string(), "-d", &db])
+        .env("PGPASSWORD", p.password())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "pg_dump: {}", String::from_utf8_lossy(&out.stderr));
+    let dump = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(dump.contains("kv_credentials"), "dumped the credhost tables");
+    guard.check("pg_dump of the database", &dump);
+    for s in &secrets {
+        let hex: String = s.bytes().map(|b| format!("{b:02x}")).collect();
+        assert!(!dump.contains(&hex), "the dump holds a secret as hex bytea ({}…)", &s[..6]);
+    }
+    guard.check("PostgreSQL's log", &p.log());
+    assert!(!p.log().contains(p.password()));
+    finish(&guard, &[&server]);
+}

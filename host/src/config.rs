@@ -452,7 +452,7 @@ impl StorageConfig {
                         crate::config::url_without_password(url)
                     ))
                 }
-                Some(u) if u.password().is_some() => {
+                Some(_) if crate::store::pg::carries_password(url) => {
                     return Err("[storage] postgres_url: carries a password; give it in CREDHOST_POSTGRES_PASSWORD \
                                 or [storage] postgres_password_file instead"
                         .into())
@@ -646,6 +646,38 @@ mod tests {
         assert_eq!(c.server.listen.port(), 2);
         let bad = c.apply_env(|k| (k == "CREDHOST_LISTEN").then(|| "nope".to_string()));
         assert!(bad.unwrap_err().contains("CREDHOST_LISTEN"));
+    }
+
+    /// PostgreSQL settings: a URL is required, never with a password in it (in any
+    /// spelling), and bad values name their key; nothing secret in the messages.
+    #[test]
+    fn postgres_storage_settings_are_checked() {
+        let check = |toml: &str| Config::parse(toml).unwrap().storage.check();
+        check("[storage]\nbackend = \"postgres\"\npostgres_url = \"postgres://app@db:5432/credhost\"\n").unwrap();
+        let e = check("[storage]\nbackend = \"postgres\"\n").unwrap_err();
+        assert!(e.contains("postgres_url") && e.contains("required"), "{e}");
+        for url in ["postgres://app:hunter2@db/credhost", "postgres://app@db/credhost?password=hunter2"] {
+            let e = check(&format!("[storage]\nbackend = \"postgres\"\npostgres_url = \"{url}\"\n")).unwrap_err();
+            assert!(e.contains("carries a password") && !e.contains("hunter2"), "{e}");
+        }
+        let e = check("[storage]\nbackend = \"postgres\"\npostgres_url = \"mysql://x@db/c\"\n").unwrap_err();
+        assert!(e.contains("postgres_url") && e.contains("mysql://x@db/c"), "{e}");
+        let e = check("[storage]\npostgres_pool = 1\n").unwrap_err();
+        assert!(e.contains("postgres_pool: 1"), "{e}");
+        let e = check("[storage]\npostgres_role = \"a;drop\"\n").unwrap_err();
+        assert!(e.contains("postgres_role"), "{e}");
+        assert!(Config::parse("[storage]\nbackend = \"sqlite\"\n").unwrap_err().contains("backend"));
+        let mut c = Config::parse("").unwrap();
+        let e = c.apply_env(|k| (k == "CREDHOST_STORAGE_BACKEND").then(|| "mongo".to_string())).unwrap_err();
+        assert!(e.contains("CREDHOST_STORAGE_BACKEND") && e.contains("mongo"), "{e}");
+        c.apply_env(|k| match k {
+            "CREDHOST_STORAGE_BACKEND" => Some("postgres".into()),
+            "CREDHOST_POSTGRES_URL" => Some("postgres://app@db/c".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.storage.backend, StorageBackend::Postgres);
+        c.storage.check().unwrap();
     }
 
     #[test]

@@ -156,19 +156,14 @@ impl<'t, K: OrdKey, V: Value + 'static> Table<'t, K, V> {
         }
     }
 
-    /// Inserts or replaces; returns the value replaced.
-    pub(crate) fn insert<'k, 'v>(
-        &mut self,
-        key: impl Borrow<K::SelfType<'k>>,
-        value: impl Borrow<V::SelfType<'v>>,
-    ) -> Result<Option<Guard<'_, V>>> {
+    /// Inserts or replaces. On PostgreSQL the write is sent with the transaction's next
+    /// read or its commit (pipelined with the others), where an error then shows.
+    pub(crate) fn insert<'k, 'v>(&mut self, key: impl Borrow<K::SelfType<'k>>, value: impl Borrow<V::SelfType<'v>>) -> Result<()> {
         let (key, value) = (key.borrow(), value.borrow());
         match &mut self.imp {
-            Imp::Write(t) => Ok(t.insert(key, value)?.map(Guard::Redb)),
+            Imp::Write(t) => t.insert(key, value).map(|_| ()).map_err(Into::into),
             Imp::Read(_) => Err(read_only()),
-            Imp::Pg(tx, name, _) => Ok(tx
-                .insert(name, ord_key::<K>(key), raw_key::<K>(key), raw_value::<V>(value))?
-                .map(Guard::owned)),
+            Imp::Pg(tx, name, _) => tx.insert(name, ord_key::<K>(key), raw_key::<K>(key), raw_value::<V>(value)),
         }
     }
 

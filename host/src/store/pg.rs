@@ -13,8 +13,12 @@
 //!   across every replica, exactly as redb runs them in one process: names stay unique,
 //!   the audit chain stays one chain, and every operation keeps its read-then-write
 //!   logic. Reads are REPEATABLE READ snapshots and never wait for writers.
-//! - Commits are PostgreSQL's (durable with `synchronous_commit`; PostgreSQL groups
-//!   concurrent commits' WAL flushes itself).
+//! - A transaction's writes are queued and sent together, pipelined, before its next read
+//!   or its commit: the write lock is held for a few round trips per operation, not one
+//!   per row.
+//! - Group commit: a write transaction commits without waiting for the disk (ending it
+//!   frees the write lock), then waits for a flush that covers it (see [`Tx::commit`]);
+//!   PostgreSQL merges the flushes of concurrent writers. Answered only once durable.
 //!
 //! The store's code is synchronous; tokio-postgres runs on a small runtime of its own and
 //! each statement is handed to it, so a call works from any thread.
@@ -66,10 +70,30 @@ pub(crate) fn table_name(name: &str) -> &'static str {
         .unwrap_or_else(|| panic!("store table {name} is not in pg::TABLES"))
 }
 
-/// Whether a SQL table (from [`table_name`]) is per-user.
-fn is_per_user(sql_table: &str) -> bool {
-    TABLES.iter().any(|(_, sql, per_user)| *per_user && *sql == sql_table)
+/// Writes a transaction queues before it sends them.
+const MAX_QUEUED: usize = 64;
+
+/// The upsert of a table (built once per table). A per-user row keeps its namespace when
+/// replaced (the host's scope `*` may update any row but create none); a new one takes
+/// the transaction's.
+fn insert_sql(table: &str) -> &'static str {
+    static SQL: std::sync::OnceLock<HashMap<&'static str, String>> = std::sync::OnceLock::new();
+    let all = SQL.get_or_init(|| {
+        TABLES
+            .iter()
+            .map(|(_, t, per_user)| {
+                let values = if *per_user {
+                    format!(", ns) VALUES ($1, $2, $3, COALESCE((SELECT ns FROM {t} WHERE k = $1), current_setting('credhost.namespace', true)))")
+                } else {
+                    ") VALUES ($1, $2, $3)".to_owned()
+                };
+                (*t, format!("INSERT INTO {t} (k, kr, v{values} ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v, kr = EXCLUDED.kr"))
+            })
+            .collect()
+    });
+    all.get(table).map(String::as_str).unwrap_or_else(|| panic!("{table} is not in pg::TABLES"))
 }
+
 
 /// The schema versions this build knows, in order; each applied once, in a transaction.
 /// Never edit one that has shipped: add the next.
@@ -139,6 +163,12 @@ fn message(e: &tokio_postgres::Error) -> String {
     }
 }
 
+/// Whether a PostgreSQL URL holds a password (`user:pw@` or `?password=`), which would
+/// end up in logs and process listings.
+pub fn carries_password(url: &str) -> bool {
+    url::Url::parse(url).is_ok_and(|u| u.password().is_some() || u.query_pairs().any(|(k, _)| k == "password"))
+}
+
 /// A namespace as the `ns` column and `credhost.namespace` hold it: 32 hex digits.
 pub(crate) fn namespace_label(ns: super::NamespaceId) -> String {
     format!("{:032x}", ns.key())
@@ -179,7 +209,7 @@ struct PoolState {
 impl Pg {
     /// Connects, applies the migrations this build knows and checks the role.
     pub(crate) fn connect(opts: &PgOptions) -> Result<Pg> {
-        if opts.url.contains('@') && url::Url::parse(&opts.url).is_ok_and(|u| u.password().is_some()) {
+        if carries_password(&opts.url) {
             return Err(StoreError::Invalid(
                 "the PostgreSQL URL carries a password: give it in CREDHOST_POSTGRES_PASSWORD or a password file".into(),
             ));
@@ -397,7 +427,7 @@ impl Pg {
             }
             *busy = true;
         }
-        let mut tx = Tx { pg: self.clone(), conn: Mutex::new(None), write, done: false };
+        let mut tx = Tx { pg: self.clone(), conn: Mutex::new(None), queued: Mutex::default(), write, done: false };
         let mut conn = tx.pg.checkout()?;
         // The scope is a UUID or `*` (checked by the caller): safe to format.
         debug_assert!(scope == "*" || scope.chars().all(|c| c.is_ascii_hexdigit()));
@@ -429,7 +459,7 @@ impl Pg {
         let mut conn = self.open_conn(false)?;
         // The host's scope: row-level security is forced on the tables' owner too.
         self.batch(&mut conn, "BEGIN; SELECT set_config('credhost.namespace', '*', true)")?;
-        Ok(Tx { pg: self.clone(), conn: Mutex::new(Some(conn)), write: true, done: false })
+        Ok(Tx { pg: self.clone(), conn: Mutex::new(Some(conn)), queued: Mutex::default(), write: true, done: false })
     }
 }
 
@@ -438,6 +468,8 @@ impl Pg {
 pub(crate) struct Tx {
     pg: Arc<Pg>,
     conn: Mutex<Option<Conn>>,
+    /// Writes not sent yet (see [`Tx::flush`]).
+    queued: Mutex<Vec<(&'static str, Vec<Vec<u8>>)>>,
     write: bool,
     /// Committed, rolled back, or a read (nothing to end now).
     done: bool,
@@ -451,7 +483,37 @@ impl Tx {
     }
 
     fn query(&self, sql: &str, params: Vec<Vec<u8>>) -> Result<Vec<tokio_postgres::Row>> {
+        self.flush()?;
         self.with(|pg, conn| pg.query(conn, sql, params))
+    }
+
+    /// Sends the queued writes, pipelined (one round trip for all of them), in order.
+    /// Every read and the commit call it first, so a transaction reads its own writes.
+    fn flush(&self) -> Result<()> {
+        let queued = std::mem::take(&mut *self.queued.lock().unwrap_or_else(PoisonError::into_inner));
+        if queued.is_empty() {
+            return Ok(());
+        }
+        self.with(|pg, conn| {
+            let mut stmts = Vec::with_capacity(queued.len());
+            for (sql, params) in queued {
+                stmts.push((pg.prepare(conn, sql)?, params));
+            }
+            let client = conn.client.clone();
+            pg.block(async move {
+                let sends = stmts.iter().map(|(stmt, params)| {
+                    let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+                        params.iter().map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
+                    let client = &client;
+                    async move { client.execute(stmt, &refs).await }
+                });
+                // Polled in order, so sent in order; the first error is PostgreSQL's (the
+                // later ones only say the transaction is aborted).
+                futures_util::future::join_all(sends).await.into_iter().collect::<std::result::Result<Vec<u64>, _>>()
+            })
+            .map_err(db_err)?;
+            Ok(())
+        })
     }
 
     pub(crate) fn get(&self, table: &str, k: Vec<u8>) -> Result<Option<Vec<u8>>> {
@@ -460,6 +522,7 @@ impl Tx {
     }
 
     pub(crate) fn get_many(&self, table: &str, keys: Vec<Vec<u8>>) -> Result<HashMap<Vec<u8>, Vec<u8>>> {
+        self.flush()?;
         let sql = format!("SELECT k, v FROM {table} WHERE k = ANY($1)");
         let rows = self.with(|pg, conn| {
             let stmt = pg.prepare(conn, &sql)?;
@@ -469,25 +532,18 @@ impl Tx {
         Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
-    pub(crate) fn insert(&self, table: &str, k: Vec<u8>, kr: Vec<u8>, v: Vec<u8>) -> Result<Option<Vec<u8>>> {
-        // A per-user row keeps its namespace when replaced (the host's scope `*` may
-        // update any row but create none); a new one takes the transaction's.
-        let ns = if is_per_user(table) {
-            ", ns) VALUES ($1, $2, $3, COALESCE((SELECT ns FROM old), current_setting('credhost.namespace', true)))"
-        } else {
-            ") VALUES ($1, $2, $3)"
+    /// Inserts or replaces a row: queued, sent with the next read or the commit.
+    pub(crate) fn insert(&self, table: &'static str, k: Vec<u8>, kr: Vec<u8>, v: Vec<u8>) -> Result<()> {
+        let sql = insert_sql(table);
+        let full = {
+            let mut queued = self.queued.lock().unwrap_or_else(PoisonError::into_inner);
+            queued.push((sql, vec![k, kr, v]));
+            queued.len() >= MAX_QUEUED
         };
-        let rows = self.query(
-            &format!(
-                "WITH old AS (SELECT v, {} FROM {table} WHERE k = $1), \
-                 up AS (INSERT INTO {table} (k, kr, v{ns} \
-                        ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v, kr = EXCLUDED.kr) \
-                 SELECT v FROM old",
-                if is_per_user(table) { "ns" } else { "NULL AS ns" }
-            ),
-            vec![k, kr, v],
-        )?;
-        Ok(rows.first().map(|r| r.get(0)))
+        if full {
+            self.flush()?;
+        }
+        Ok(())
     }
 
     pub(crate) fn remove(&self, table: &str, k: Vec<u8>) -> Result<Option<Vec<u8>>> {
@@ -548,10 +604,19 @@ impl Tx {
 
     /// Commits (durably unless `lazy`: then PostgreSQL's `synchronous_commit = off`).
     pub(crate) fn commit(mut self, lazy: bool) -> Result<()> {
-        // A durable commit also covers the lazy ones before it only if it writes a commit
-        // record, which needs a transaction id: an empty one (flushing lazy audit records)
-        // takes one.
-        let sql = if lazy { "SET LOCAL synchronous_commit = off; COMMIT" } else { "SELECT pg_current_xact_id(); COMMIT" };
+        self.flush()?;
+        // Group commit: the transaction commits without waiting for the disk, which ends it
+        // and frees the write lock at once; then a transaction of its own that only takes a
+        // transaction id commits synchronously, and its flush covers this commit's WAL and
+        // that of every commit before it. Writers thus hold the lock for no fsync, and the
+        // flushes of concurrent writers are grouped by PostgreSQL. Answered only after that
+        // flush (others may see the write a moment before it, as with redb's group commit;
+        // a crash then loses it, unanswered). `lazy`: no flush at all.
+        let sql = if lazy {
+            "SET LOCAL synchronous_commit = off; COMMIT"
+        } else {
+            "SET LOCAL synchronous_commit = off; COMMIT; BEGIN; SELECT pg_current_xact_id(); COMMIT"
+        };
         let res = self.with(|pg, conn| pg.batch(conn, sql));
         self.done = true;
         if res.is_err() {
