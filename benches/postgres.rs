@@ -18,7 +18,7 @@
 //! 4. The same creates (and list) on redb, one server, for reference.
 //!
 //! Before the phases it also prints PostgreSQL's durability settings and how many statements
-//! (round trips) one create and one list page take (`log_statement = all` for that span).
+//! (not round trips: a batch or a pipelined group is one round trip) one create and one list page take (`log_statement = all` for that span).
 //! Each server must answer `/readyz` with 200 before it is timed (it listens before its
 //! plugins are loaded, and API requests wait for them).
 //!
@@ -309,7 +309,7 @@ fn main() {
         ready(&http, &one.base).await;
 
         // What one create writes: rows and bytes added by sequential creates on a quiet server.
-        // Also how many statements (round trips) one create and one list page take.
+        // Also how many statements one create and one list page take.
         let (rows0, bytes0) = kv_totals(&pg, &cred_db);
         let probe = async {
             for i in 0..PROBE_CREATES {
@@ -398,7 +398,7 @@ fn main() {
         println!("postgres {settings}");
         println!("list_user_credentials {LIST_CREDS} (the lists read as a second user holding exactly these)");
         println!("create_rows_per_credential {rows_per_create:.1}");
-        println!("pg_statements_per_create {create_stmts:.1} (round trips, as PostgreSQL logged them)");
+        println!("pg_statements_per_create {create_stmts:.1} (as PostgreSQL logged them; batches and pipelined writes share a round trip)");
         println!("pg_statements_per_list25 {list_stmts} (user with {LIST_CREDS} credentials)");
         let value_len = row_bytes.saturating_sub(16).max(1);
         println!("raw_row_bytes {row_bytes} (key 16 + value {value_len}; = bytes of the kv rows one create adds)");
