@@ -179,6 +179,11 @@ fn ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
+/// Statement parameters as tokio-postgres takes them.
+fn refs(params: &[Vec<u8>]) -> Vec<&(dyn tokio_postgres::types::ToSql + Sync)> {
+    params.iter().map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync)).collect()
+}
+
 /// A pooled connection and its prepared statements.
 struct Conn {
     client: Arc<Client>,
@@ -354,11 +359,7 @@ impl Pg {
     fn query(&self, conn: &mut Conn, sql: &str, params: Vec<Vec<u8>>) -> Result<Vec<tokio_postgres::Row>> {
         let stmt = self.prepare(conn, sql)?;
         let client = conn.client.clone();
-        self.block(async move {
-            let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
-                params.iter().map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
-            client.query(&stmt, &refs).await
-        })
+        self.block(async move { client.query(&stmt, &refs(&params)).await })
         .map_err(db_err)
     }
 
@@ -482,37 +483,50 @@ impl Tx {
         f(&self.pg, conn)
     }
 
+    /// Runs a statement after the queued writes, in the same round trip (pipelined).
     fn query(&self, sql: &str, params: Vec<Vec<u8>>) -> Result<Vec<tokio_postgres::Row>> {
-        self.flush()?;
-        self.with(|pg, conn| pg.query(conn, sql, params))
+        Ok(self.send(Some((sql, params)))?.unwrap_or_default())
     }
 
-    /// Sends the queued writes, pipelined (one round trip for all of them), in order.
-    /// Every read and the commit call it first, so a transaction reads its own writes.
+    /// Sends the queued writes. Every read and the commit send them first (see
+    /// [`Tx::query`]), so a transaction reads its own writes.
     fn flush(&self) -> Result<()> {
+        self.send(None).map(|_| ())
+    }
+
+    /// Sends the queued writes and then `last`, pipelined (one round trip for all), in
+    /// order; returns `last`'s rows.
+    fn send(&self, last: Option<(&str, Vec<Vec<u8>>)>) -> Result<Option<Vec<tokio_postgres::Row>>> {
         let queued = std::mem::take(&mut *self.queued.lock().unwrap_or_else(PoisonError::into_inner));
-        if queued.is_empty() {
-            return Ok(());
-        }
         self.with(|pg, conn| {
-            let mut stmts = Vec::with_capacity(queued.len());
+            let mut writes = Vec::with_capacity(queued.len());
             for (sql, params) in queued {
-                stmts.push((pg.prepare(conn, sql)?, params));
+                writes.push((pg.prepare(conn, sql)?, params));
             }
+            let last = match last {
+                Some((sql, params)) => Some((pg.prepare(conn, sql)?, params)),
+                None if writes.is_empty() => return Ok(None),
+                None => None,
+            };
             let client = conn.client.clone();
             pg.block(async move {
-                let sends = stmts.iter().map(|(stmt, params)| {
-                    let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
-                        params.iter().map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
+                let sends = writes.iter().map(|(stmt, params)| {
                     let client = &client;
-                    async move { client.execute(stmt, &refs).await }
+                    async move { client.execute(stmt, &refs(params)).await.map(|_| ()) }
                 });
+                let read = async {
+                    match &last {
+                        Some((stmt, params)) => client.query(stmt, &refs(params)).await.map(Some),
+                        None => Ok(None),
+                    }
+                };
                 // Polled in order, so sent in order; the first error is PostgreSQL's (the
                 // later ones only say the transaction is aborted).
-                futures_util::future::join_all(sends).await.into_iter().collect::<std::result::Result<Vec<u64>, _>>()
+                let (written, read) = futures_util::future::join(futures_util::future::join_all(sends), read).await;
+                written.into_iter().collect::<std::result::Result<Vec<()>, _>>()?;
+                read
             })
-            .map_err(db_err)?;
-            Ok(())
+            .map_err(db_err)
         })
     }
 
