@@ -139,14 +139,14 @@ async fn test_status(api: &Api, token: &str, id: &str) -> String {
     r.json()["status"].as_str().unwrap_or_default().to_string()
 }
 
-/// The namespace setting (`credhost.namespace`) of a user: its namespace exactly as
-/// `GET /api/admin/users` shows it (the store's `ns` column holds the same text).
+/// The namespace setting (`credhost.namespace`) of a user, from `GET /api/admin/users`:
+/// the namespace uuid as 32 lowercase hex digits, no dashes (the store's `ns` column).
 async fn namespace_of(api: &Api, admin: &str, user: &str) -> String {
     let r = api.get("/api/admin/users", Some(admin)).await;
     r.expect(200);
     let users = r.json();
     let u = users.as_array().unwrap().iter().find(|u| u["name"] == user).unwrap_or_else(|| panic!("no {user}: {users}"));
-    u["namespace"].as_str().expect("namespace").to_string()
+    u["namespace"].as_str().expect("namespace").replace('-', "").to_ascii_lowercase()
 }
 
 /// The leak check on everything the servers printed, and a sanity check that the guard did work.

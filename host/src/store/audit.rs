@@ -476,16 +476,28 @@ impl Store {
         let mut scan = Scan { query, limit, budget: scan_budget(limit), items: Vec::new(), examined: 0, last: 0, resume: None };
         if let Some(ns) = query.namespace {
             let index = txn.open_table(AUDIT_BY_NS)?;
-            for row in index.range((ns.key(), 0)..(ns.key(), before))?.rev() {
-                let seq = row?.0.value().1;
-                if scan.out_of_time() {
+            // Records in chunks of the index, each read in one go (one statement on
+            // PostgreSQL), examined in order.
+            let mut rows = index.range((ns.key(), 0)..(ns.key(), before))?.rev();
+            'chunks: loop {
+                let mut seqs = Vec::with_capacity(64);
+                for row in rows.by_ref() {
+                    seqs.push(row?.0.value().1);
+                    if seqs.len() == 64 {
+                        break;
+                    }
+                }
+                if seqs.is_empty() {
                     break;
                 }
-                let v = table
-                    .get(seq)?
-                    .ok_or_else(|| StoreError::Corrupt(format!("audit index names missing record {seq}")))?;
-                if scan.examine(dec(v.value(), "audit record")?) {
-                    break;
+                for (seq, v) in seqs.iter().zip(table.get_many(&seqs)?) {
+                    if scan.out_of_time() {
+                        break 'chunks;
+                    }
+                    let v = v.ok_or_else(|| StoreError::Corrupt(format!("audit index names missing record {seq}")))?;
+                    if scan.examine(dec(v.value(), "audit record")?) {
+                        break 'chunks;
+                    }
                 }
             }
         } else {
