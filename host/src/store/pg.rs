@@ -201,8 +201,9 @@ pub(crate) struct Pg {
     freed: Condvar,
     max: usize,
     /// One write transaction per process at a time (the advisory lock makes it one across
-    /// replicas): a writer waiting for the lock never holds a second connection.
-    writer: Mutex<bool>,
+    /// replicas): a writer waiting for the lock never holds a second connection. Turns
+    /// are served in arrival order (next ticket, ticket served), so no writer starves.
+    writer: Mutex<(u64, u64)>,
     writer_freed: Condvar,
 }
 
@@ -250,7 +251,7 @@ impl Pg {
             pool: Mutex::new(PoolState { idle: Vec::new(), open: 0 }),
             freed: Condvar::new(),
             max: opts.pool.max(2),
-            writer: Mutex::new(false),
+            writer: Mutex::new((0, 0)),
             writer_freed: Condvar::new(),
         };
         pg.migrate()?;
@@ -422,13 +423,14 @@ impl Pg {
     /// Begins a transaction in `scope` (a namespace id, or `*` for the host's own work).
     pub(crate) fn begin(self: &Arc<Self>, write: bool, scope: &str) -> Result<Tx> {
         if write {
-            let mut busy = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
-            while *busy {
-                busy = self.writer_freed.wait(busy).unwrap_or_else(PoisonError::into_inner);
+            let mut turns = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+            let ticket = turns.0;
+            turns.0 += 1;
+            while turns.1 != ticket {
+                turns = self.writer_freed.wait(turns).unwrap_or_else(PoisonError::into_inner);
             }
-            *busy = true;
         }
-        let mut tx = Tx { pg: self.clone(), conn: Mutex::new(None), queued: Mutex::default(), write, done: false };
+        let mut tx = Tx { pg: self.clone(), conn: Mutex::new(None), queued: Mutex::default(), turn: write, done: false };
         let mut conn = tx.pg.checkout()?;
         // The scope is a UUID or `*` (checked by the caller): safe to format.
         debug_assert!(scope == "*" || scope.chars().all(|c| c.is_ascii_hexdigit()));
@@ -460,7 +462,7 @@ impl Pg {
         let mut conn = self.open_conn(false)?;
         // The host's scope: row-level security is forced on the tables' owner too.
         self.batch(&mut conn, "BEGIN; SELECT set_config('credhost.namespace', '*', true)")?;
-        Ok(Tx { pg: self.clone(), conn: Mutex::new(Some(conn)), queued: Mutex::default(), write: true, done: false })
+        Ok(Tx { pg: self.clone(), conn: Mutex::new(Some(conn)), queued: Mutex::default(), turn: false, done: false })
     }
 }
 
@@ -471,7 +473,8 @@ pub(crate) struct Tx {
     conn: Mutex<Option<Conn>>,
     /// Writes not sent yet (see [`Tx::flush`]).
     queued: Mutex<Vec<(&'static str, Vec<Vec<u8>>)>>,
-    write: bool,
+    /// Holds this process's writer turn (see [`Pg::writer`]) until it gives it back.
+    turn: bool,
     /// Committed, rolled back, or a read (nothing to end now).
     done: bool,
 }
@@ -626,13 +629,13 @@ impl Tx {
         // flushes of concurrent writers are grouped by PostgreSQL. Answered only after that
         // flush (others may see the write a moment before it, as with redb's group commit;
         // a crash then loses it, unanswered). `lazy`: no flush at all.
-        let sql = if lazy {
-            "SET LOCAL synchronous_commit = off; COMMIT"
-        } else {
-            "SET LOCAL synchronous_commit = off; COMMIT; BEGIN; SELECT pg_current_xact_id(); COMMIT"
-        };
-        let res = self.with(|pg, conn| pg.batch(conn, sql));
+        let mut res = self.with(|pg, conn| pg.batch(conn, "SET LOCAL synchronous_commit = off; COMMIT"));
         self.done = true;
+        // The next writer of this process may go on while this one waits for the disk.
+        self.give_turn_back();
+        if res.is_ok() && !lazy {
+            res = self.with(|pg, conn| pg.batch(conn, "BEGIN; SELECT pg_current_xact_id(); COMMIT"));
+        }
         if res.is_err() {
             // The connection's state is unknown: do not reuse it.
             self.conn.get_mut().unwrap_or_else(PoisonError::into_inner).take();
@@ -640,6 +643,15 @@ impl Tx {
             self.pg.freed.notify_one();
         }
         res
+    }
+}
+
+impl Tx {
+    fn give_turn_back(&mut self) {
+        if std::mem::take(&mut self.turn) {
+            self.pg.writer.lock().unwrap_or_else(PoisonError::into_inner).1 += 1;
+            self.pg.writer_freed.notify_all();
+        }
     }
 }
 
@@ -655,10 +667,7 @@ impl Drop for Tx {
                 self.pg.checkin(conn);
             }
         }
-        if self.write {
-            *self.pg.writer.lock().unwrap_or_else(PoisonError::into_inner) = false;
-            self.pg.writer_freed.notify_one();
-        }
+        self.give_turn_back();
     }
 }
 
