@@ -194,7 +194,8 @@ struct Conn {
 
 /// The backend: a runtime for tokio-postgres and a pool of connections.
 pub(crate) struct Pg {
-    rt: tokio::runtime::Runtime,
+    /// Taken only by `drop`.
+    rt: Option<tokio::runtime::Runtime>,
     config: tokio_postgres::Config,
     role: String,
     pool: Mutex<PoolState>,
@@ -205,6 +206,16 @@ pub(crate) struct Pg {
     /// are served in arrival order (next ticket, ticket served), so no writer starves.
     writer: Mutex<(u64, u64)>,
     writer_freed: Condvar,
+}
+
+impl Drop for Pg {
+    /// Without blocking: a store may be dropped on an async thread, where a runtime's
+    /// blocking shutdown panics.
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 struct PoolState {
@@ -245,7 +256,7 @@ impl Pg {
             .build()
             .map_err(|e| StoreError::Postgres(format!("starting the PostgreSQL runtime: {e}")))?;
         let pg = Pg {
-            rt,
+            rt: Some(rt),
             config,
             role: opts.role.clone(),
             pool: Mutex::new(PoolState { idle: Vec::new(), open: 0 }),
@@ -261,9 +272,11 @@ impl Pg {
     /// Runs `fut` on the backend's runtime and waits for it (from any thread).
     fn block<T: Send + 'static>(&self, fut: impl std::future::Future<Output = T> + Send + 'static) -> T {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.rt.spawn(async move {
-            let _ = tx.send(fut.await);
-        });
+        if let Some(rt) = &self.rt {
+            rt.spawn(async move {
+                let _ = tx.send(fut.await);
+            });
+        }
         rx.recv().expect("the PostgreSQL runtime stopped")
     }
 
