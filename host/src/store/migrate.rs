@@ -45,6 +45,29 @@ enum NsOf {
     Credential,
 }
 
+/// Calls `$m!(TABLE, how its rows' namespace is found)` for every table, `meta` last.
+macro_rules! every_table {
+    ($m:ident) => {
+        $m!(NAMESPACES, NsOf::None);
+        $m!(USERS, NsOf::None);
+        $m!(CREDENTIALS, NsOf::Credential);
+        $m!(NAMES, NsOf::KeyNamespace);
+        $m!(VERSIONS, NsOf::KeyCredential);
+        $m!(AUDIT, NsOf::None);
+        $m!(TOKENS, NsOf::None);
+        $m!(AUDIT_BY_NS, NsOf::None);
+        $m!(OUTBOX, NsOf::None);
+        $m!(TEST_HISTORY, NsOf::KeyCredential);
+        $m!(MONITOR_DUE, NsOf::None);
+        $m!(VERSION_META, NsOf::KeyCredential);
+        $m!(ROTATION_KEYS, NsOf::KeyCredential);
+        $m!(WEBHOOKS, NsOf::KeyNamespace);
+        $m!(WEBHOOK_DELIVERIES, NsOf::None);
+        $m!(WEBHOOK_QUEUE, NsOf::None);
+        $m!(META, NsOf::None);
+    };
+}
+
 /// Copies the redb store at `src` into the database `opts` names (see the module docs).
 pub fn redb_to_postgres(
     src: &Path,
@@ -62,24 +85,39 @@ pub fn redb_to_postgres(
     let records = source.verify_audit()?;
     progress(&format!("source {}: audit chain intact ({records} records)", src.display()));
     let pg = Arc::new(Pg::connect(opts)?);
-    let existing = {
-        let tx = pg.raw()?;
-        let mut rows = 0;
-        for (_, sql, _) in pg::TABLES {
-            rows += tx.count(sql)?;
-        }
-        rows
+    let snap = source.begin_read()?;
+    let Read::Redb(_) = &snap.inner else {
+        return Err(StoreError::Invalid("the source is not a redb store".into()));
     };
+    // Rows per table on both sides, before anything is written.
+    let mut sizes: Vec<(&str, u64, u64)> = Vec::new();
+    {
+        let tx = pg.raw()?;
+        macro_rules! size {
+            ($def:expr, $ns:expr) => {{
+                let name = $def.name();
+                sizes.push((pg::TABLES.iter().find(|t| t.0 == name).map_or(name, |t| t.0), snap.open_table($def)?.len()?, tx.count(pg::table_name(name))?));
+            }};
+        }
+        every_table!(size);
+    }
+    let existing: u64 = sizes.iter().map(|t| t.2).sum();
     if existing > 0 && !resume {
         return Err(StoreError::Conflict(format!(
             "the target database is not empty ({existing} credhost rows): migrate into an empty database, \
              or pass --resume to continue an interrupted migration into it"
         )));
     }
-    let snap = source.begin_read()?;
-    let Read::Redb(_) = &snap.inner else {
-        return Err(StoreError::Invalid("the source is not a redb store".into()));
-    };
+    // A resume continues a copy of this source that stopped: no table may hold more rows
+    // than the source's, and a finished copy (its `meta` is copied last) must equal it.
+    // Anything else is a database in use, or another source's copy: refused untouched.
+    let finished = sizes.iter().any(|t| t.0 == "meta" && t.2 > 0);
+    if let Some((t, src, dst)) = sizes.iter().find(|(_, src, dst)| dst > src || (finished && dst != src)) {
+        return Err(StoreError::Conflict(format!(
+            "table {t}: {dst} rows in the target, {src} in the source: the target is not an interrupted copy \
+             of this source (a store in use since, or another one); nothing was written"
+        )));
+    }
     // Per-user rows keyed by a credential id take that credential's namespace.
     let mut owners: HashMap<u128, String> = HashMap::new();
     for row in snap.open_table(CREDENTIALS)?.iter()? {
@@ -98,23 +136,7 @@ pub fn redb_to_postgres(
             copy($def.name().to_owned(), n, total);
         }};
     }
-    copy!(NAMESPACES, NsOf::None);
-    copy!(USERS, NsOf::None);
-    copy!(CREDENTIALS, NsOf::Credential);
-    copy!(NAMES, NsOf::KeyNamespace);
-    copy!(VERSIONS, NsOf::KeyCredential);
-    copy!(AUDIT, NsOf::None);
-    copy!(TOKENS, NsOf::None);
-    copy!(AUDIT_BY_NS, NsOf::None);
-    copy!(OUTBOX, NsOf::None);
-    copy!(TEST_HISTORY, NsOf::KeyCredential);
-    copy!(MONITOR_DUE, NsOf::None);
-    copy!(VERSION_META, NsOf::KeyCredential);
-    copy!(ROTATION_KEYS, NsOf::KeyCredential);
-    copy!(WEBHOOKS, NsOf::KeyNamespace);
-    copy!(WEBHOOK_DELIVERIES, NsOf::None);
-    copy!(WEBHOOK_QUEUE, NsOf::None);
-    copy!(META, NsOf::None);
+    every_table!(copy);
     drop(snap);
     drop(source);
     // Every table of the backend is copied (a table added later must be added above).
