@@ -51,26 +51,9 @@ fn random_upper(n: usize) -> String {
     b.iter().map(|x| A[*x as usize % A.len()] as char).collect()
 }
 
-/// Fails (never skips) when a peer binary is missing, naming the package to install.
-fn need(path: &str, package: &str) {
-    assert!(
-        Path::new(path).exists(),
-        "{path} is missing: install the Debian package `{package}` (apt-get install -y {package}); \
-         this test needs the real peer and does not skip"
-    );
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+// Fails (never skips) when a peer binary is missing, naming the package to install; runs a
+// command to completion.
+use common::postgres::{need, run};
 
 fn wait_for_port(port: u16, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
