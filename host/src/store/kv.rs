@@ -211,7 +211,10 @@ impl<'t, K: OrdKey, V: Value + 'static> Table<'t, K, V> {
         match &self.imp {
             Imp::Write(t) => Ok(t.last()?.map(|(k, v)| (Guard::Redb(k), Guard::Redb(v)))),
             Imp::Read(t) => Ok(t.last()?.map(|(k, v)| (Guard::Redb(k), Guard::Redb(v)))),
-            Imp::Pg(..) => self.iter()?.next_back().transpose(),
+            Imp::Pg(tx, name, _) => {
+                let one = pg::Cursor::new(tx, name, Bound::Unbounded, Bound::Unbounded).one_at_a_time();
+                Range::<K, V>::Pg(one, PhantomData).next_back().transpose()
+            }
         }
     }
 
@@ -220,7 +223,10 @@ impl<'t, K: OrdKey, V: Value + 'static> Table<'t, K, V> {
     }
 
     pub(crate) fn is_empty(&self) -> Result<bool> {
-        redb_table!(&self.imp, t => Ok(t.is_empty()?), Imp::Pg(..) => Ok(self.iter()?.next().is_none()))
+        redb_table!(&self.imp, t => Ok(t.is_empty()?), Imp::Pg(tx, name, _) => {
+            let one = pg::Cursor::new(tx, name, Bound::Unbounded, Bound::Unbounded).one_at_a_time();
+            Ok(Range::<K, V>::Pg(one, PhantomData).next().transpose()?.is_none())
+        })
     }
 
     /// Removes the rows in `range` for which `keep` says false.

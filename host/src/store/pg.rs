@@ -610,7 +610,7 @@ impl Tx {
     }
 
     /// Rows of `table` in the bounds, ascending or descending, at most [`PAGE`].
-    fn page(&self, table: &str, lo: &Bound<Vec<u8>>, hi: &Bound<Vec<u8>>, asc: bool) -> Result<Vec<(Vec<u8>, Vec<u8>, Vec<u8>)>> {
+    fn page(&self, table: &str, lo: &Bound<Vec<u8>>, hi: &Bound<Vec<u8>>, asc: bool, limit: i64) -> Result<Vec<(Vec<u8>, Vec<u8>, Vec<u8>)>> {
         let mut sql = format!("SELECT k, kr, v FROM {table} WHERE true");
         let mut params = Vec::new();
         for (b, lt, le) in [(lo, ">", ">="), (hi, "<", "<=")] {
@@ -627,7 +627,7 @@ impl Tx {
             }
         }
         sql += if asc { " ORDER BY k ASC" } else { " ORDER BY k DESC" };
-        sql += &format!(" LIMIT {PAGE}");
+        sql += &format!(" LIMIT {limit}");
         let rows = self.query(&sql, params)?;
         Ok(rows.into_iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
     }
@@ -692,6 +692,8 @@ pub(crate) struct Cursor<'t> {
     lo: Bound<Vec<u8>>,
     hi: Bound<Vec<u8>>,
     exhausted: bool,
+    /// Rows per statement.
+    page: i64,
     /// Fetched rows (raw key, value), ascending.
     front: VecDeque<(Vec<u8>, Vec<u8>)>,
     back: VecDeque<(Vec<u8>, Vec<u8>)>,
@@ -699,7 +701,13 @@ pub(crate) struct Cursor<'t> {
 
 impl<'t> Cursor<'t> {
     pub(crate) fn new(tx: &'t Tx, table: &'static str, lo: Bound<Vec<u8>>, hi: Bound<Vec<u8>>) -> Self {
-        Cursor { tx, table, lo, hi, exhausted: false, front: VecDeque::new(), back: VecDeque::new() }
+        Cursor { tx, table, lo, hi, exhausted: false, page: PAGE, front: VecDeque::new(), back: VecDeque::new() }
+    }
+
+    /// For one row from either end (`first`, `last`, `is_empty`): fetches one at a time.
+    pub(crate) fn one_at_a_time(mut self) -> Self {
+        self.page = 1;
+        self
     }
 
     /// The next row from the front (`asc`) or the back.
@@ -709,14 +717,14 @@ impl<'t> Cursor<'t> {
             return Some(Ok(row));
         }
         if !self.exhausted {
-            let rows = match self.tx.page(self.table, &self.lo, &self.hi, asc) {
+            let rows = match self.tx.page(self.table, &self.lo, &self.hi, asc, self.page) {
                 Ok(r) => r,
                 Err(e) => {
                     self.exhausted = true;
                     return Some(Err(e));
                 }
             };
-            if (rows.len() as i64) < PAGE {
+            if (rows.len() as i64) < self.page {
                 self.exhausted = true;
             }
             if let Some((k, _, _)) = rows.last() {
