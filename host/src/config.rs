@@ -666,7 +666,8 @@ mod tests {
         assert!(e.contains("postgres_pool: 1"), "{e}");
         let e = check("[storage]\npostgres_role = \"a;drop\"\n").unwrap_err();
         assert!(e.contains("postgres_role"), "{e}");
-        assert!(Config::parse("[storage]\nbackend = \"sqlite\"\n").unwrap_err().contains("backend"));
+        let e = Config::parse("[storage]\nbackend = \"sqlite\"\n").unwrap_err();
+        assert!(e.contains("sqlite") && e.contains("postgres"), "{e}");
         let mut c = Config::parse("").unwrap();
         let e = c.apply_env(|k| (k == "CREDHOST_STORAGE_BACKEND").then(|| "mongo".to_string())).unwrap_err();
         assert!(e.contains("CREDHOST_STORAGE_BACKEND") && e.contains("mongo"), "{e}");
