@@ -383,19 +383,6 @@ pub enum StorageBackend {
     Postgres,
 }
 
-/// A URL for messages: any password replaced.
-pub(crate) fn url_without_password(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        Ok(u) => u.to_string(),
-        Err(_) if url.contains('@') => "(unparseable URL, not shown)".into(),
-        Err(_) => url.to_owned(),
-    }
-}
-
 /// `[storage] cache_mib` when not configured.
 pub const DEFAULT_CACHE_MIB: u64 = (crate::store::DEFAULT_CACHE_BYTES / (1024 * 1024)) as u64;
 /// The largest `[storage] cache_mib` accepted (64 GiB).
@@ -446,11 +433,9 @@ impl StorageConfig {
                 .ok()
                 .filter(|u| matches!(u.scheme(), "postgres" | "postgresql") && u.host_str().is_some());
             match parsed {
+                // Not echoed: a libpq keyword string (`host=... password=...`) is no URL.
                 None => {
-                    return Err(format!(
-                        "[storage] postgres_url: {:?} is not a postgres://user@host:port/database URL",
-                        crate::config::url_without_password(url)
-                    ))
+                    return Err("[storage] postgres_url: is not a postgres://user@host:port/database URL".into())
                 }
                 Some(_) if crate::store::pg::carries_password(url) => {
                     return Err("[storage] postgres_url: carries a password; give it in CREDHOST_POSTGRES_PASSWORD \
@@ -660,8 +645,10 @@ mod tests {
             let e = check(&format!("[storage]\nbackend = \"postgres\"\npostgres_url = \"{url}\"\n")).unwrap_err();
             assert!(e.contains("carries a password") && !e.contains("hunter2"), "{e}");
         }
-        let e = check("[storage]\nbackend = \"postgres\"\npostgres_url = \"mysql://x@db/c\"\n").unwrap_err();
-        assert!(e.contains("postgres_url") && e.contains("mysql://x@db/c"), "{e}");
+        for url in ["mysql://x@db/c", "host=db user=app password=hunter2 dbname=c"] {
+            let e = check(&format!("[storage]\nbackend = \"postgres\"\npostgres_url = \"{url}\"\n")).unwrap_err();
+            assert!(e.contains("postgres_url") && e.contains("is not a postgres://") && !e.contains("hunter2"), "{e}");
+        }
         let e = check("[storage]\npostgres_pool = 1\n").unwrap_err();
         assert!(e.contains("postgres_pool: 1"), "{e}");
         let e = check("[storage]\npostgres_role = \"a;drop\"\n").unwrap_err();

@@ -186,6 +186,10 @@ pub enum KeysCommand {
         /// Where to write the new key. Default: `<configured key file>.new`.
         #[arg(long, value_name = "FILE")]
         new_key_file: Option<PathBuf>,
+        /// PostgreSQL storage: every replica is stopped (required there: a replica still
+        /// running would go on with the old key, wrapping new data keys nobody can open).
+        #[arg(long)]
+        all_replicas_stopped: bool,
     },
     /// Check that the master key opens every namespace's data key.
     Verify,
@@ -418,7 +422,7 @@ fn flag_errors<'a>(fields: impl Iterator<Item = (&'a str, &'a str)>) -> String {
 }
 
 fn keys(config: &Config, connect: &remote::Connect, cmd: KeysCommand) -> Result<ExitCode, String> {
-    if let KeysCommand::Rotate { new_key_file } = &cmd {
+    if let KeysCommand::Rotate { new_key_file, .. } = &cmd {
         if connect.url.is_some() || remote::store_in_use(config) {
             return rotate_through_server(config, connect, new_key_file.clone());
         }
@@ -426,13 +430,14 @@ fn keys(config: &Config, connect: &remote::Connect, cmd: KeysCommand) -> Result<
     remote::refuse_if_in_use(config, "keys")?;
     let store = crate::app::open_store(config)?;
     match cmd {
-        KeysCommand::Rotate { new_key_file } => {
+        KeysCommand::Rotate { new_key_file, all_replicas_stopped } => {
             let source = crate::app::key_source(config);
             let new_key_file = new_key_path(&source, new_key_file)?;
-            if store.is_shared() {
-                eprintln!(
-                    "credhost: PostgreSQL storage: every replica must be stopped now, and started with the new key afterwards"
-                );
+            if store.is_shared() && !all_replicas_stopped {
+                return Err("PostgreSQL storage: stop every replica first (a replica still running would keep the old \
+                            key and wrap new users' data keys with it), then run this again with --all-replicas-stopped, \
+                            and start every replica with the new key"
+                    .into());
             }
             let new_key = MasterKey::generate().map_err(|e| e.to_string())?;
             write_new_key_file(&new_key_file, &new_key)?;

@@ -3,9 +3,10 @@
 //! (nothing is decrypted); the master key is needed only to check that it opens the source
 //! and to verify the audit chain on both sides.
 //!
-//! Rows go over in batches, each its own transaction, and a row already in the target is
-//! kept: an interrupted copy resumes (`--resume`) where it stopped. `meta` goes last, so a
-//! target whose copy did not finish holds no `meta` and no replica opens it as a store.
+//! Rows go over in batches, each its own transaction. `meta` goes last, so a target whose
+//! copy did not finish holds no `meta` and no replica opens it as a store; `--resume`
+//! brings such a target to the source's current state (rows upserted, rows the source no
+//! longer has removed), and writes nothing to a finished one.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -108,14 +109,16 @@ pub fn redb_to_postgres(
              or pass --resume to continue an interrupted migration into it"
         )));
     }
-    // A resume continues a copy of this source that stopped: no table may hold more rows
-    // than the source's, and a finished copy (its `meta` is copied last) must equal it.
-    // Anything else is a database in use, or another source's copy: refused untouched.
+    // A finished copy (its `meta` is copied last) may be in use by replicas: a resume
+    // writes nothing to it and only checks it equals the source (every write appends an
+    // audit record, so a store used since differs in `audit` at least). An unfinished one
+    // is brought to the source's current state: rows upserted, rows the source no longer
+    // has removed (the source may have been used between the runs).
     let finished = sizes.iter().any(|t| t.0 == "meta" && t.2 > 0);
-    if let Some((t, src, dst)) = sizes.iter().find(|(_, src, dst)| dst > src || (finished && dst != src)) {
+    if let Some((t, src, dst)) = sizes.iter().find(|(_, src, dst)| finished && dst != src) {
         return Err(StoreError::Conflict(format!(
-            "table {t}: {dst} rows in the target, {src} in the source: the target is not an interrupted copy \
-             of this source (a store in use since, or another one); nothing was written"
+            "table {t}: {dst} rows in the target, {src} in the source: the target is a finished copy that has \
+             been used since (or another store's); nothing was written"
         )));
     }
     // Per-user rows keyed by a credential id take that credential's namespace.
@@ -132,7 +135,12 @@ pub fn redb_to_postgres(
     };
     macro_rules! copy {
         ($def:expr, $ns:expr) => {{
-            let (n, total) = copy_table(&snap, &pg, $def, $ns, &owners)?;
+            let (n, total) = if finished {
+                let t = sizes.iter().find(|t| t.0 == $def.name()).expect("sized above");
+                (t.1, t.2)
+            } else {
+                copy_table(&snap, &pg, $def, $ns, &owners, resume)?
+            };
             copy($def.name().to_owned(), n, total);
         }};
     }
@@ -146,8 +154,7 @@ pub fn redb_to_postgres(
     }
     if let Some((t, n, total)) = report.tables.iter().find(|(_, n, total)| n != total) {
         return Err(StoreError::Conflict(format!(
-            "table {t}: {n} rows in the source but {total} in the target (the target holds rows the source \
-             does not: not a resume of this source)"
+            "table {t}: {n} rows in the source but {total} in the target after the copy (written to meanwhile?)"
         )));
     }
     // The target opened as every replica will open it: key check, chain, data keys.
@@ -170,15 +177,20 @@ fn copy_table<K: OrdKey, V: Value + 'static>(
     def: TableDefinition<K, V>,
     ns_of: NsOf,
     owners: &HashMap<u128, String>,
+    resume: bool,
 ) -> Result<(u64, u64)> {
     let sql_table = pg::table_name(def.name());
     let table = snap.open_table(def)?;
     let mut tx = pg.raw()?;
     let mut n = 0u64;
     let mut in_batch = 0;
+    let mut seen = std::collections::HashSet::new();
     for row in table.iter()? {
         let (k, v) = row?;
         let (key, value) = (k.value(), v.value());
+        if resume {
+            seen.insert(ord_key::<K>(&key));
+        }
         let ns = match ns_of {
             NsOf::None => None,
             NsOf::KeyNamespace | NsOf::KeyCredential => {
@@ -203,6 +215,10 @@ fn copy_table<K: OrdKey, V: Value + 'static>(
             tx = pg.raw()?;
             in_batch = 0;
         }
+    }
+    if resume {
+        let gone: Vec<Vec<u8>> = tx.keys(sql_table)?.into_iter().filter(|k| !seen.contains(k)).collect();
+        tx.remove_many(sql_table, gone)?;
     }
     let total = tx.count(sql_table)?;
     tx.commit(false)?;

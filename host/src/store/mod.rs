@@ -686,6 +686,22 @@ impl Store {
         }
         let key = format!("lease.{name}");
         let now = now_ms();
+        // A read first: held by another, or by this replica for more than half its time
+        // yet, needs no write (and no write lock).
+        let held: Option<Lease> = {
+            let snap = self.begin_read()?;
+            let meta = snap.open_table(META)?;
+            let raw = meta.get(key.as_str())?.map(|v| v.value().to_vec());
+            raw.map(|v| dec(&v, "lease")).transpose()?
+        };
+        if let Some(held) = held {
+            if held.holder != self.replica && held.until > now {
+                return Ok(false);
+            }
+            if held.holder == self.replica && held.until > now + ttl_ms / 2 {
+                return Ok(true);
+            }
+        }
         let txn = self.begin_write()?;
         {
             let mut meta = txn.open_table(META)?;

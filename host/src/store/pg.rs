@@ -97,7 +97,14 @@ fn insert_sql(table: &str) -> &'static str {
 
 /// The schema versions this build knows, in order; each applied once, in a transaction.
 /// Never edit one that has shipped: add the next.
-const MIGRATIONS: &[fn() -> String] = &[migration_1];
+const MIGRATIONS: &[fn() -> String] = &[migration_1, migration_2];
+
+/// One row per PostgreSQL backend process, rewritten by the flush that makes a group
+/// commit durable (see [`Tx::commit`]): a commit that wrote WAL is flushed synchronously,
+/// one that only took a transaction id is not.
+fn migration_2() -> String {
+    "CREATE TABLE credhost_flush (pid int PRIMARY KEY, n bigint NOT NULL);\n".into()
+}
 
 fn migration_1() -> String {
     let mut sql = String::new();
@@ -188,8 +195,6 @@ fn refs(params: &[Vec<u8>]) -> Vec<&(dyn tokio_postgres::types::ToSql + Sync)> {
 struct Conn {
     client: Arc<Client>,
     stmts: HashMap<String, Statement>,
-    /// A read transaction was left open: rolled back with the next statement batch.
-    open_read: bool,
 }
 
 /// The backend: a runtime for tokio-postgres and a pool of connections.
@@ -300,6 +305,8 @@ impl Pg {
                     .await
                     .map_err(|_| format!("{host}:{port}: timed out"))?
                     .map_err(|e| format!("{host}:{port}: {e}"))?;
+                // Pipelined batches must not wait for Nagle.
+                let _ = stream.set_nodelay(true);
                 let (client, conn) = config.connect_raw(stream, tls).await.map_err(|e| message(&e))?;
                 (client, tokio::spawn(async move { conn.await }))
             };
@@ -311,7 +318,7 @@ impl Pg {
             Ok::<_, String>(client)
         });
         let client = Arc::new(client.map_err(|e| StoreError::Postgres(format!("connecting to PostgreSQL: {e}")))?);
-        let mut conn = Conn { client, stmts: HashMap::new(), open_read: false };
+        let mut conn = Conn { client, stmts: HashMap::new() };
         if set_role {
             self.batch(&mut conn, &format!("SET ROLE {}", ident(&self.role))).map_err(|e| {
                 StoreError::Postgres(format!(
@@ -328,6 +335,11 @@ impl Pg {
         let mut st = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
             if let Some(c) = st.idle.pop() {
+                if c.client.is_closed() {
+                    // The server went away (a restart): open a fresh one instead.
+                    st.open -= 1;
+                    continue;
+                }
                 return Ok(c);
             }
             if st.open < self.max {
@@ -422,6 +434,7 @@ impl Pg {
                  EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END; \
                  END IF; END $$;\n\
                  GRANT SELECT ON credhost_schema TO {role};\n\
+                 GRANT SELECT, INSERT, UPDATE ON credhost_flush TO {role};\n\
                  GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {role};\n\
                  COMMIT;",
                 tables.join(", ")
@@ -443,14 +456,12 @@ impl Pg {
                 turns = self.writer_freed.wait(turns).unwrap_or_else(PoisonError::into_inner);
             }
         }
-        let mut tx = Tx { pg: self.clone(), conn: Mutex::new(None), queued: Mutex::default(), turn: write, done: false };
+        let mut tx =
+            Tx { pg: self.clone(), conn: Mutex::new(None), queued: Mutex::default(), turn: write, done: false, read: !write, pooled: true };
         let mut conn = tx.pg.checkout()?;
         // The scope is a UUID or `*` (checked by the caller): safe to format.
         debug_assert!(scope == "*" || scope.chars().all(|c| c.is_ascii_hexdigit()));
         let mut sql = String::new();
-        if conn.open_read {
-            sql += "ROLLBACK; ";
-        }
         if write {
             sql += &format!(
                 "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT set_config('credhost.namespace', '{scope}', true); \
@@ -462,10 +473,8 @@ impl Pg {
             );
         }
         let res = tx.pg.batch(&mut conn, &sql);
-        conn.open_read = !write;
         *tx.conn.get_mut().unwrap_or_else(PoisonError::into_inner) = Some(conn);
         res?;
-        tx.done = !write;
         Ok(tx)
     }
 
@@ -475,7 +484,7 @@ impl Pg {
         let mut conn = self.open_conn(false)?;
         // The host's scope: row-level security is forced on the tables' owner too.
         self.batch(&mut conn, "BEGIN; SELECT set_config('credhost.namespace', '*', true)")?;
-        Ok(Tx { pg: self.clone(), conn: Mutex::new(Some(conn)), queued: Mutex::default(), turn: false, done: false })
+        Ok(Tx { pg: self.clone(), conn: Mutex::new(Some(conn)), queued: Mutex::default(), turn: false, done: false, read: false, pooled: false })
     }
 }
 
@@ -488,8 +497,12 @@ pub(crate) struct Tx {
     queued: Mutex<Vec<(&'static str, Vec<Vec<u8>>)>>,
     /// Holds this process's writer turn (see [`Pg::writer`]) until it gives it back.
     turn: bool,
-    /// Committed, rolled back, or a read (nothing to end now).
+    /// Committed or rolled back.
     done: bool,
+    /// A read transaction (a write through it is refused).
+    read: bool,
+    /// From the pool (returned to it), or a connection of its own (closed after).
+    pooled: bool,
 }
 
 impl Tx {
@@ -564,6 +577,9 @@ impl Tx {
 
     /// Inserts or replaces a row: queued, sent with the next read or the commit.
     pub(crate) fn insert(&self, table: &'static str, k: Vec<u8>, kr: Vec<u8>, v: Vec<u8>) -> Result<()> {
+        if self.read {
+            return Err(StoreError::Corrupt("a write in a read transaction".into()));
+        }
         let sql = insert_sql(table);
         let full = {
             let mut queued = self.queued.lock().unwrap_or_else(PoisonError::into_inner);
@@ -588,21 +604,29 @@ impl Tx {
         Ok(())
     }
 
+    /// Every key of `table` (the migration's resume: rows the source no longer has).
+    pub(crate) fn keys(&self, table: &str) -> Result<Vec<Vec<u8>>> {
+        let rows = self.query(&format!("SELECT k FROM {table}"), vec![])?;
+        Ok(rows.into_iter().map(|r| r.get(0)).collect())
+    }
+
     pub(crate) fn count(&self, table: &str) -> Result<u64> {
         let rows = self.query(&format!("SELECT count(*) FROM {table}"), vec![])?;
         Ok(rows.first().map(|r| r.get::<_, i64>(0)).unwrap_or(0) as u64)
     }
 
-    /// Copies one row as it is, with its namespace (the migration from redb): kept when
-    /// the key is there already, so an interrupted copy resumes.
+    /// Copies one row as it is, with its namespace (the migration from redb); a row already
+    /// there (an interrupted copy) takes the source's current value.
     pub(crate) fn copy_row(&self, table: &str, k: Vec<u8>, kr: Vec<u8>, v: Vec<u8>, ns: Option<String>) -> Result<()> {
         match ns {
             Some(ns) => self.query(
-                &format!("INSERT INTO {table} (k, kr, v, ns) VALUES ($1, $2, $3, convert_from($4, 'UTF8')) ON CONFLICT (k) DO NOTHING"),
+                &format!("INSERT INTO {table} (k, kr, v, ns) VALUES ($1, $2, $3, convert_from($4, 'UTF8')) \
+                     ON CONFLICT (k) DO UPDATE SET kr = EXCLUDED.kr, v = EXCLUDED.v, ns = EXCLUDED.ns"),
                 vec![k, kr, v, ns.into_bytes()],
             )?,
             None => self.query(
-                &format!("INSERT INTO {table} (k, kr, v) VALUES ($1, $2, $3) ON CONFLICT (k) DO NOTHING"),
+                &format!("INSERT INTO {table} (k, kr, v) VALUES ($1, $2, $3) \
+                     ON CONFLICT (k) DO UPDATE SET kr = EXCLUDED.kr, v = EXCLUDED.v"),
                 vec![k, kr, v],
             )?,
         };
@@ -636,9 +660,10 @@ impl Tx {
     pub(crate) fn commit(mut self, lazy: bool) -> Result<()> {
         self.flush()?;
         // Group commit: the transaction commits without waiting for the disk, which ends it
-        // and frees the write lock at once; then a transaction of its own that only takes a
-        // transaction id commits synchronously, and its flush covers this commit's WAL and
-        // that of every commit before it. Writers thus hold the lock for no fsync, and the
+        // and frees the write lock at once; then a transaction of its own that writes one
+        // row (so its commit waits for the flush: one that writes no WAL would not) commits
+        // synchronously, and its flush covers this commit's WAL and that of every commit
+        // before it. Writers thus hold the lock for no fsync, and the
         // flushes of concurrent writers are grouped by PostgreSQL. Answered only after that
         // flush (others may see the write a moment before it, as with redb's group commit;
         // a crash then loses it, unanswered). `lazy`: no flush at all.
@@ -647,13 +672,22 @@ impl Tx {
         // The next writer of this process may go on while this one waits for the disk.
         self.give_turn_back();
         if res.is_ok() && !lazy {
-            res = self.with(|pg, conn| pg.batch(conn, "BEGIN; SELECT pg_current_xact_id(); COMMIT"));
+            // This session's own row: flushers never wait for each other's row locks.
+            res = self.with(|pg, conn| {
+                pg.batch(
+                    conn,
+                    "BEGIN; INSERT INTO credhost_flush (pid, n) VALUES (pg_backend_pid(), 1) \
+                     ON CONFLICT (pid) DO UPDATE SET n = credhost_flush.n + 1; COMMIT",
+                )
+            });
         }
         if res.is_err() {
             // The connection's state is unknown: do not reuse it.
             self.conn.get_mut().unwrap_or_else(PoisonError::into_inner).take();
-            self.pg.pool.lock().unwrap_or_else(PoisonError::into_inner).open -= 1;
-            self.pg.freed.notify_one();
+            if self.pooled {
+                self.pg.pool.lock().unwrap_or_else(PoisonError::into_inner).open -= 1;
+                self.pg.freed.notify_one();
+            }
         }
         res
     }
@@ -669,15 +703,20 @@ impl Tx {
 }
 
 impl Drop for Tx {
+    /// Ends the transaction (a read too: an open snapshot would hold back VACUUM and
+    /// block schema changes) and returns the connection.
     fn drop(&mut self) {
         let slot = self.conn.get_mut().unwrap_or_else(PoisonError::into_inner);
         if let Some(mut conn) = slot.take() {
-            if !self.done && self.pg.batch(&mut conn, "ROLLBACK").is_err() {
+            let ended = self.done || self.pg.batch(&mut conn, "ROLLBACK").is_ok();
+            if !self.pooled {
+                // Closed with the client; never counted in the pool.
+            } else if ended {
+                self.pg.checkin(conn);
+            } else {
                 // Left in an unknown state: closed with the client.
                 self.pg.pool.lock().unwrap_or_else(PoisonError::into_inner).open -= 1;
                 self.pg.freed.notify_one();
-            } else {
-                self.pg.checkin(conn);
             }
         }
         self.give_turn_back();
