@@ -338,6 +338,9 @@ fn name_taken(
     Ok(StoreError::NameTaken { name, deleted: holder.deleted_at.map(|_| holder.id) })
 }
 
+/// Records a listing reads at once.
+const LIST_CHUNK: usize = 128;
+
 /// Loads a credential of `ns` (deleted or not). Another namespace's id is `NotFound`.
 pub(super) fn load(
     table: &Table<'_, u128, &'static [u8]>,
@@ -523,7 +526,8 @@ impl Store {
         let mut next_cursor = None;
         let mut total = 0;
         let now = now_ms();
-        // The names first, then their records in one read (one statement on PostgreSQL).
+        // The names first, then their records a chunk at a time (one statement per chunk on
+        // PostgreSQL).
         let mut indexed: Vec<(String, u128)> = Vec::new();
         for row in names.range::<(u128, &str)>((ns.key(), from)..)? {
             let (k, v) = row?;
@@ -533,33 +537,35 @@ impl Store {
             }
             indexed.push((name.to_owned(), v.value()));
         }
-        let ids: Vec<u128> = indexed.iter().map(|(_, id)| *id).collect();
-        let records = creds.get_many(&ids)?;
-        for ((name, _), raw) in indexed.iter().zip(records) {
-            let name = name.as_str();
-            let missing = || StoreError::Corrupt(format!("name index points to a missing credential ({name:?})"));
-            let raw = raw.ok_or_else(missing)?;
-            let listed: Listed = dec(raw.value(), "credential")?;
-            if !query.keeps(&listed, now) {
-                continue;
-            }
-            total += 1;
-            if after.as_deref().is_some_and(|a| name <= a) {
-                continue;
-            }
-            if items.len() == limit {
-                // There is at least one more: the page ends at the last item taken.
-                if next_cursor.is_none() {
-                    let last: &Credential = items.last().expect("limit >= 1");
-                    next_cursor = Some(URL_SAFE_NO_PAD.encode(last.name.as_bytes()));
+        // In chunks, so a page holds a chunk's records at a time, not the whole namespace's.
+        for chunk in indexed.chunks(LIST_CHUNK) {
+            let ids: Vec<u128> = chunk.iter().map(|(_, id)| *id).collect();
+            for ((name, _), raw) in chunk.iter().zip(creds.get_many(&ids)?) {
+                let name = name.as_str();
+                let missing = || StoreError::Corrupt(format!("name index points to a missing credential ({name:?})"));
+                let raw = raw.ok_or_else(missing)?;
+                let listed: Listed = dec(raw.value(), "credential")?;
+                if !query.keeps(&listed, now) {
+                    continue;
                 }
-                continue;
+                total += 1;
+                if after.as_deref().is_some_and(|a| name <= a) {
+                    continue;
+                }
+                if items.len() == limit {
+                    // There is at least one more: the page ends at the last item taken.
+                    if next_cursor.is_none() {
+                        let last: &Credential = items.last().expect("limit >= 1");
+                        next_cursor = Some(URL_SAFE_NO_PAD.encode(last.name.as_bytes()));
+                    }
+                    continue;
+                }
+                let cred: Credential = dec(raw.value(), "credential")?;
+                if cred.namespace != ns {
+                    return Err(missing());
+                }
+                items.push(cred);
             }
-            let cred: Credential = dec(raw.value(), "credential")?;
-            if cred.namespace != ns {
-                return Err(missing());
-            }
-            items.push(cred);
         }
         Ok(Page { items, next_cursor, total })
     }
