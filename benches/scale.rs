@@ -201,6 +201,7 @@ fn scenario(rt: &tokio::runtime::Runtime, users: usize, creds: usize, cache: Opt
 
         // Credentials: item i belongs to user i % users, so concurrent creates hit many users.
         let total = users * creds;
+        eprintln!("scale: creating (server pid {})", srv.pid());
         let (create_lat, create_wall) = {
             let (http, url, tokens) = (http.clone(), format!("{base}/api/credentials"), user_tokens.clone());
             run_all(total, move |i| {
@@ -216,6 +217,7 @@ fn scenario(rt: &tokio::runtime::Runtime, users: usize, creds: usize, cache: Opt
             .await
         };
         let (rss_created, _) = rss_mib(srv.pid());
+        eprintln!("scale: listing (server pid {})", srv.pid());
         let list_lat = list_all(&http, &base, &user_tokens, creds).await;
         let (rss_listed, hwm) = rss_mib(srv.pid());
         tokio::time::sleep(IDLE).await;

@@ -8,6 +8,8 @@
 //! - group commit: creates/s from 1 thread and from `THREADS` threads sharing the store,
 //!   interleaved, their ratio (issue 17 target >= 5 at 16 threads) and the per-create
 //!   latency p50/p99 at both.
+//!
+//! `STORE_BENCH_ONLY=group` runs the group-commit phases alone (for a profiler).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -75,7 +77,8 @@ pub fn main() {
     let (mut raw_ops, mut raw_time) = (0u64, Duration::ZERO);
     let (mut store_ops, mut store_time) = (0u64, Duration::ZERO);
     let mut ids = vec![first.id];
-    for _ in 0..ROUNDS {
+    let only_group = std::env::var("STORE_BENCH_ONLY").is_ok_and(|v| v == "group");
+    for _ in 0..if only_group { 0 } else { ROUNDS } {
         let t = Instant::now();
         while t.elapsed() < PHASE {
             let mut txn = raw.begin_write().unwrap();
@@ -101,6 +104,10 @@ pub fn main() {
             store_ops += 1;
         }
         store_time += t.elapsed();
+    }
+    if only_group {
+        group_commit(&store, ns, next);
+        return;
     }
     let raw_rate = raw_ops as f64 / raw_time.as_secs_f64();
     let store_rate = store_ops as f64 / store_time.as_secs_f64();
@@ -130,7 +137,20 @@ pub fn main() {
     }
     let list_rate = lists as f64 / t.elapsed().as_secs_f64();
 
-    // Group commit: the same creates from 1 thread, then from THREADS threads, interleaved.
+    println!("value_bytes_per_commit {value_len}");
+    println!("raw_redb_durable_commits_per_s {raw_rate:.1}");
+    println!("store_durable_creates_per_s {store_rate:.1}");
+    println!("create_vs_raw_ratio {:.2}", store_rate / raw_rate);
+    println!("get_credential_per_s {get_rate:.0}");
+    println!(
+        "list_credentials_50_per_s {list_rate:.0} (namespace holds {} credentials)",
+        ids.len()
+    );
+    group_commit(&store, ns, next);
+}
+
+/// Group commit: the same creates from 1 thread, then from THREADS threads, interleaved.
+fn group_commit(store: &Arc<Store>, ns: credhost::store::NamespaceId, next: u64) {
     let next = Arc::new(AtomicU64::new(next));
     let (mut one, mut many) = ((0u64, Duration::ZERO, Vec::new()), (0u64, Duration::ZERO, Vec::new()));
     for _ in 0..ROUNDS {
@@ -169,15 +189,6 @@ pub fn main() {
     let one_rate = one.0 as f64 / one.1.as_secs_f64();
     let many_rate = many.0 as f64 / many.1.as_secs_f64();
 
-    println!("value_bytes_per_commit {value_len}");
-    println!("raw_redb_durable_commits_per_s {raw_rate:.1}");
-    println!("store_durable_creates_per_s {store_rate:.1}");
-    println!("create_vs_raw_ratio {:.2}", store_rate / raw_rate);
-    println!("get_credential_per_s {get_rate:.0}");
-    println!(
-        "list_credentials_50_per_s {list_rate:.0} (namespace holds {} credentials)",
-        ids.len()
-    );
     println!(
         "creates_1_thread_per_s {one_rate:.1} (p50 {:.2} ms, p99 {:.2} ms)",
         pct(&mut one.2, 0.5),

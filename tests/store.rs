@@ -1028,3 +1028,42 @@ fn store_is_shareable_and_opens_empty_or_foreign_files_sanely() {
         Err(StoreError::Corrupt(_))
     ));
 }
+
+/// The monitor's sweep schedules many credentials a chunk per write transaction: every
+/// one gets its due time (credential and due index agree), a deleted one none, an
+/// unknown id is skipped, and a second plan moves the times (old index entries gone).
+#[test]
+fn many_credentials_are_scheduled_a_chunk_at_a_time() {
+    let fx = Fixture::new();
+    let store = fx.open();
+    let a = store.add_user("admin", "alice", Role::User).unwrap();
+    let n = credhost::store::history::SCHEDULE_CHUNK * 2 + 7;
+    let ids: Vec<CredentialId> = (0..n)
+        .map(|i| {
+            store
+                .create_credential("alice", a.namespace, cred(&format!("c{i:04}"), "bearer_token", &[("token", "t")]))
+                .unwrap()
+                .id
+        })
+        .collect();
+    store.delete_credential("alice", a.namespace, ids[3]).unwrap();
+    let unknown: CredentialId = "0190a2b4-0000-7000-8000-000000000001".parse().unwrap();
+    let mut plans: Vec<(CredentialId, Option<u64>)> =
+        ids.iter().enumerate().map(|(i, id)| (*id, Some(1_000 + i as u64))).collect();
+    plans.push((unknown, Some(5)));
+    assert_eq!(store.schedule_tests(&plans).unwrap(), n, "every existing credential, not the unknown one");
+    let due = store.due_tests(u64::MAX, usize::MAX).unwrap();
+    assert_eq!(due.len(), n - 1, "all but the deleted one are due");
+    for (i, id) in ids.iter().enumerate() {
+        let c = store.credential_by_id(*id).unwrap().unwrap();
+        let want = (i != 3).then_some(1_000 + i as u64);
+        assert_eq!(c.monitor.next_test_at, want, "credential {i}");
+        assert_eq!(due.contains(&(1_000 + i as u64, *id)), i != 3, "due index entry of {i}");
+    }
+    // Moved: the index holds the new times only; unscheduled: gone.
+    let moved: Vec<_> = ids.iter().map(|id| (*id, Some(9_000))).chain([(ids[0], None)]).collect();
+    store.schedule_tests(&moved).unwrap();
+    let due = store.due_tests(u64::MAX, usize::MAX).unwrap();
+    assert_eq!(due.len(), n - 2, "{:?}", &due[..3]);
+    assert!(due.iter().all(|(at, id)| *at == 9_000 && *id != ids[0] && *id != ids[3]));
+}

@@ -275,6 +275,7 @@ impl Service {
         };
         let now = now_ms();
         let mut counts: HashMap<(String, Health), i64> = HashMap::new();
+        let mut plans = Vec::new();
         for c in creds {
             if c.deleted_at.is_some() {
                 continue;
@@ -299,10 +300,13 @@ impl Service {
                 _ => None,
             };
             if let Some(next) = next {
-                if let Err(e) = self.store.schedule_test(c.id, next, None) {
-                    tracing::error!(credential = %c.id, error = %e, "could not schedule a credential");
-                }
+                plans.push((c.id, next));
             }
+        }
+        // One write per chunk of credentials, not one each (a burst of creates would
+        // otherwise cost as many commits again at the next sweep).
+        if let Err(e) = self.store.schedule_tests(&plans) {
+            tracing::error!(error = %e, "could not schedule credentials");
         }
         let counts: Vec<(String, &'static str, i64)> =
             counts.into_iter().map(|((kind, h), n)| (kind, h.as_str(), n)).collect();

@@ -164,6 +164,25 @@ fn reschedule(txn: &Txn, id: CredentialId, old: Option<u64>, new: Option<u64>) -
     Ok(())
 }
 
+/// Credentials [`Store::schedule_tests`] reschedules per write transaction.
+pub const SCHEDULE_CHUNK: usize = 256;
+
+/// Moves a credential's next scheduled test to `next` (none for a deleted one) in `txn`;
+/// `None` when it does not exist.
+fn schedule_in(txn: &Txn, id: CredentialId, next: Option<u64>, failures: Option<u32>) -> Result<Option<Credential>> {
+    let mut creds = txn.open_table(CREDENTIALS)?;
+    let Some(raw) = creds.get(id.key())?.map(|v| v.value().to_vec()) else { return Ok(None) };
+    let mut cred: Credential = dec(&raw, "credential")?;
+    let next = if cred.deleted_at.is_some() { None } else { next };
+    reschedule(txn, id, cred.monitor.next_test_at, next)?;
+    cred.monitor.next_test_at = next;
+    if let Some(f) = failures {
+        cred.monitor.failures = f;
+    }
+    creds.insert(id.key(), enc(&cred).as_slice())?;
+    Ok(Some(cred))
+}
+
 /// Removes a credential's history and schedule entry (purge).
 pub(crate) fn forget(txn: &Txn, cred: &Credential) -> Result<()> {
     reschedule(txn, cred.id, cred.monitor.next_test_at, None)?;
@@ -267,21 +286,26 @@ impl Store {
     /// count. Not audited: schedule bookkeeping, not a change of the credential.
     pub fn schedule_test(&self, id: CredentialId, next: Option<u64>, failures: Option<u32>) -> Result<Option<Credential>> {
         let txn = self.begin_write()?;
-        let cred = {
-            let mut creds = txn.open_table(CREDENTIALS)?;
-            let Some(raw) = creds.get(id.key())?.map(|v| v.value().to_vec()) else { return Ok(None) };
-            let mut cred: Credential = dec(&raw, "credential")?;
-            let next = if cred.deleted_at.is_some() { None } else { next };
-            reschedule(&txn, id, cred.monitor.next_test_at, next)?;
-            cred.monitor.next_test_at = next;
-            if let Some(f) = failures {
-                cred.monitor.failures = f;
-            }
-            creds.insert(id.key(), enc(&cred).as_slice())?;
-            cred
-        };
+        let cred = schedule_in(&txn, id, next, failures)?;
         txn.commit()?;
-        Ok(Some(cred))
+        Ok(cred)
+    }
+
+    /// [`Store::schedule_test`] for many credentials (the monitor's sweep), without a
+    /// failure count: [`SCHEDULE_CHUNK`] of them per write transaction, so a sweep that
+    /// schedules thousands of new credentials costs a few commits, not one each, and
+    /// still holds the write lock only briefly at a time. Returns how many were scheduled;
+    /// on an error, the chunks before it stay committed.
+    pub fn schedule_tests(&self, plans: &[(CredentialId, Option<u64>)]) -> Result<usize> {
+        let mut done = 0;
+        for chunk in plans.chunks(SCHEDULE_CHUNK) {
+            let txn = self.begin_write()?;
+            for (id, next) in chunk {
+                done += usize::from(schedule_in(&txn, *id, *next, None)?.is_some());
+            }
+            txn.commit()?;
+        }
+        Ok(done)
     }
 
     /// Claims the scheduled test due at `at` for this process: moves it to `until` (the
