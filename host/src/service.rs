@@ -516,6 +516,9 @@ impl Service {
         let validated = self.run_validate(p, None, &plugin, input)?.map_err(ServiceError::InvalidFields)?;
         // A type may normalise the environment; one that does not echo it keeps the caller's.
         let environment = validated.environment.or(req.environment);
+        // The usual case (no setting of the owner's) is scheduled within the create: one
+        // write, not two. An owner's setting is applied (and audited) after it, as before.
+        let first_due = if req.monitor.is_none() { self.first_due(&plugin, &req.kind) } else { None };
         let new = NewCredential {
             name: req.name,
             kind: req.kind,
@@ -525,6 +528,7 @@ impl Service {
             environment,
             fields: validated.fields,
             secrets: validated.secrets,
+            monitor: crate::store::MonitorState { next_test_at: first_due, ..Default::default() },
         };
         if let Some(m) = &req.monitor {
             m.check()?;

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::{destination_names, Result, Service, ServiceError};
 use crate::config::MonitorConfig;
 use crate::plugins::{FieldError, Plugin};
-use crate::store::{now_ms, Credential, CredentialId, Health, Principal, Role, Scope, TestTrigger};
+use crate::store::{now_ms, Credential, CredentialId, Health, MonitorState, Principal, Role, Scope, TestTrigger};
 
 /// How often the sweep runs (see the module docs).
 pub const SWEEP_EVERY: Duration = Duration::from_secs(5);
@@ -76,14 +76,22 @@ impl Policy {
     /// type's test is not read-only, monitoring is off (deployment, type or credential),
     /// or it is soft-deleted. The operator's "off" for a type wins over an owner's interval.
     pub fn interval_for(&self, plugin: &Plugin, c: &Credential) -> Option<u64> {
-        if !self.enabled || !plugin.manifest.test_read_only || !c.monitor.enabled || c.deleted_at.is_some() {
+        if c.deleted_at.is_some() {
             return None;
         }
-        let by_type = self.types.get(&c.kind).copied();
+        self.interval_of(plugin, &c.kind, &c.monitor)
+    }
+
+    /// [`Policy::interval_for`] a live credential of type `kind` with monitoring `state`.
+    fn interval_of(&self, plugin: &Plugin, kind: &str, state: &MonitorState) -> Option<u64> {
+        if !self.enabled || !plugin.manifest.test_read_only || !state.enabled {
+            return None;
+        }
+        let by_type = self.types.get(kind).copied();
         if by_type == Some(0) {
             return None;
         }
-        Some(c.monitor.interval_secs.or(by_type).unwrap_or(self.interval_secs).max(1))
+        Some(state.interval_secs.or(by_type).unwrap_or(self.interval_secs).max(1))
     }
 
     /// The next due time after a test at `now`: the interval, doubled per consecutive
@@ -240,6 +248,15 @@ impl Service {
             Some(at) if keep && at <= max => Some(Some(at)),
             _ => Some(Some(policy.next_due(now, iv, 0))),
         }
+    }
+
+    /// The first due time of a new credential of type `kind` (`plugin`) with the default
+    /// monitoring state (`None`: not scheduled), so the create writes it in its own
+    /// transaction instead of a second write right after.
+    pub(crate) fn first_due(&self, plugin: &Plugin, kind: &str) -> Option<u64> {
+        let policy = self.monitor_policy()?;
+        let iv = policy.interval_of(plugin, kind, &MonitorState::default())?;
+        Some(policy.next_due(now_ms(), iv, 0))
     }
 
     /// One scheduled test of `c` (the scheduler's worker). A test that could not run (a

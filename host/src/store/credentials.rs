@@ -154,6 +154,9 @@ pub struct NewCredential {
     pub secrets: SecretMap,
     /// Destination binding sealed with the secrets (see [`BINDING_KEY`]).
     pub binding: Option<String>,
+    /// The monitoring state it starts with: a first due time set here is written with the
+    /// credential (and the due index) in the create's one transaction.
+    pub monitor: super::MonitorState,
 }
 
 /// Name under which a credential's destination binding (a digest of the fields that
@@ -444,7 +447,7 @@ impl Store {
                 updated_at: now,
                 deleted_at: None,
                 last_test: None,
-                monitor: Default::default(),
+                monitor: new.monitor,
                 version: 1,
                 pending_version: None,
                 fields: new.fields,
@@ -455,6 +458,7 @@ impl Store {
             names.insert((ns.key(), cred.name.as_str()), id.key())?;
             txn.open_table(VERSIONS)?
                 .insert((id.key(), 1u32), blob.as_slice())?;
+            super::history::reschedule(&txn, id, None, cred.monitor.next_test_at)?;
             cred
         };
         super::versions::record_current(&txn, &cred, actor, super::versions::VersionReason::Create, None)?;

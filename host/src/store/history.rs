@@ -150,7 +150,7 @@ fn health_event(txn: &Txn, cred: &Credential, from: Health, to: Health, summary:
 }
 
 /// Moves a credential's entry in the due index (the credential itself is written by the caller).
-fn reschedule(txn: &Txn, id: CredentialId, old: Option<u64>, new: Option<u64>) -> Result<()> {
+pub(crate) fn reschedule(txn: &Txn, id: CredentialId, old: Option<u64>, new: Option<u64>) -> Result<()> {
     if old == new {
         return Ok(());
     }
