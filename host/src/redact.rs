@@ -268,19 +268,32 @@ fn forms(v: &str) -> Vec<Vec<u8>> {
     let json = json.get(1..json.len().saturating_sub(1)).unwrap_or_default();
     out.push(json.replace('/', "\\/").into_bytes());
     out.push(json.as_bytes().to_vec());
-    let mut ascii = String::new();
+    // Hex digits written directly: a `format!` per character made building a scrubber
+    // (once per sandboxed call with secrets) a few percent of a create's CPU.
+    let mut ascii = String::with_capacity(v.len() * 6);
     for c in v.chars() {
         let mut units = [0u16; 2];
         for u in c.encode_utf16(&mut units) {
-            ascii.push_str(&format!("\\u{u:04x}"));
+            ascii.push_str("\\u");
+            push_hex(&mut ascii, &u.to_be_bytes());
         }
     }
     out.push(ascii.to_ascii_uppercase().replace("\\U", "\\u").into_bytes());
     out.push(ascii.into_bytes());
-    let hex: String = v.bytes().map(|b| format!("{b:02x}")).collect();
+    let mut hex = String::with_capacity(v.len() * 2);
+    push_hex(&mut hex, v.as_bytes());
     out.push(hex.to_ascii_uppercase().into_bytes());
     out.push(hex.into_bytes());
     out
+}
+
+/// Appends `bytes` as lower-case hex, two digits each.
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
 }
 
 /// `s` with the `digits` hex digits after each `lead` byte in lower case (the rest kept).
@@ -552,6 +565,18 @@ mod tests {
         for pre in ["", "x", "xy", "xyz"] {
             let out = scrub(&format!("{pre}{}", URL_SAFE_NO_PAD.encode("hunter2-secret")), [&s]);
             assert_eq!(out, REDACTED, "{pre}");
+        }
+    }
+
+    #[test]
+    fn hex_and_unicode_escape_forms_match_their_definition() {
+        for v in ["aZ09-_/+", "é€😀x"] {
+            let got = forms(v);
+            let hex: String = v.bytes().map(|b| format!("{b:02x}")).collect();
+            let esc: String = v.encode_utf16().map(|u| format!("\\u{u:04x}")).collect();
+            for want in [hex.clone(), hex.to_ascii_uppercase(), esc.clone(), esc.to_ascii_uppercase().replace("\\U", "\\u")] {
+                assert!(got.iter().any(|f| f.as_slice() == want.as_bytes()), "{v:?}: no form {want:?}");
+            }
         }
     }
 
