@@ -408,7 +408,8 @@ impl Store {
             }
         }
         let id = new_credential_id()?;
-        let txn = self.begin_write_in(ns)?;
+        // Creates come in bursts: one redb transaction may carry several (see `Group`).
+        let txn = self.begin_write_batched_in(ns)?;
         let cred = {
             let dek = self.dek_in(&txn.open_table(NAMESPACES)?, ns)?;
             let mut names = txn.open_table(NAMES)?;
@@ -453,6 +454,8 @@ impl Store {
                 fields: new.fields,
                 secrets,
             };
+            // Checked and sealed: an error from here on is the storage's.
+            txn.writing();
             txn.open_table(CREDENTIALS)?
                 .insert(id.key(), enc(&cred).as_slice())?;
             names.insert((ns.key(), cred.name.as_str()), id.key())?;
