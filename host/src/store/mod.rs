@@ -318,8 +318,12 @@ impl GroupState {
     }
 
     fn fail(&mut self, from: u64, upto: u64, kind: std::io::ErrorKind, msg: String) {
-        if self.failed.len() == MAX_FAILURES {
-            self.failed.remove(0);
+        // Only a failure no writer can still be waiting for (all of it at or below
+        // `durable`, which such a writer would otherwise mistake for its commit) goes.
+        if self.failed.len() >= MAX_FAILURES {
+            if let Some(i) = self.failed.iter().position(|f| f.1 <= self.durable) {
+                self.failed.remove(i);
+            }
         }
         self.failed.push((from, upto, kind, msg));
         // Used up: no later commit takes these numbers.
@@ -503,7 +507,7 @@ impl Slot {
             Some((mut txn, _)) => {
                 let seq = group.lock().committed + 1;
                 let _ = txn.set_durability(Durability::None);
-                let res = txn.commit();
+                let res = txn.commit().map_err(refused_carry);
                 group.record(&mut group.lock(), seq, res.as_ref().map(|()| false));
                 res?;
                 slot.txn = Some(db.begin_write()?);
@@ -535,18 +539,23 @@ impl Slot {
             let durable = match mode {
                 Mode::Durable => true,
                 Mode::Lazy => false,
-                Mode::Grouped => st.open <= 1 || seq - st.durable > MAX_BATCH,
+                // A full shared transaction is made durable too: a fsync covers at most
+                // MAX_BATCH operations' worth of waiting.
+                Mode::Grouped => st.open <= 1 || seq - st.durable > MAX_BATCH || self.carried + 1 >= MAX_BATCH,
             };
             (seq, durable)
         };
         // Only a persistent savepoint can refuse `None` (the store makes none): then durably.
         let durable = durable || inner.set_durability(Durability::None).is_err();
-        if durable {
-            inner.set_durability(Durability::Immediate).map_err(|e| {
+        let res = match durable {
+            true => inner.set_durability(Durability::Immediate).map_err(|e| {
                 redb::CommitError::Storage(redb::StorageError::Io(std::io::Error::other(e.to_string())))
-            })?;
-        }
-        let res = inner.commit();
+            }),
+            false => Ok(()),
+        };
+        // On an error the transaction is dropped here (aborted), like any failed commit.
+        let res = res.and_then(move |()| inner.commit());
+        let res = if self.carried > 0 { res.map_err(refused_carry) } else { res };
         {
             let mut st = group.lock();
             self.counted = false;
@@ -561,6 +570,17 @@ impl Slot {
     }
 }
 
+/// A shared transaction refused as poisoned committed nothing, so the operations it carried
+/// must get an error (a poisoned single transaction only leaves its waiters uncovered).
+fn refused_carry(e: redb::CommitError) -> redb::CommitError {
+    match e {
+        redb::CommitError::TransactionPoisoned => redb::CommitError::Storage(redb::StorageError::Io(
+            std::io::Error::other("a shared transaction was refused (poisoned); nothing of it was committed"),
+        )),
+        e => e,
+    }
+}
+
 impl Drop for Slot {
     /// An uncommitted transaction or a failed `begin_write` hands the turn on; a waiter
     /// may now have to lead. A batched operation that failed before writing hands a shared
@@ -570,7 +590,10 @@ impl Drop for Slot {
         let txn = self.txn.take();
         let mut st = self.group.lock();
         match txn {
-            Some(txn) if self.carried > 0 && !*self.wrote.get_mut() => st.carry = Some((txn, self.carried)),
+            // Unwinding: what the operation did is unknown, so it is treated as written.
+            Some(txn) if self.carried > 0 && !*self.wrote.get_mut() && !std::thread::panicking() => {
+                st.carry = Some((txn, self.carried))
+            }
             Some(txn) => {
                 drop(txn);
                 if self.carried > 0 {
@@ -1377,6 +1400,49 @@ mod tests {
         store.verify_audit().unwrap();
         let st = store.group.lock();
         assert_eq!((st.open, st.durable, st.carry.is_none()), (0, st.committed, true));
+    }
+
+    /// Another kind of writer arriving while a shared transaction is open commits it first
+    /// (without fsync), then its own: the create carried in it is answered only once
+    /// durable, whether the newcomer commits durably or lazily (then the carried writer
+    /// makes the durable commit itself).
+    #[test]
+    fn a_plain_writer_commits_the_shared_transaction_first() {
+        for lazy in [false, true] {
+            let (store, _) = failing_store();
+            let user = store.add_user("admin", "alice", Role::User).unwrap();
+            let first = store.begin_write_batched_in(user.namespace).unwrap();
+            first.writing();
+            audit::append(&first, AuditEntry::ok("t", "carried")).unwrap();
+            let behind = {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    let mut txn = store.begin_write().unwrap();
+                    if lazy {
+                        txn.set_durability(Durability::None).unwrap();
+                    }
+                    audit::append(&txn, AuditEntry::ok("t", "plain")).unwrap();
+                    txn.commit().unwrap();
+                })
+            };
+            while store.group.lock().open < 2 {
+                std::thread::yield_now();
+            }
+            first.commit().unwrap();
+            behind.join().unwrap();
+            let st = store.group.lock();
+            assert_eq!((st.open, st.durable, st.carry.is_none()), (0, st.committed, true), "lazy={lazy}");
+            assert!(st.failed.is_empty());
+            drop(st);
+            let actions: Vec<String> = store
+                .list_audit(&AuditQuery { limit: 1000, ..Default::default() })
+                .unwrap()
+                .into_iter()
+                .map(|r| r.action)
+                .collect();
+            assert!(actions.contains(&"carried".to_string()) && actions.contains(&"plain".to_string()), "{actions:?}");
+            store.verify_audit().unwrap();
+        }
     }
 
     /// A writer whose successors all end without a durable commit (one aborts, one commits
