@@ -167,6 +167,32 @@ fn round_trip_per_user() {
     assert!(store.verify_audit().unwrap() >= 6);
 }
 
+/// Credential ids are UUIDv7: creation millisecond first (so a burst of creates lands in
+/// the rightmost pages of each table), then 74 random bits (no counter to guess from).
+#[test]
+fn credential_ids_are_time_ordered_and_random() {
+    let fx = Fixture::new();
+    let store = fx.open();
+    let a = store.add_user("admin", "alice", Role::User).unwrap();
+    let ms = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let (before, mut ids) = (ms(), Vec::new());
+    for i in 0..200 {
+        let c = store.create_credential("alice", a.namespace, cred(&format!("c{i}"), "t", &[("k", "v")])).unwrap();
+        ids.push(*c.id.as_uuid());
+    }
+    let after = ms();
+    let stamps: Vec<u64> = ids.iter().map(|u| (u.as_u128() >> 80) as u64).collect();
+    assert!(ids.iter().all(|u| u.get_version_num() == 7), "every id is a v7");
+    assert!(stamps.iter().all(|&t| (before..=after).contains(&t)), "stamped with the creation ms");
+    assert!(stamps.windows(2).all(|w| w[0] <= w[1]), "in creation order");
+    // The 74 bits after the stamp (version and variant masked off) differ for every id,
+    // and not as a counter: consecutive ids of the same millisecond are not n, n+1.
+    let random: Vec<u128> = ids.iter().map(|u| u.as_u128() & ((1u128 << 80) - 1) & !(0xF << 76) & !(0x3 << 62)).collect();
+    assert_eq!(random.iter().collect::<BTreeSet<_>>().len(), ids.len());
+    let steps = random.windows(2).zip(stamps.windows(2)).filter(|(r, t)| t[0] == t[1] && r[1] == r[0] + 1).count();
+    assert_eq!(steps, 0, "no counter between ids of one millisecond");
+}
+
 #[test]
 fn another_namespaces_id_is_not_found() {
     let fx = Fixture::new();

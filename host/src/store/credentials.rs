@@ -373,11 +373,16 @@ pub(super) fn load_live(
     Ok(cred)
 }
 
+/// A UUIDv7: the creation millisecond, then 74 bits from the OS's random source (no
+/// counter, so an id is no easier to guess than 74 random bits). Time-ordered keys put a
+/// burst of creates in the rightmost pages of each table: a shared transaction of 64
+/// creates writes a few pages per table instead of one per create (random v4 ids capped
+/// group commit at ~5,500 creates/s here, see docs/architecture.md).
 fn new_credential_id() -> Result<CredentialId> {
-    let mut b = [0u8; 16];
+    let mut b = [0u8; 10];
     random_bytes(&mut b)?;
     Ok(CredentialId::from_uuid(
-        uuid::Builder::from_random_bytes(b).into_uuid(),
+        uuid::Builder::from_unix_timestamp_millis(now_ms(), &b).into_uuid(),
     ))
 }
 
