@@ -535,7 +535,11 @@ impl Service {
         }
         before_commit()?;
         let created = self.store.create_credential(&p.user, p.namespace, new)?;
-        Ok(self.apply_monitor(p, created, req.monitor)?.into())
+        // Without a setting the create already holds the policy's schedule.
+        match req.monitor {
+            Some(setting) => Ok(self.apply_monitor(p, created, Some(setting))?.into()),
+            None => Ok(created.into()),
+        }
     }
 
     /// After a create or restore, or with the owner's new setting: the credential with
