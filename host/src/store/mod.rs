@@ -1238,6 +1238,13 @@ mod tests {
         (Arc::new(store), fail)
     }
 
+    /// Every writer answered and durable: nothing open, carried or failed.
+    fn assert_quiescent(store: &Store, context: &str) {
+        let st = store.group.lock();
+        assert_eq!((st.open, st.durable, st.carry.is_none()), (0, st.committed, true), "{context}");
+        assert!(st.failed.is_empty(), "{context}");
+    }
+
     fn new_cred(name: &str) -> NewCredential {
         let mut new = NewCredential::new(name, "t");
         new.secrets.insert("k".into(), SecretString::from("s3cret"));
@@ -1263,9 +1270,7 @@ mod tests {
         for w in workers {
             w.join().unwrap();
         }
-        let st = store.group.lock();
-        assert_eq!((st.open, st.durable), (0, st.committed), "everything answered is durable");
-        drop(st);
+        assert_quiescent(&store, "everything answered is durable");
         let page = store.list_credentials(user.namespace, &ListQuery { limit: 1000, ..Default::default() }).unwrap();
         assert_eq!(page.items.len(), 320);
         store.verify_audit().unwrap();
@@ -1359,10 +1364,7 @@ mod tests {
             v
         };
         assert_eq!(created, want, "each name created exactly once");
-        let st = store.group.lock();
-        assert_eq!((st.open, st.durable, st.carry.is_none()), (0, st.committed, true));
-        assert!(st.failed.is_empty());
-        drop(st);
+        assert_quiescent(&store, "after the creates");
         let page = store.list_credentials(user.namespace, &ListQuery { limit: 1000, ..Default::default() }).unwrap();
         assert_eq!(page.items.len(), 60);
         store.verify_audit().unwrap();
@@ -1400,6 +1402,7 @@ mod tests {
         store.verify_audit().unwrap();
         let st = store.group.lock();
         assert_eq!((st.open, st.durable, st.carry.is_none()), (0, st.committed, true));
+        assert_eq!(st.failed.len(), 1, "the rolled-back transaction's failure only");
     }
 
     /// Another kind of writer arriving while a shared transaction is open commits it first
@@ -1430,10 +1433,7 @@ mod tests {
             }
             first.commit().unwrap();
             behind.join().unwrap();
-            let st = store.group.lock();
-            assert_eq!((st.open, st.durable, st.carry.is_none()), (0, st.committed, true), "lazy={lazy}");
-            assert!(st.failed.is_empty());
-            drop(st);
+            assert_quiescent(&store, &format!("lazy={lazy}"));
             let actions: Vec<String> = store
                 .list_audit(&AuditQuery { limit: 1000, ..Default::default() })
                 .unwrap()
@@ -1474,9 +1474,7 @@ mod tests {
             }
             first.commit().unwrap();
             behind.join().unwrap();
-            let st = store.group.lock();
-            assert_eq!(st.open, 0);
-            assert!(st.durable == st.committed && st.failed.is_empty(), "lazy={lazy}");
+            assert_quiescent(&store, &format!("lazy={lazy}"));
         }
     }
 }
