@@ -293,6 +293,17 @@ def page_secrets(page, where, inputs=True):
         check(not hit, f"{where}: {what} contains a secret ({', '.join(hit)})")
 
 
+def expect_session_ended(page, watch, when):
+    """The status line says the session ended; if not, the failure says what the page
+    last asked and heard (a rare CI failure left only an empty #notice to go on)."""
+    try:
+        expect(page.locator("#notice")).to_contain_text("session ended")
+    except AssertionError as e:
+        recent = [f"{m} {redact(u).replace(BASE, '')[:80]}" for m, u in watch.requests[-8:]]
+        raise AssertionError(f"{e}\n{when}: hash {page.evaluate('() => location.hash')!r}, answers >= 400 {watch.failed[-6:]}, "
+                             f"last requests {recent}, console {watch.console[-6:]}, page errors {watch.errors[-3:]}") from None
+
+
 def sign_in(page, token):
     page.goto(UI + "#/signin")
     field = page.get_by_label("API token", exact=True)
@@ -798,7 +809,7 @@ def attack_sections(browser, types, service, bearer, created):
         spage.get_by_role("button", name="Refresh", exact=True).click()
         expect(spage.get_by_label("API token", exact=True)).to_be_visible()
         wait_hash(spage, r"^#/signin")
-        expect(spage.locator("#notice")).to_contain_text("session ended")
+        expect_session_ended(spage, swatch, "after Refresh")
         expect(spage.get_by_role("button", name="Sign out", exact=True)).to_have_count(0)
         before = len(swatch.requests)
         spage.wait_for_timeout(700)
@@ -815,7 +826,7 @@ def attack_sections(browser, types, service, bearer, created):
         api_ok("DELETE", f"/api/admin/tokens/{third['token_id']}", token=ROOT)
         spage.reload()
         expect(spage.get_by_label("API token", exact=True)).to_be_visible()
-        expect(spage.locator("#notice")).to_contain_text("session ended")
+        expect_session_ended(spage, swatch, "after a reload")
         check(spage.evaluate("() => sessionStorage.length") == 0, "a revoked token stayed in sessionStorage after a reload")
         page_problems(swatch)
         swatch.check_urls()
