@@ -386,6 +386,47 @@ fn new_credential_id() -> Result<CredentialId> {
     ))
 }
 
+/// A create's credential: sealed before its transaction, or still to seal in it.
+enum Draft {
+    Sealed((Credential, Vec<u8>)),
+    Open(NewCredential),
+}
+
+/// The new credential `id` with version 1's fingerprints, and its sealed secrets.
+fn seal_new(dek: &crate::crypto::DataKey, ns: NamespaceId, id: CredentialId, new: NewCredential) -> Result<(Credential, Vec<u8>)> {
+    let fpk = dek.fingerprint_key();
+    let secrets = new
+        .secrets
+        .iter()
+        .map(|(k, v)| (k.clone(), SecretField { fingerprint: fpk.fingerprint(id.as_uuid(), k, v), version: 1 }))
+        .collect();
+    let mut sealed = new.secrets.clone();
+    if let Some(b) = &new.binding {
+        sealed.insert(BINDING_KEY.into(), secrecy::SecretString::from(b.clone()));
+    }
+    let blob = dek.seal_secrets(ns.as_uuid(), id.as_uuid(), 1, &sealed)?;
+    let now = now_ms();
+    let cred = Credential {
+        id,
+        namespace: ns,
+        name: new.name,
+        kind: new.kind,
+        description: new.description,
+        tags: new.tags,
+        environment: new.environment,
+        created_at: now,
+        updated_at: now,
+        deleted_at: None,
+        last_test: None,
+        monitor: new.monitor,
+        version: 1,
+        pending_version: None,
+        fields: new.fields,
+        secrets,
+    };
+    Ok((cred, blob))
+}
+
 impl Store {
     /// Creates a credential in `ns`: metadata, name index entry, sealed version 1 and the
     /// audit record, in one transaction. Names are unique per namespace.
@@ -413,52 +454,31 @@ impl Store {
             }
         }
         let id = new_credential_id()?;
-        // Creates come in bursts: one redb transaction may carry several (see `Group`).
-        let txn = self.begin_write_batched_in(ns)?;
-        let cred = {
-            let dek = self.dek_in(&txn.open_table(NAMESPACES)?, ns)?;
-            let mut names = txn.open_table(NAMES)?;
-            if let Some(holder) = names.get((ns.key(), new.name.as_str()))?.map(|v| v.value()) {
-                return Err(name_taken(&txn.open_table(CREDENTIALS)?, ns, holder, new.name)?);
+        let actor = actor.to_owned();
+        // On redb the data key is read and the secrets sealed before the batch, outside
+        // the one writer's turn (a data key never changes; rotation only re-wraps it);
+        // PostgreSQL reads the key in the operation's own transaction.
+        let draft = match self.is_shared() {
+            true => Draft::Open(new),
+            false => {
+                let snap = self.begin_read_in(ns)?;
+                let dek = snap.dek_in(&snap.open_table(NAMESPACES)?, ns)?;
+                Draft::Sealed(seal_new(&dek, ns, id, new)?)
             }
-            let fpk = dek.fingerprint_key();
-            let secrets = new
-                .secrets
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        k.clone(),
-                        SecretField {
-                            fingerprint: fpk.fingerprint(id.as_uuid(), k, v),
-                            version: 1,
-                        },
-                    )
-                })
-                .collect();
-            let mut sealed = new.secrets.clone();
-            if let Some(b) = &new.binding {
-                sealed.insert(BINDING_KEY.into(), secrecy::SecretString::from(b.clone()));
-            }
-            let blob = dek.seal_secrets(ns.as_uuid(), id.as_uuid(), 1, &sealed)?;
-            let now = now_ms();
-            let cred = Credential {
-                id,
-                namespace: ns,
-                name: new.name,
-                kind: new.kind,
-                description: new.description,
-                tags: new.tags,
-                environment: new.environment,
-                created_at: now,
-                updated_at: now,
-                deleted_at: None,
-                last_test: None,
-                monitor: new.monitor,
-                version: 1,
-                pending_version: None,
-                fields: new.fields,
-                secrets,
+        };
+        // Creates come in bursts: a queue of them runs in one transaction (see `batch`).
+        self.write_batched(ns, move |store, txn| {
+            let (cred, blob) = match draft {
+                Draft::Sealed(sealed) => sealed,
+                Draft::Open(new) => {
+                    let dek = store.dek_in(&txn.open_table(NAMESPACES)?, ns)?;
+                    seal_new(&dek, ns, id, new)?
+                }
             };
+            let mut names = txn.open_table(NAMES)?;
+            if let Some(holder) = names.get((ns.key(), cred.name.as_str()))?.map(|v| v.value()) {
+                return Err(name_taken(&txn.open_table(CREDENTIALS)?, ns, holder, cred.name)?);
+            }
             // Checked and sealed: an error from here on is the storage's.
             txn.writing();
             txn.open_table(CREDENTIALS)?
@@ -466,25 +486,23 @@ impl Store {
             names.insert((ns.key(), cred.name.as_str()), id.key())?;
             txn.open_table(VERSIONS)?
                 .insert((id.key(), 1u32), blob.as_slice())?;
-            super::history::reschedule(&txn, id, None, cred.monitor.next_test_at)?;
-            cred
-        };
-        super::versions::record_current(&txn, &cred, actor, super::versions::VersionReason::Create, None)?;
-        let detail = format!(
-            "name={:?} type={} secrets={:?}",
-            cred.name,
-            cred.kind,
-            cred.secrets.keys().collect::<Vec<_>>()
-        );
-        audit::append(
-            &txn,
-            AuditEntry::ok(actor, "credential.create")
-                .ns(ns)
-                .cred(id)
-                .detail(detail),
-        )?;
-        txn.commit()?;
-        Ok(cred)
+            super::history::reschedule(txn, id, None, cred.monitor.next_test_at)?;
+            super::versions::record_current(txn, &cred, &actor, super::versions::VersionReason::Create, None)?;
+            let detail = format!(
+                "name={:?} type={} secrets={:?}",
+                cred.name,
+                cred.kind,
+                cred.secrets.keys().collect::<Vec<_>>()
+            );
+            audit::append(
+                txn,
+                AuditEntry::ok(&actor, "credential.create")
+                    .ns(ns)
+                    .cred(id)
+                    .detail(detail),
+            )?;
+            Ok(cred)
+        })
     }
 
     /// Metadata of a credential in `ns`, soft-deleted ones included (see `deleted_at`).

@@ -47,6 +47,7 @@ mod audit;
 mod credentials;
 mod error;
 pub mod history;
+mod batch;
 pub(crate) mod kv;
 pub mod migrate;
 pub mod pg;
@@ -113,6 +114,8 @@ pub struct Store {
     backend: Backend,
     /// Every write transaction commits through it ([`Txn::commit`]).
     group: Arc<Group>,
+    /// Creates run in batches by one writer ([`Store::write_batched`]).
+    batcher: batch::Batcher,
     /// The master key and what derives from it. Replaced only by [`Store::rotate_kek`],
     /// which holds the write lock across its commit and the swap: a write transaction
     /// takes the keys after it begins (so after any rotation committed and swapped), a
@@ -208,12 +211,27 @@ impl Txn {
         }
     }
 
-    /// A batched operation ([`Store::begin_write_batched_in`]) is about to write: from
-    /// here on an error rolls back the shared transaction (see [`Group`]). Everything it
-    /// may refuse for (validation, conflicts) it checks before this.
+    /// A batched operation ([`Store::write_batched`]) is about to write: from here on
+    /// an error rolls back the transaction it shares with others (see [`batch`]).
+    /// Everything it may refuse for (validation, conflicts) it checks before this.
     pub(crate) fn writing(&self) {
         if let Write::Redb(slot) = &self.inner {
             slot.wrote.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// The next batched operation starts: it has not written yet.
+    fn begin_operation(&self) {
+        if let Write::Redb(slot) = &self.inner {
+            slot.wrote.store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the current batched operation called [`Txn::writing`].
+    fn has_written(&self) -> bool {
+        match &self.inner {
+            Write::Redb(slot) => slot.wrote.load(std::sync::atomic::Ordering::Relaxed),
+            Write::Pg(_) => true,
         }
     }
 
@@ -247,8 +265,8 @@ enum Mode {
     Lazy,
 }
 
-/// Most non-durable commits one durable commit may have to cover, and most operations one
-/// shared transaction may hold: past this, a writer commits (durably, for the first).
+/// Most non-durable commits one durable commit may have to cover: past this, a writer
+/// commits durably.
 const MAX_BATCH: u64 = 64;
 
 /// Failures kept for writers still to read theirs (failures are rare and fatal to redb's
@@ -270,14 +288,7 @@ const MAX_FAILURES: usize = 64;
 /// before the fsync that covers it, so a write lost in a crash was never reported; if that
 /// fsync fails, every writer it was to cover gets the error.
 ///
-/// Shared transactions: a *batched* operation (one that declares where its writes start,
-/// [`Txn::writing`]; creates) with writers queued behind it does not commit at all: it
-/// leaves its open transaction (`carry`) to the next writer and waits for the commit that
-/// will persist it. The next batched writer continues that transaction, so a queue of
-/// creates costs one redb commit and one fsync instead of a commit each; any other writer
-/// commits the carried transaction first, then begins its own. A batched operation that
-/// fails before writing hands the transaction on untouched; one that fails after it began
-/// writing rolls the whole shared transaction back and every writer in it gets an error.
+/// Creates go further: one writer runs a queue of them in one transaction (see [`batch`]).
 ///
 /// Writers take their turn at redb's write lock first come, first served (redb's own lock
 /// lets a newcomer overtake a waiter, which starved some writers for several batches).
@@ -298,16 +309,13 @@ struct GroupState {
     /// The others, in arrival order.
     queue: std::collections::VecDeque<Arc<Turn>>,
     /// Sequence number of the last commit (commits are serialized by redb); a number is
-    /// also used up by a failed commit or a rolled-back shared transaction.
+    /// also used up by a failed commit.
     committed: u64,
     /// Every commit up to this one is durable.
     durable: u64,
-    /// Failures: the commits `.0..=.1` get the error `(.2, .3)` (a failed durable commit:
-    /// those it was to cover; a rolled-back shared transaction: its writers).
+    /// Failures: the commits `.0..=.1` get the error `(.2, .3)` (those a failed durable
+    /// commit was to cover).
     failed: Vec<(u64, u64, std::io::ErrorKind, String)>,
-    /// The shared transaction left open by batched writers, and how many operations it
-    /// holds; they wait for commit `committed + 1`, which can only be its own.
-    carry: Option<(WriteTransaction, u64)>,
 }
 
 impl GroupState {
@@ -389,9 +397,8 @@ impl Group {
             }
             // Nothing was committed: the waiters still need a durable commit.
             Err(redb::CommitError::TransactionPoisoned) => {}
-            // The commits not yet durable (and a shared transaction's writers, waiting for
-            // `seq`) may or may not reach the disk, and no later commit can cover them
-            // (redb refuses writes until reopened): fail them all.
+            // The commits not yet durable may or may not reach the disk, and no later
+            // commit can cover them (redb refuses writes until reopened): fail them all.
             Err(e) => {
                 let kind = match e {
                     redb::CommitError::Storage(redb::StorageError::Io(io)) => io.kind(),
@@ -439,21 +446,16 @@ impl Group {
         }
     }
 
-    /// A durable commit of the shared transaction, or an empty one, by a writer that has
-    /// the turn; hands the turn on.
+    /// An empty durable commit by a writer that has the turn; hands the turn on.
     fn flush(&self, db: &Database) {
-        let carried = self.lock().carry.take();
-        let mut txn = match carried {
-            Some((txn, _)) => txn,
-            None => match db.begin_write() {
-                Ok(txn) => txn,
-                Err(e) => {
-                    let e = redb::CommitError::Storage(redb::StorageError::Io(std::io::Error::other(e.to_string())));
-                    let mut st = self.lock();
-                    let seq = st.committed + 1;
-                    return self.finish(&mut st, seq, Err(&e));
-                }
-            },
+        let mut txn = match db.begin_write() {
+            Ok(txn) => txn,
+            Err(e) => {
+                let e = redb::CommitError::Storage(redb::StorageError::Io(std::io::Error::other(e.to_string())));
+                let mut st = self.lock();
+                let seq = st.committed + 1;
+                return self.finish(&mut st, seq, Err(&e));
+            }
         };
         let _ = txn.set_durability(Durability::Immediate);
         // Taken with redb's write lock held: no commit can come in between.
@@ -480,40 +482,18 @@ pub(crate) struct Slot {
     group: Arc<Group>,
     db: Arc<Database>,
     counted: bool,
-    /// The transaction, until committed or handed on.
+    /// The transaction, until committed.
     txn: Option<WriteTransaction>,
-    /// May share its transaction with other batched operations (see [`Group`]).
-    batched: bool,
-    /// Operations of earlier writers in `txn` (continued from the carry).
-    carried: u64,
-    /// This operation began writing ([`Txn::writing`]).
+    /// The batched operation running in it began writing ([`Txn::writing`]).
     wrote: std::sync::atomic::AtomicBool,
 }
 
 impl Slot {
-    /// Waits for the turn and begins (or, `batched`, continues) a write transaction.
-    fn enter(group: &Arc<Group>, db: &Arc<Database>, batched: bool) -> std::result::Result<Slot, StoreError> {
+    /// Waits for the turn and begins a write transaction.
+    fn enter(group: &Arc<Group>, db: &Arc<Database>) -> std::result::Result<Slot, StoreError> {
         group.take_turn(group.lock());
-        let mut slot =
-            Slot { group: group.clone(), db: db.clone(), counted: true, txn: None, batched, carried: 0, wrote: Default::default() };
-        let carried = group.lock().carry.take();
-        match carried {
-            Some((txn, ops)) if batched => {
-                slot.txn = Some(txn);
-                slot.carried = ops;
-            }
-            // Another kind of writer: the shared transaction commits first, without fsync
-            // (its writers wait for a durable commit: this writer's, or a later one's).
-            Some((mut txn, _)) => {
-                let seq = group.lock().committed + 1;
-                let _ = txn.set_durability(Durability::None);
-                let res = txn.commit().map_err(refused_carry);
-                group.record(&mut group.lock(), seq, res.as_ref().map(|()| false));
-                res?;
-                slot.txn = Some(db.begin_write()?);
-            }
-            None => slot.txn = Some(db.begin_write()?),
-        }
+        let mut slot = Slot { group: group.clone(), db: db.clone(), counted: true, txn: None, wrote: Default::default() };
+        slot.txn = Some(db.begin_write()?);
         Ok(slot)
     }
 
@@ -525,23 +505,13 @@ impl Slot {
         let mut inner = self.txn.take().expect("an open write transaction");
         let group = self.group.clone();
         let (seq, durable) = {
-            let mut st = group.lock();
+            let st = group.lock();
             // Taken with redb's write lock held: no commit can come in between.
             let seq = st.committed + 1;
-            if mode == Mode::Grouped && self.batched && st.open > 1 && self.carried + 1 < MAX_BATCH {
-                // Writers queued behind: the next one continues this transaction.
-                st.carry = Some((inner, self.carried + 1));
-                self.counted = false;
-                group.leave(&mut st);
-                drop(st);
-                return group.wait_durable(&self.db, seq);
-            }
             let durable = match mode {
                 Mode::Durable => true,
                 Mode::Lazy => false,
-                // A full shared transaction is made durable too: a fsync covers at most
-                // MAX_BATCH operations' worth of waiting.
-                Mode::Grouped => st.open <= 1 || seq - st.durable > MAX_BATCH || self.carried + 1 >= MAX_BATCH,
+                Mode::Grouped => st.open <= 1 || seq - st.durable > MAX_BATCH,
             };
             (seq, durable)
         };
@@ -555,7 +525,6 @@ impl Slot {
         };
         // On an error the transaction is dropped here (aborted), like any failed commit.
         let res = res.and_then(move |()| inner.commit());
-        let res = if self.carried > 0 { res.map_err(refused_carry) } else { res };
         {
             let mut st = group.lock();
             self.counted = false;
@@ -564,49 +533,18 @@ impl Slot {
         res?;
         match mode {
             Mode::Grouped if !durable => group.wait_durable(&self.db, seq),
-            // A lazy commit of a shared transaction: its other writers still wait.
             _ => Ok(()),
         }
     }
 }
 
-/// A shared transaction refused as poisoned committed nothing, so the operations it carried
-/// must get an error (a poisoned single transaction only leaves its waiters uncovered).
-fn refused_carry(e: redb::CommitError) -> redb::CommitError {
-    match e {
-        redb::CommitError::TransactionPoisoned => redb::CommitError::Storage(redb::StorageError::Io(
-            std::io::Error::other("a shared transaction was refused (poisoned); nothing of it was committed"),
-        )),
-        e => e,
-    }
-}
-
 impl Drop for Slot {
-    /// An uncommitted transaction or a failed `begin_write` hands the turn on; a waiter
-    /// may now have to lead. A batched operation that failed before writing hands a shared
-    /// transaction on as it found it; otherwise the transaction aborts, and with it the
-    /// writes of every operation it carried (they get an error).
+    /// An uncommitted transaction (aborted here) or a failed `begin_write` hands the turn
+    /// on; a waiter may now have to lead.
     fn drop(&mut self) {
-        let txn = self.txn.take();
-        let mut st = self.group.lock();
-        match txn {
-            // Unwinding: what the operation did is unknown, so it is treated as written.
-            Some(txn) if self.carried > 0 && !*self.wrote.get_mut() && !std::thread::panicking() => {
-                st.carry = Some((txn, self.carried))
-            }
-            Some(txn) => {
-                drop(txn);
-                if self.carried > 0 {
-                    let seq = st.committed + 1;
-                    let msg = "a write shared a transaction with one that failed; nothing of it was committed".to_owned();
-                    st.fail(seq, seq, std::io::ErrorKind::Interrupted, msg);
-                    self.group.wake.notify_all();
-                }
-            }
-            None => {}
-        }
+        drop(self.txn.take());
         if self.counted {
-            self.group.leave(&mut st);
+            self.group.leave(&mut self.group.lock());
         }
     }
 }
@@ -768,6 +706,7 @@ impl Store {
         let store = Store {
             backend,
             group: Arc::default(),
+            batcher: Default::default(),
             keys: RwLock::new(Arc::new(Keys::new(kek))),
             path,
             replica: uuid::Uuid::now_v7().to_string(),
@@ -919,22 +858,40 @@ impl Store {
         self.begin_write_scoped(Some(ns))
     }
 
-    /// A write transaction for a frequent operation of one namespace that may share one
-    /// redb transaction with others like it (see [`Group`]): it must call
-    /// [`Txn::writing`] before its first write.
-    pub(crate) fn begin_write_batched_in(&self, ns: NamespaceId) -> Result<Txn> {
-        self.begin_write_with(Some(ns), true)
+    /// Runs `op`, a frequent operation of namespace `ns`, and commits it durably. On redb
+    /// it may share one transaction with others like it, run by another thread (see
+    /// [`batch`]): it must call [`Txn::writing`] before its first write and may not
+    /// refuse after it.
+    pub(crate) fn write_batched<T: Send + 'static>(
+        &self,
+        ns: NamespaceId,
+        op: impl FnOnce(&Store, &Txn) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        if let Backend::Pg(_) = self.backend {
+            let txn = self.begin_write_in(ns)?;
+            let out = op(self, &txn)?;
+            txn.commit()?;
+            return Ok(out);
+        }
+        let out = Arc::new(std::sync::Mutex::new(None));
+        let slot = out.clone();
+        self.batcher.run(
+            self,
+            Box::new(move |store, txn| {
+                let value = op(store, txn)?;
+                *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(value);
+                Ok(())
+            }),
+        )?;
+        let value = out.lock().unwrap_or_else(PoisonError::into_inner).take();
+        Ok(value.expect("a batched operation answered Ok left its value"))
     }
 
     fn begin_write_scoped(&self, ns: Option<NamespaceId>) -> Result<Txn> {
-        self.begin_write_with(ns, false)
-    }
-
-    fn begin_write_with(&self, ns: Option<NamespaceId>, batched: bool) -> Result<Txn> {
         let inner = match &self.backend {
             // Counted before it waits for redb's write lock, so the writer ahead of it
-            // commits without fsync (or leaves it its transaction) and one commit covers both.
-            Backend::Redb(db) => Write::Redb(Slot::enter(&self.group, db, batched)?),
+            // commits without fsync and one commit covers both.
+            Backend::Redb(db) => Write::Redb(Slot::enter(&self.group, db)?),
             Backend::Pg(pg) => Write::Pg(pg.begin(true, &scope(ns))?),
         };
         // After begin: a rotation has either not started or committed and swapped.
@@ -1228,6 +1185,7 @@ mod tests {
         let store = Store {
             backend: Backend::Redb(Arc::new(db)),
             group: Arc::default(),
+            batcher: Default::default(),
             keys: RwLock::new(Arc::new(Keys::new(MasterKey::generate().unwrap()))),
             path: PathBuf::new(),
             replica: String::new(),
@@ -1238,10 +1196,10 @@ mod tests {
         (Arc::new(store), fail)
     }
 
-    /// Every writer answered and durable: nothing open, carried or failed.
+    /// Every writer answered and durable: nothing open, queued or failed.
     fn assert_quiescent(store: &Store, context: &str) {
         let st = store.group.lock();
-        assert_eq!((st.open, st.durable, st.carry.is_none()), (0, st.committed, true), "{context}");
+        assert_eq!((st.open, st.durable, store.batcher.queued()), (0, st.committed, 0), "{context}");
         assert!(st.failed.is_empty(), "{context}");
     }
 
@@ -1370,79 +1328,104 @@ mod tests {
         store.verify_audit().unwrap();
     }
 
-    /// A batched operation that fails after it began writing rolls back the shared
-    /// transaction: the writer whose operation it carried gets an error, not Ok, its write
-    /// is not there, and the store goes on serving.
-    #[test]
-    fn a_failure_after_writing_rolls_back_the_shared_transaction() {
-        let (store, _) = failing_store();
-        let user = store.add_user("admin", "alice", Role::User).unwrap();
-        let before = store.list_audit(&AuditQuery { limit: 1000, ..Default::default() }).unwrap().len();
-        let first = store.begin_write_batched_in(user.namespace).unwrap();
-        first.writing();
-        audit::append(&first, AuditEntry::ok("t", "first")).unwrap();
-        let behind = {
+    /// Holds the group's turn with a plain writer while `ops` queue behind a first batch,
+    /// so they run as one batch once it commits; returns their callers' results in order.
+    fn one_batch(store: &Arc<Store>, ops: Vec<Box<dyn FnOnce(&Txn) -> Result<()> + Send>>) -> Vec<std::thread::Result<Result<()>>> {
+        let ns = store.add_user("admin", "alice", Role::User).unwrap().namespace;
+        let plain = store.begin_write().unwrap();
+        let batch = |op: Box<dyn FnOnce(&Txn) -> Result<()> + Send>| {
             let store = store.clone();
-            std::thread::spawn(move || {
-                let txn = store.begin_write_batched_in(user.namespace).unwrap();
-                txn.writing();
-                audit::append(&txn, AuditEntry::ok("t", "failing")).unwrap();
-                drop(txn); // the operation's error
-            })
+            std::thread::spawn(move || store.write_batched(ns, move |_, txn| op(txn)))
         };
+        // The first batch's leader takes the queue at once, then waits for the turn.
+        let first = batch(Box::new(|txn| Ok(audit::append(txn, AuditEntry::ok("t", "first")).map(drop)?)));
         while store.group.lock().open < 2 {
             std::thread::yield_now();
         }
-        let err = first.commit().unwrap_err().to_string();
-        assert!(err.contains("shared a transaction with one that failed"), "{err}");
-        behind.join().unwrap();
-        let audit = store.list_audit(&AuditQuery { limit: 1000, ..Default::default() }).unwrap();
-        assert_eq!(audit.len(), before, "neither record was committed");
-        store.create_credential("alice", user.namespace, new_cred("after")).unwrap();
-        store.verify_audit().unwrap();
-        let st = store.group.lock();
-        assert_eq!((st.open, st.durable, st.carry.is_none()), (0, st.committed, true));
-        assert_eq!(st.failed.len(), 1, "the rolled-back transaction's failure only");
-    }
-
-    /// Another kind of writer arriving while a shared transaction is open commits it first
-    /// (without fsync), then its own: the create carried in it is answered only once
-    /// durable, whether the newcomer commits durably or lazily (then the carried writer
-    /// makes the durable commit itself).
-    #[test]
-    fn a_plain_writer_commits_the_shared_transaction_first() {
-        for lazy in [false, true] {
-            let (store, _) = failing_store();
-            let user = store.add_user("admin", "alice", Role::User).unwrap();
-            let first = store.begin_write_batched_in(user.namespace).unwrap();
-            first.writing();
-            audit::append(&first, AuditEntry::ok("t", "carried")).unwrap();
-            let behind = {
-                let store = store.clone();
-                std::thread::spawn(move || {
-                    let mut txn = store.begin_write().unwrap();
-                    if lazy {
-                        txn.set_durability(Durability::None).unwrap();
-                    }
-                    audit::append(&txn, AuditEntry::ok("t", "plain")).unwrap();
-                    txn.commit().unwrap();
-                })
-            };
-            while store.group.lock().open < 2 {
+        let mut callers = Vec::new();
+        for (n, op) in ops.into_iter().enumerate() {
+            callers.push(batch(op));
+            while store.batcher.queued() < n + 1 {
                 std::thread::yield_now();
             }
-            first.commit().unwrap();
-            behind.join().unwrap();
-            assert_quiescent(&store, &format!("lazy={lazy}"));
-            let actions: Vec<String> = store
-                .list_audit(&AuditQuery { limit: 1000, ..Default::default() })
-                .unwrap()
-                .into_iter()
-                .map(|r| r.action)
-                .collect();
-            assert!(actions.contains(&"carried".to_string()) && actions.contains(&"plain".to_string()), "{actions:?}");
-            store.verify_audit().unwrap();
         }
+        plain.commit().unwrap();
+        first.join().unwrap().unwrap();
+        callers.into_iter().map(|c| c.join()).collect()
+    }
+
+    fn audit_actions(store: &Store) -> Vec<String> {
+        let records = store.list_audit(&AuditQuery { limit: 1000, ..Default::default() }).unwrap();
+        records.into_iter().map(|r| r.action).collect()
+    }
+
+    /// In one batch, an operation that fails before writing gets its error alone; one that
+    /// fails after it began writing rolls the transaction back: the operation before it
+    /// gets an error, not Ok, and its write is not there; the one after runs in a fresh
+    /// transaction; the store goes on serving and the chain verifies.
+    #[test]
+    fn a_failure_after_writing_rolls_back_the_shared_transaction() {
+        let (store, _) = failing_store();
+        let write = |action: &'static str| -> Box<dyn FnOnce(&Txn) -> Result<()> + Send> {
+            Box::new(move |txn| {
+                txn.writing();
+                Ok(audit::append(txn, AuditEntry::ok("t", action)).map(drop)?)
+            })
+        };
+        let results = one_batch(
+            &store,
+            vec![
+                write("kept-1"),
+                Box::new(|_| Err(StoreError::Conflict("refused before writing".into()))),
+                write("rolled-back"),
+                Box::new(|txn| {
+                    txn.writing();
+                    audit::append(txn, AuditEntry::ok("t", "failing"))?;
+                    Err(StoreError::Corrupt("failed after writing".into()))
+                }),
+                write("after"),
+            ],
+        );
+        let results: Vec<Result<()>> = results.into_iter().map(|r| r.unwrap()).collect();
+        let err = |i: usize| results[i].as_ref().unwrap_err().to_string();
+        // "kept-1" ran in the transaction that rolled back too.
+        assert!(err(0).contains("shared a transaction with one that failed"), "{}", err(0));
+        assert_eq!(err(1), "refused before writing");
+        assert!(err(2).contains("shared a transaction with one that failed"), "{}", err(2));
+        assert!(err(3).contains("failed after writing"), "{}", err(3));
+        assert!(results[4].is_ok());
+        let actions = audit_actions(&store);
+        for gone in ["kept-1", "rolled-back", "failing"] {
+            assert!(!actions.iter().any(|a| a == gone), "{gone} was committed: {actions:?}");
+        }
+        assert!(actions.iter().any(|a| a == "after"), "{actions:?}");
+        store.create_credential("alice", store.get_user("alice").unwrap().namespace, new_cred("later")).unwrap();
+        store.verify_audit().unwrap();
+        assert_quiescent(&store, "after the batch");
+    }
+
+    /// An operation that panics in another caller's batch: its own caller gets the panic,
+    /// the one before it in the transaction an error, the one after runs; nobody hangs.
+    #[test]
+    fn a_panicking_operation_fails_its_transaction_and_only_its_caller_panics() {
+        let (store, _) = failing_store();
+        let results = one_batch(
+            &store,
+            vec![
+                Box::new(|txn| Ok(audit::append(txn, AuditEntry::ok("t", "before")).map(drop)?)),
+                Box::new(|_| panic!("an operation's bug")),
+                Box::new(|txn| Ok(audit::append(txn, AuditEntry::ok("t", "after")).map(drop)?)),
+            ],
+        );
+        let err = results[0].as_ref().unwrap().as_ref().unwrap_err().to_string();
+        assert!(err.contains("shared a transaction with one that failed"), "{err}");
+        let panic = results[1].as_ref().unwrap_err();
+        assert_eq!(panic.downcast_ref::<&str>(), Some(&"an operation's bug"));
+        assert!(results[2].as_ref().unwrap().is_ok());
+        let actions = audit_actions(&store);
+        assert!(!actions.iter().any(|a| a == "before") && actions.iter().any(|a| a == "after"), "{actions:?}");
+        store.verify_audit().unwrap();
+        assert_quiescent(&store, "after the panic");
     }
 
     /// A writer whose successors all end without a durable commit (one aborts, one commits

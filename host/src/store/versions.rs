@@ -166,6 +166,10 @@ pub(crate) fn record_current(
         promoted: None,
     };
     txn.open_table(VERSION_META)?.insert((cred.id.key(), cred.version), enc(&meta).as_slice())?;
+    // A new credential holds its one version: nothing to look for.
+    if matches!(reason, VersionReason::Create) {
+        return Ok(Vec::new());
+    }
     retain(txn, cred)
 }
 
