@@ -388,12 +388,21 @@ fn new_credential_id() -> Result<CredentialId> {
 
 /// A create's credential: sealed before its transaction, or still to seal in it.
 enum Draft {
-    Sealed((Credential, Vec<u8>)),
+    Sealed(Sealed),
     Open(NewCredential),
 }
 
+/// A new credential ready to write: its record, encoded record, sealed version 1 and the
+/// audit detail (all made before the one writer's turn where possible).
+struct Sealed {
+    cred: Credential,
+    record: Vec<u8>,
+    blob: Vec<u8>,
+    detail: String,
+}
+
 /// The new credential `id` with version 1's fingerprints, and its sealed secrets.
-fn seal_new(dek: &crate::crypto::DataKey, ns: NamespaceId, id: CredentialId, new: NewCredential) -> Result<(Credential, Vec<u8>)> {
+fn seal_new(dek: &crate::crypto::DataKey, ns: NamespaceId, id: CredentialId, new: NewCredential) -> Result<Sealed> {
     let fpk = dek.fingerprint_key();
     let secrets = new
         .secrets
@@ -424,7 +433,8 @@ fn seal_new(dek: &crate::crypto::DataKey, ns: NamespaceId, id: CredentialId, new
         fields: new.fields,
         secrets,
     };
-    Ok((cred, blob))
+    let detail = format!("name={:?} type={} secrets={:?}", cred.name, cred.kind, cred.secrets.keys().collect::<Vec<_>>());
+    Ok(Sealed { record: enc(&cred), cred, blob, detail })
 }
 
 impl Store {
@@ -468,7 +478,7 @@ impl Store {
         };
         // Creates come in bursts: a queue of them runs in one transaction (see `batch`).
         self.write_batched(ns, move |store, txn| {
-            let (cred, blob) = match draft {
+            let Sealed { cred, record, blob, detail } = match draft {
                 Draft::Sealed(sealed) => sealed,
                 Draft::Open(new) => {
                     let dek = store.dek_in(&txn.open_table(NAMESPACES)?, ns)?;
@@ -481,19 +491,12 @@ impl Store {
             }
             // Checked and sealed: an error from here on is the storage's.
             txn.writing();
-            txn.open_table(CREDENTIALS)?
-                .insert(id.key(), enc(&cred).as_slice())?;
+            txn.open_table(CREDENTIALS)?.insert(id.key(), record.as_slice())?;
             names.insert((ns.key(), cred.name.as_str()), id.key())?;
             txn.open_table(VERSIONS)?
                 .insert((id.key(), 1u32), blob.as_slice())?;
             super::history::reschedule(txn, id, None, cred.monitor.next_test_at)?;
             super::versions::record_current(txn, &cred, &actor, super::versions::VersionReason::Create, None)?;
-            let detail = format!(
-                "name={:?} type={} secrets={:?}",
-                cred.name,
-                cred.kind,
-                cred.secrets.keys().collect::<Vec<_>>()
-            );
             audit::append(
                 txn,
                 AuditEntry::ok(&actor, "credential.create")
