@@ -11,12 +11,20 @@
 //! group decides the fsync), hands the lead to the next queued caller, and answers its
 //! batch.
 //!
+//! While the leader runs, callers keep queueing: it takes those too (up to [`MAX_OPS`]),
+//! so the batch absorbs arrivals instead of committing one operation alone.
+//!
 //! An operation that fails before it writes ([`Txn::writing`]; a taken name, bad input)
-//! gets its error and the others go on. One that fails after (only storage errors can) or
-//! panics aborts the transaction: the operations that ran before it in that transaction
-//! get an error ("shared a transaction with one that failed"), the panicking one's caller
-//! re-raises the panic, and the rest run in a fresh transaction. A failed commit fails
-//! every operation of the batch. Nobody is answered Ok before the fsync that covers it.
+//! is answered with its error once its transaction's fate is known. One that fails after
+//! (only storage errors can) or panics aborts the transaction: it alone gets its error
+//! (a panic is re-raised in its caller's thread), and the operations that ran before it
+//! run again in a fresh transaction (nothing of theirs was stored; an operation is a
+//! `FnMut` for that). A failed commit fails every operation run in that transaction.
+//! Nobody is answered Ok before the fsync that covers it.
+//!
+//! An operation runs on the leader's thread while it holds the group's turn: it may use
+//! only the transaction it is given (a `begin_write` or another batched write inside it
+//! would wait for itself), and not the caller's thread-locals.
 
 use std::any::Any;
 use std::collections::VecDeque;
@@ -30,7 +38,7 @@ use super::{Store, Txn};
 /// Most operations one batch runs (one transaction's worth of waiting).
 pub(crate) const MAX_OPS: usize = 64;
 
-type Op = Box<dyn FnOnce(&Store, &Txn) -> Result<()> + Send>;
+type Op = Box<dyn FnMut(&Store, &Txn) -> Result<()> + Send>;
 
 /// The queue of one store's batched operations.
 #[derive(Default)]
@@ -67,21 +75,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The error of an operation whose transaction could not be committed, for each of the
-/// batch's callers (errors are not `Clone`; kind and text carry over).
+/// The error of a transaction that could not begin or commit, for each operation in it
+/// (errors are not `Clone`; kind and text carry over, without a second "database:").
 fn shared(e: &StoreError) -> StoreError {
     let io = match e {
         StoreError::Db(redb::Error::Io(io)) => std::io::Error::new(io.kind(), io.to_string()),
+        StoreError::Db(inner) => std::io::Error::other(inner.to_string()),
         e => std::io::Error::other(e.to_string()),
     };
     StoreError::Db(redb::Error::Io(io))
-}
-
-fn rolled_back() -> StoreError {
-    StoreError::Db(redb::Error::Io(std::io::Error::new(
-        std::io::ErrorKind::Interrupted,
-        "a write shared a transaction with one that failed; nothing of it was committed",
-    )))
 }
 
 impl Batcher {
@@ -127,19 +129,15 @@ impl Batcher {
         }
     }
 
-    /// Runs the queue's first operations as one batch, passes the lead on, answers them.
+    /// Runs a batch from the queue (its first operation is the leader's own), passes the
+    /// lead on, answers the batch.
     fn lead(&self, store: &Store) {
-        let jobs: Vec<Arc<Job>> = {
-            let mut st = lock(&self.state);
-            let n = st.queue.len().min(MAX_OPS);
-            st.queue.drain(..n).collect()
-        };
+        let taken = Mutex::new(Vec::new());
         // `execute` catches the operations' panics; this catches its own, so no caller is
-        // ever left waiting.
-        let answers = catch_unwind(AssertUnwindSafe(|| execute(store, &jobs))).unwrap_or_else(|_| {
-            jobs.iter()
-                .map(|_| Answer::Done(Err(StoreError::Corrupt("a batched write failed unexpectedly".into()))))
-                .collect()
+        // ever left waiting (not knowing whether the commit happened, it says so).
+        let answered = catch_unwind(AssertUnwindSafe(|| self.execute(store, &taken))).unwrap_or_else(|_| {
+            let unknown = || std::io::Error::other("a batched write failed unexpectedly; it may or may not be stored");
+            lock(&taken).iter().map(|job: &Arc<Job>| (job.clone(), Answer::Done(Err(StoreError::Db(redb::Error::Io(unknown())))))).collect()
         });
         {
             let mut st = lock(&self.state);
@@ -151,56 +149,95 @@ impl Batcher {
                 None => st.leading = false,
             }
         }
-        for (job, answer) in jobs.iter().zip(answers) {
+        for (job, answer) in answered {
+            // Its operation (and what it holds) goes before its caller wakes.
+            drop(lock(&job.op).take());
             *lock(&job.answer) = Some(answer);
             job.signal.store(ANSWERED, Ordering::Release);
             job.thread.unpark();
         }
     }
-}
 
-/// Runs `jobs` in as few transactions as their failures allow; one answer per job.
-fn execute(store: &Store, jobs: &[Arc<Job>]) -> Vec<Answer> {
-    let mut answers: Vec<Option<Answer>> = jobs.iter().map(|_| None).collect();
-    let mut next = 0;
-    while next < jobs.len() {
-        let txn = match store.begin_write() {
-            Ok(txn) => txn,
-            Err(e) => {
-                for a in &mut answers[next..] {
-                    *a = Some(Answer::Done(Err(shared(&e))));
-                }
-                break;
-            }
-        };
-        let mut ran = Vec::new();
-        let mut aborted = false;
-        while next < jobs.len() && !aborted {
-            let i = next;
-            next += 1;
-            let op = lock(&jobs[i].op).take().expect("an operation runs once");
-            txn.begin_operation();
-            match catch_unwind(AssertUnwindSafe(|| op(store, &txn))) {
-                Ok(Ok(())) => ran.push(i),
-                Ok(Err(e)) => {
-                    aborted = txn.has_written();
-                    answers[i] = Some(Answer::Done(Err(e)));
-                }
-                Err(payload) => {
-                    aborted = true;
-                    answers[i] = Some(Answer::Panicked(payload));
-                }
-            }
+    /// The next operation to run: one to run again, else the queue's next while the batch
+    /// has room. Every job taken from the queue is listed in `taken`.
+    fn next(&self, again: &mut VecDeque<Arc<Job>>, taken: &Mutex<Vec<Arc<Job>>>) -> Option<Arc<Job>> {
+        if let Some(job) = again.pop_front() {
+            return Some(job);
         }
-        let outcome = if aborted {
-            drop(txn);
-            Err(rolled_back())
-        } else {
-            txn.commit()
-        };
-        for i in ran {
-            answers[i] = Some(Answer::Done(outcome.as_ref().map(|_| ()).map_err(shared)));
+        let mut taken = lock(taken);
+        if taken.len() >= MAX_OPS {
+            return None;
         }
+        let job = lock(&self.state).queue.pop_front()?;
+        taken.push(job.clone());
+        Some(job)
     }
-    answers.into_iter().map(|a| a.unwrap_or_else(|| Answer::Done(Err(rolled_back())))).collect()
+
+    /// Runs operations from the queue in as few transactions as their failures allow;
+    /// returns one answer for every job it took.
+    fn execute(&self, store: &Store, taken: &Mutex<Vec<Arc<Job>>>) -> Vec<(Arc<Job>, Answer)> {
+        let mut answered = Vec::new();
+        let mut again = VecDeque::new();
+        while let Some(first) = self.next(&mut again, taken) {
+            let txn = match store.begin_write() {
+                Ok(txn) => txn,
+                Err(e) => {
+                    for job in std::iter::once(first).chain(again.drain(..)) {
+                        answered.push((job, Answer::Done(Err(shared(&e)))));
+                    }
+                    break;
+                }
+            };
+            // Operations run in this transaction, with their refusals.
+            let mut ran: Vec<(Arc<Job>, Result<()>)> = Vec::new();
+            let mut aborted = false;
+            let mut current = Some(first);
+            while let Some(job) = current.take() {
+                txn.begin_operation();
+                let outcome = {
+                    let mut op = lock(&job.op);
+                    let op = op.as_mut().expect("an operation is there until answered");
+                    catch_unwind(AssertUnwindSafe(|| op(store, &txn)))
+                };
+                match outcome {
+                    Ok(Ok(())) => ran.push((job, Ok(()))),
+                    Ok(Err(e)) if !txn.has_written() => ran.push((job, Err(e))),
+                    Ok(Err(e)) => {
+                        answered.push((job, Answer::Done(Err(e))));
+                        aborted = true;
+                    }
+                    Err(payload) => {
+                        answered.push((job, Answer::Panicked(payload)));
+                        aborted = true;
+                    }
+                }
+                if !aborted {
+                    current = self.next(&mut again, taken);
+                }
+            }
+            if aborted {
+                // Nothing of theirs was stored, and a refusal may have seen the failed
+                // operation's writes: all run again, in order, in a fresh transaction.
+                drop(txn);
+                for (job, _) in ran.into_iter().rev() {
+                    again.push_front(job);
+                }
+                continue;
+            }
+            let outcome = if ran.iter().any(|(_, r)| r.is_ok()) {
+                txn.commit()
+            } else {
+                drop(txn); // refusals only: nothing to commit
+                Ok(())
+            };
+            for (job, result) in ran {
+                let answer = match &outcome {
+                    Ok(()) => result,
+                    Err(e) => Err(shared(e)),
+                };
+                answered.push((job, Answer::Done(answer)));
+            }
+        }
+        answered
+    }
 }

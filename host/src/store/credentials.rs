@@ -143,7 +143,7 @@ pub struct Credential {
 }
 
 /// Input of [`Store::create_credential`]. `Debug` redacts the secret values.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct NewCredential {
     pub name: String,
     pub kind: String,
@@ -387,6 +387,7 @@ fn new_credential_id() -> Result<CredentialId> {
 }
 
 /// A create's credential: sealed before its transaction, or still to seal in it.
+#[derive(Clone)]
 enum Draft {
     Sealed(Sealed),
     Open(NewCredential),
@@ -394,6 +395,7 @@ enum Draft {
 
 /// A new credential ready to write: its record, encoded record, sealed version 1 and the
 /// audit detail (all made before the one writer's turn where possible).
+#[derive(Clone)]
 struct Sealed {
     cred: Credential,
     record: Vec<u8>,
@@ -478,7 +480,8 @@ impl Store {
         };
         // Creates come in bursts: a queue of them runs in one transaction (see `batch`).
         self.write_batched(ns, move |store, txn| {
-            let Sealed { cred, record, blob, detail } = match draft {
+            // Cloned: a batched operation may run again (see `batch`).
+            let Sealed { cred, record, blob, detail } = match draft.clone() {
                 Draft::Sealed(sealed) => sealed,
                 Draft::Open(new) => {
                     let dek = store.dek_in(&txn.open_table(NAMESPACES)?, ns)?;

@@ -2,13 +2,14 @@
 //!
 //! One file holds users, their namespaces (one each, with its own data key wrapped by the
 //! master key), credential metadata, sealed secret versions, API tokens (as SHA-256 only)
-//! and a hash-chained audit log. Every operation is one write transaction, answered only
-//! once it is durable, and every write appends its audit record in that same transaction,
-//! so the log and the data never disagree after a crash. Concurrent writes share one
-//! fsync (group commit, `Group` in this module): a write queued behind others commits
-//! without fsync and is answered after the durable commit of the last of them; a lone
-//! write commits durably at once. Readers may see a write of such a batch before its
-//! fsync; a crash then loses it, but it was never answered.
+//! and a hash-chained audit log. Every operation writes in one write transaction (creates
+//! arriving together share one, see [`batch`]), is answered only once it is durable, and
+//! appends its audit record in that same transaction, so the log and the data never
+//! disagree after a crash. Concurrent writes share one fsync (group commit, `Group` in
+//! this module): a write queued behind others commits without fsync and is answered after
+//! the durable commit of the last of them; a lone write commits durably at once. Readers
+//! may see a write of such a batch before its fsync; a crash then loses it, but it was
+//! never answered.
 //!
 //! - Open with the master key: a wrong key is refused before anything is read or written
 //!   ([`StoreError::WrongKey`] names both key ids); an unknown schema is refused too.
@@ -860,12 +861,13 @@ impl Store {
 
     /// Runs `op`, a frequent operation of namespace `ns`, and commits it durably. On redb
     /// it may share one transaction with others like it, run by another thread (see
-    /// [`batch`]): it must call [`Txn::writing`] before its first write and may not
-    /// refuse after it.
+    /// [`batch`]): it calls [`Txn::writing`] before its first write and refuses only
+    /// before it, uses only the transaction it is given, and may run again (its
+    /// transaction aborted for another operation's failure).
     pub(crate) fn write_batched<T: Send + 'static>(
         &self,
         ns: NamespaceId,
-        op: impl FnOnce(&Store, &Txn) -> Result<T> + Send + 'static,
+        mut op: impl FnMut(&Store, &Txn) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         if let Backend::Pg(_) = self.backend {
             let txn = self.begin_write_in(ns)?;
@@ -1296,9 +1298,9 @@ mod tests {
         assert_eq!(store.group.lock().open, 0);
     }
 
-    /// Creates share redb transactions while others queue: creates whose names collide
-    /// fail before writing and leave the shared transaction to the rest; every create
-    /// answered Ok is there once, durable, and the chain verifies.
+    /// Creates run in batches while others queue: creates whose names collide fail before
+    /// writing and the rest of their batch goes on; every create answered Ok is there
+    /// once, durable, and the chain verifies.
     #[test]
     fn batched_creates_with_collisions_lose_nothing() {
         let (store, _) = failing_store();
@@ -1328,17 +1330,19 @@ mod tests {
         store.verify_audit().unwrap();
     }
 
+    type TestOp = Box<dyn FnMut(&Txn) -> Result<()> + Send>;
+
     /// Holds the group's turn with a plain writer while `ops` queue behind a first batch,
     /// so they run as one batch once it commits; returns their callers' results in order.
-    fn one_batch(store: &Arc<Store>, ops: Vec<Box<dyn FnOnce(&Txn) -> Result<()> + Send>>) -> Vec<std::thread::Result<Result<()>>> {
+    fn one_batch(store: &Arc<Store>, ops: Vec<TestOp>) -> Vec<std::thread::Result<Result<()>>> {
         let ns = store.add_user("admin", "alice", Role::User).unwrap().namespace;
         let plain = store.begin_write().unwrap();
-        let batch = |op: Box<dyn FnOnce(&Txn) -> Result<()> + Send>| {
+        let batch = |mut op: TestOp| {
             let store = store.clone();
             std::thread::spawn(move || store.write_batched(ns, move |_, txn| op(txn)))
         };
         // The first batch's leader takes the queue at once, then waits for the turn.
-        let first = batch(Box::new(|txn| Ok(audit::append(txn, AuditEntry::ok("t", "first")).map(drop)?)));
+        let first = batch(write("first"));
         while store.group.lock().open < 2 {
             std::thread::yield_now();
         }
@@ -1354,76 +1358,96 @@ mod tests {
         callers.into_iter().map(|c| c.join()).collect()
     }
 
+    /// An operation that writes the audit record `action`.
+    fn write(action: &'static str) -> TestOp {
+        Box::new(move |txn| {
+            txn.writing();
+            Ok(audit::append(txn, AuditEntry::ok("t", action)).map(drop)?)
+        })
+    }
+
+    /// An operation that fails after it began writing.
+    fn fail_after_writing() -> TestOp {
+        Box::new(|txn| {
+            txn.writing();
+            audit::append(txn, AuditEntry::ok("t", "failing"))?;
+            Err(StoreError::Corrupt("failed after writing".into()))
+        })
+    }
+
     fn audit_actions(store: &Store) -> Vec<String> {
         let records = store.list_audit(&AuditQuery { limit: 1000, ..Default::default() }).unwrap();
         records.into_iter().map(|r| r.action).collect()
     }
 
     /// In one batch, an operation that fails before writing gets its error alone; one that
-    /// fails after it began writing rolls the transaction back: the operation before it
-    /// gets an error, not Ok, and its write is not there; the one after runs in a fresh
-    /// transaction; the store goes on serving and the chain verifies.
+    /// fails after it began writing aborts the transaction and alone gets an error: the
+    /// operations that ran before it run again and are stored, the one after runs too;
+    /// the store goes on serving and the chain verifies.
     #[test]
-    fn a_failure_after_writing_rolls_back_the_shared_transaction() {
+    fn a_failure_after_writing_fails_only_its_own_operation() {
         let (store, _) = failing_store();
-        let write = |action: &'static str| -> Box<dyn FnOnce(&Txn) -> Result<()> + Send> {
-            Box::new(move |txn| {
-                txn.writing();
-                Ok(audit::append(txn, AuditEntry::ok("t", action)).map(drop)?)
-            })
-        };
         let results = one_batch(
             &store,
             vec![
-                write("kept-1"),
+                write("before-1"),
                 Box::new(|_| Err(StoreError::Conflict("refused before writing".into()))),
-                write("rolled-back"),
-                Box::new(|txn| {
-                    txn.writing();
-                    audit::append(txn, AuditEntry::ok("t", "failing"))?;
-                    Err(StoreError::Corrupt("failed after writing".into()))
-                }),
+                write("before-2"),
+                fail_after_writing(),
                 write("after"),
             ],
         );
         let results: Vec<Result<()>> = results.into_iter().map(|r| r.unwrap()).collect();
         let err = |i: usize| results[i].as_ref().unwrap_err().to_string();
-        // "kept-1" ran in the transaction that rolled back too.
-        assert!(err(0).contains("shared a transaction with one that failed"), "{}", err(0));
+        assert!(results[0].is_ok() && results[2].is_ok() && results[4].is_ok(), "{results:?}");
         assert_eq!(err(1), "refused before writing");
-        assert!(err(2).contains("shared a transaction with one that failed"), "{}", err(2));
         assert!(err(3).contains("failed after writing"), "{}", err(3));
-        assert!(results[4].is_ok());
         let actions = audit_actions(&store);
-        for gone in ["kept-1", "rolled-back", "failing"] {
-            assert!(!actions.iter().any(|a| a == gone), "{gone} was committed: {actions:?}");
+        for stored in ["before-1", "before-2", "after"] {
+            assert_eq!(actions.iter().filter(|a| *a == stored).count(), 1, "{stored}: {actions:?}");
         }
-        assert!(actions.iter().any(|a| a == "after"), "{actions:?}");
+        assert!(!actions.iter().any(|a| a == "failing"), "the failed operation's write was committed: {actions:?}");
         store.create_credential("alice", store.get_user("alice").unwrap().namespace, new_cred("later")).unwrap();
         store.verify_audit().unwrap();
         assert_quiescent(&store, "after the batch");
     }
 
-    /// An operation that panics in another caller's batch: its own caller gets the panic,
-    /// the one before it in the transaction an error, the one after runs; nobody hangs.
+    /// A refusal is never answered on the strength of a write that was rolled back: the
+    /// operation whose write it saw runs again, so what it saw is stored.
     #[test]
-    fn a_panicking_operation_fails_its_transaction_and_only_its_caller_panics() {
+    fn a_refusal_stands_on_a_stored_write() {
         let (store, _) = failing_store();
-        let results = one_batch(
-            &store,
-            vec![
-                Box::new(|txn| Ok(audit::append(txn, AuditEntry::ok("t", "before")).map(drop)?)),
-                Box::new(|_| panic!("an operation's bug")),
-                Box::new(|txn| Ok(audit::append(txn, AuditEntry::ok("t", "after")).map(drop)?)),
-            ],
-        );
-        let err = results[0].as_ref().unwrap().as_ref().unwrap_err().to_string();
-        assert!(err.contains("shared a transaction with one that failed"), "{err}");
+        let refuse_if_claimed: TestOp = Box::new(|txn| {
+            let audit = txn.open_table(schema::AUDIT)?;
+            for row in audit.range::<u64>(..)? {
+                let (_, v) = row?;
+                let rec: AuditRecord = schema::dec(v.value(), "audit record")?;
+                if rec.action == "claim" {
+                    return Err(StoreError::Conflict("claimed".into()));
+                }
+            }
+            Ok(())
+        });
+        let results = one_batch(&store, vec![write("claim"), refuse_if_claimed, fail_after_writing()]);
+        let results: Vec<Result<()>> = results.into_iter().map(|r| r.unwrap()).collect();
+        assert!(results[0].is_ok(), "{results:?}");
+        assert_eq!(results[1].as_ref().unwrap_err().to_string(), "claimed");
+        assert!(audit_actions(&store).iter().any(|a| a == "claim"), "refused for a claim that is not stored");
+        assert_quiescent(&store, "after the batch");
+    }
+
+    /// An operation that panics in another caller's batch: its own caller gets the panic;
+    /// the one before it runs again, the one after runs; nobody hangs.
+    #[test]
+    fn a_panicking_operation_fails_only_its_caller() {
+        let (store, _) = failing_store();
+        let results = one_batch(&store, vec![write("before"), Box::new(|_| panic!("an operation's bug")), write("after")]);
+        assert!(results[0].as_ref().unwrap().is_ok());
         let panic = results[1].as_ref().unwrap_err();
         assert_eq!(panic.downcast_ref::<&str>(), Some(&"an operation's bug"));
         assert!(results[2].as_ref().unwrap().is_ok());
         let actions = audit_actions(&store);
-        assert!(!actions.iter().any(|a| a == "before") && actions.iter().any(|a| a == "after"), "{actions:?}");
+        assert!(actions.iter().any(|a| a == "before") && actions.iter().any(|a| a == "after"), "{actions:?}");
         store.verify_audit().unwrap();
         assert_quiescent(&store, "after the panic");
     }
