@@ -302,7 +302,8 @@ pub(crate) fn append_many(txn: &Txn, entries: Vec<AuditEntry>) -> Result<Vec<Aud
         out.push(rec);
     }
     meta.insert(META_AUDIT_HEAD, enc(&head).as_slice())?;
-    // Counted when appended (a transaction that then aborts is rare: a failed commit).
+    // Counted when appended: a transaction that then aborts (a failed commit, or a batch
+    // whose operations run again after one failed) is rare and counted too.
     crate::metrics::audit_written(out.len());
     Ok(out)
 }

@@ -173,8 +173,10 @@ impl Batcher {
         Some(job)
     }
 
-    /// Runs operations from the queue in as few transactions as their failures allow;
-    /// returns one answer for every job it took.
+    /// Runs operations from the queue in one transaction (a fresh one after each abort,
+    /// for the operations to run again) and commits it; returns one answer for every job
+    /// it took. Arrivals after the commit wait for the next leader, so nobody waits for
+    /// more than the commit that covers it.
     fn execute(&self, store: &Store, taken: &Mutex<Vec<Arc<Job>>>) -> Vec<(Arc<Job>, Answer)> {
         let mut answered = Vec::new();
         let mut again = VecDeque::new();
@@ -216,8 +218,8 @@ impl Batcher {
                 }
             }
             if aborted {
-                // Nothing of theirs was stored, and a refusal may have seen the failed
-                // operation's writes: all run again, in order, in a fresh transaction.
+                // Nothing of theirs was stored, and a refusal may have seen the writes of
+                // the operations before it: all run again, in order, in a fresh transaction.
                 drop(txn);
                 for (job, _) in ran.into_iter().rev() {
                     again.push_front(job);
@@ -237,6 +239,8 @@ impl Batcher {
                 };
                 answered.push((job, Answer::Done(answer)));
             }
+            debug_assert!(again.is_empty(), "operations to run again run before the commit");
+            break;
         }
         answered
     }

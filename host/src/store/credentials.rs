@@ -257,6 +257,26 @@ struct Listed {
     last_test: Option<TestResult>,
 }
 
+/// What a listing filter reads, borrowed from a [`Listed`] or a whole [`Credential`].
+struct Filtered<'a> {
+    kind: &'a str,
+    tags: &'a [String],
+    deleted_at: Option<u64>,
+    last_test: Option<&'a TestResult>,
+}
+
+impl Listed {
+    fn filtered(&self) -> Filtered<'_> {
+        Filtered { kind: &self.kind, tags: &self.tags, deleted_at: self.deleted_at, last_test: self.last_test.as_ref() }
+    }
+}
+
+impl Credential {
+    fn filtered(&self) -> Filtered<'_> {
+        Filtered { kind: &self.kind, tags: &self.tags, deleted_at: self.deleted_at, last_test: self.last_test.as_ref() }
+    }
+}
+
 impl ListQuery {
     fn deleted(&self) -> Deleted {
         match self.deleted {
@@ -265,7 +285,7 @@ impl ListQuery {
         }
     }
 
-    fn keeps(&self, c: &Listed, now: u64) -> bool {
+    fn keeps(&self, c: Filtered<'_>, now: u64) -> bool {
         let deleted_ok = match self.deleted() {
             Deleted::Exclude => c.deleted_at.is_none(),
             Deleted::Include => true,
@@ -274,15 +294,15 @@ impl ListQuery {
         let status_ok = match self.status {
             None => true,
             Some(TestStatusFilter::Untested) => c.last_test.is_none(),
-            Some(TestStatusFilter::Is(v)) => c.last_test.as_ref().is_some_and(|t| t.status() == v),
+            Some(TestStatusFilter::Is(v)) => c.last_test.is_some_and(|t| t.status() == v),
         };
         let health_ok = self
             .health
-            .is_none_or(|h| super::history::health_of(c.last_test.as_ref(), now, self.expiry_warning_ms) == h);
+            .is_none_or(|h| super::history::health_of(c.last_test, now, self.expiry_warning_ms) == h);
         deleted_ok
             && status_ok
             && health_ok
-            && self.kind.as_ref().is_none_or(|t| &c.kind == t)
+            && self.kind.as_ref().is_none_or(|t| c.kind == t)
             && self.tag.as_ref().is_none_or(|t| c.tags.contains(t))
     }
 }
@@ -580,27 +600,33 @@ impl Store {
                 let name = name.as_str();
                 let missing = || StoreError::Corrupt(format!("name index points to a missing credential ({name:?})"));
                 let raw = raw.ok_or_else(missing)?;
+                let past_cursor = after.as_deref().is_none_or(|a| name > a);
+                // One that may go on the page is decoded whole, once; the others only as
+                // far as the filter reads.
+                if past_cursor && items.len() < limit {
+                    let cred: Credential = dec(raw.value(), "credential")?;
+                    if !query.keeps(cred.filtered(), now) {
+                        continue;
+                    }
+                    if cred.namespace != ns {
+                        return Err(missing());
+                    }
+                    total += 1;
+                    items.push(cred);
+                    continue;
+                }
                 let listed: Listed = dec(raw.value(), "credential")?;
-                if !query.keeps(&listed, now) {
+                if !query.keeps(listed.filtered(), now) {
                     continue;
                 }
                 total += 1;
-                if after.as_deref().is_some_and(|a| name <= a) {
-                    continue;
-                }
-                if items.len() == limit {
+                if past_cursor {
                     // There is at least one more: the page ends at the last item taken.
                     if next_cursor.is_none() {
                         let last: &Credential = items.last().expect("limit >= 1");
                         next_cursor = Some(URL_SAFE_NO_PAD.encode(last.name.as_bytes()));
                     }
-                    continue;
                 }
-                let cred: Credential = dec(raw.value(), "credential")?;
-                if cred.namespace != ns {
-                    return Err(missing());
-                }
-                items.push(cred);
             }
         }
         Ok(Page { items, next_cursor, total })

@@ -1332,8 +1332,9 @@ mod tests {
 
     type TestOp = Box<dyn FnMut(&Txn) -> Result<()> + Send>;
 
-    /// Holds the group's turn with a plain writer while `ops` queue behind a first batch,
-    /// so they run as one batch once it commits; returns their callers' results in order.
+    /// Holds the group's turn with a plain writer while `ops` queue behind a first batch's
+    /// leader, which takes them into its transaction once it has the turn; returns their
+    /// callers' results in order.
     fn one_batch(store: &Arc<Store>, ops: Vec<TestOp>) -> Vec<std::thread::Result<Result<()>>> {
         let ns = store.add_user("admin", "alice", Role::User).unwrap().namespace;
         let plain = store.begin_write().unwrap();
