@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use credhost::crypto::{DataKey, MasterKey};
 use credhost::store::schema::{AUDIT, CREDENTIALS, META, VERSIONS};
 use credhost::store::{
-    AuditQuery, CredentialId, CredentialUpdate, ListQuery, NamespaceId, NewCredential, Role, Store,
+    AuditQuery, AuditRecord, CredentialId, CredentialUpdate, ListQuery, NamespaceId, NewCredential, Role, Store,
     StoreError, TestResult,
 };
 use redb::{ReadableDatabase, ReadableTable};
@@ -473,6 +473,126 @@ fn tampered_audit_record_is_found_with_its_seq() {
         fx.open().verify_audit(),
         Err(StoreError::AuditBroken { seq: 2, .. })
     ));
+}
+
+/// The audit log's records, read from the redb file itself.
+fn raw_audit(path: &Path) -> Vec<AuditRecord> {
+    let db = raw_db(path);
+    let txn = db.begin_read().unwrap();
+    let t = txn.open_table(AUDIT).unwrap();
+    t.iter().unwrap().map(|r| serde_json::from_slice(r.unwrap().1.value()).unwrap()).collect()
+}
+
+/// Cuts the log after record `keep` and writes `head` (JSON) as `meta.audit_head`.
+fn cut_tail(path: &Path, keep: u64, head: serde_json::Value) {
+    let db = raw_db(path);
+    let txn = db.begin_write().unwrap();
+    {
+        let mut audit = txn.open_table(AUDIT).unwrap();
+        let last = audit.last().unwrap().unwrap().0.value();
+        for seq in keep + 1..=last {
+            audit.remove(seq).unwrap();
+        }
+        txn.open_table(META).unwrap().insert("audit_head", serde_json::to_vec(&head).unwrap().as_slice()).unwrap();
+    }
+    txn.commit().unwrap();
+}
+
+fn head_of(path: &Path) -> serde_json::Value {
+    let db = raw_db(path);
+    let txn = db.begin_read().unwrap();
+    let meta = txn.open_table(META).unwrap();
+    let v = serde_json::from_slice(meta.get("audit_head").unwrap().unwrap().value()).unwrap();
+    v
+}
+
+/// The tail removed and the head moved back to the new last record (as whoever can write
+/// the file can): found, with the head's own mac copied or without one, and the next
+/// write does not launder it; the store goes on serving.
+#[test]
+fn a_removed_tail_is_found_even_with_the_head_moved_back() {
+    for copy_mac in [true, false] {
+        let fx = Fixture::new();
+        let store = fx.open();
+        let a = store.add_user("admin", "alice", Role::User).unwrap();
+        for i in 0..4 {
+            store.create_credential("alice", a.namespace, cred(&format!("c{i}"), "t", &[])).unwrap();
+        }
+        assert_eq!(store.verify_audit().unwrap(), 6);
+        drop(store);
+        let records = raw_audit(&fx.path);
+        let kept = &records[3]; // seq 4: the last two creates go
+        let mut head = serde_json::json!({"seq": kept.seq, "hash": credhost::crypto::hex(&kept.hash)});
+        if copy_mac {
+            head["mac"] = head_of(&fx.path)["mac"].clone();
+        }
+        cut_tail(&fx.path, kept.seq, head);
+        let store = fx.open();
+        let broken = |store: &Store| match store.verify_audit() {
+            Err(StoreError::AuditBroken { reason, .. }) => reason,
+            other => panic!("copy_mac={copy_mac}: the cut tail was not found: {other:?}"),
+        };
+        assert!(broken(&store).contains("keyed hash"), "{}", broken(&store));
+        // The store serves, and its next write keeps the break visible.
+        store.create_credential("alice", a.namespace, cred("after", "t", &[])).unwrap();
+        assert!(broken(&store).contains("keyed hash"), "laundered by a write: {}", broken(&store));
+        drop(store);
+        assert!(broken(&fx.open()).contains("keyed hash"), "laundered by a reopen");
+    }
+}
+
+/// A database from the version before keyed heads (keyed chain, unkeyed head, nothing in
+/// the log saying heads are keyed): keyed at the first open, with an `audit.head_keyed`
+/// record; from then on an unkeyed head is a forged one and is reported, not keyed.
+#[test]
+fn a_head_from_before_keyed_heads_is_keyed_once() {
+    let fx = Fixture::new();
+    let store = fx.open();
+    store.add_user("admin", "alice", Role::User).unwrap();
+    drop(store);
+    // Rewrite the log as that version wrote it: store.init without the marker, every
+    // record re-keyed in order, the head without a mac.
+    let key = fx.key().audit_key();
+    let mut records = raw_audit(&fx.path);
+    let mut prev = [0u8; 32];
+    for rec in &mut records {
+        rec.detail = rec.detail.replace("; audit_head=keyed", "");
+        rec.prev_hash = prev;
+        rec.hash = rec.compute_mac(&key);
+        prev = rec.hash;
+    }
+    assert!(!records[0].detail.contains("audit_head"), "{}", records[0].detail);
+    {
+        let db = raw_db(&fx.path);
+        let txn = db.begin_write().unwrap();
+        {
+            let mut audit = txn.open_table(AUDIT).unwrap();
+            for rec in &records {
+                audit.insert(rec.seq, serde_json::to_vec(rec).unwrap().as_slice()).unwrap();
+            }
+        }
+        txn.commit().unwrap();
+    }
+    let last = records.last().unwrap();
+    cut_tail(&fx.path, last.seq, serde_json::json!({"seq": last.seq, "hash": credhost::crypto::hex(&last.hash)}));
+
+    let store = fx.open();
+    assert_eq!(store.verify_audit().unwrap(), 3, "init, user.add, audit.head_keyed");
+    let newest = store.list_audit(&AuditQuery { limit: 1, ..Default::default() }).unwrap();
+    assert_eq!(newest[0].action, "audit.head_keyed");
+    drop(store);
+    assert!(head_of(&fx.path)["mac"].is_string());
+
+    // Now the log says heads are keyed: an unkeyed head is reported at every open.
+    let mut head = head_of(&fx.path);
+    head.as_object_mut().unwrap().remove("mac");
+    cut_tail(&fx.path, 3, head);
+    for _ in 0..2 {
+        match fx.open().verify_audit() {
+            Err(StoreError::AuditBroken { reason, .. }) => assert!(reason.contains("keyed hash"), "{reason}"),
+            other => panic!("an unkeyed head was accepted: {other:?}"),
+        }
+    }
 }
 
 #[test]

@@ -4,8 +4,10 @@
 //! record without its hash)`, with `prev_hash` of record 1 all zeros and the audit key
 //! derived from the master key ([`crate::crypto::MasterKey::audit_key`]): whoever can
 //! write the file but lacks the master key cannot rewrite the chain. `meta.audit_head`
-//! holds the last seq and hash, so deleting the tail is detected too. Every store write
-//! appends its record in the same transaction as the change it describes.
+//! holds the last seq and hash, keyed the same way, so deleting the tail is detected too,
+//! even with the head moved back to the new last record (only a head this key wrote
+//! verifies; rolling the whole file back to an older copy stays out of reach). Every store
+//! write appends its record in the same transaction as the change it describes.
 //!
 //! Migration: databases written before the chain was keyed hold plain
 //! `SHA-256(prev_hash | canonical)` records. At the first open by this version,
@@ -269,6 +271,29 @@ pub(crate) fn append(txn: &Txn, entry: AuditEntry) -> Result<AuditRecord> {
     Ok(recs.pop().expect("one record appended"))
 }
 
+/// The head for record `seq` with `hash`, keyed with `key`.
+fn keyed_head(key: &AuditKey, seq: u64, hash: [u8; 32]) -> AuditHead {
+    let mac = key.mac(&[b"credhost audit head", &seq.to_be_bytes(), &hash]);
+    AuditHead { seq, hash, mac: Some(crate::crypto::hex(&mac)) }
+}
+
+/// Said in the keyed chain when heads are keyed from the start (`store.init`'s and
+/// `audit.keyed`'s detail) or from an upgrade on (an `audit.head_keyed` record): where it
+/// is said, an unkeyed head is a forged one, never an old one to key.
+pub(crate) const HEADS_KEYED: &str = "audit_head=keyed";
+
+/// Whether the log says its heads are keyed (see [`HEADS_KEYED`]).
+fn says_heads_keyed(audit: &Table<'_, u64, &'static [u8]>) -> Result<bool> {
+    for row in audit.iter()? {
+        let rec: AuditRecord = dec(row?.1.value(), "audit record")?;
+        let marks = matches!(rec.action.as_str(), "store.init" | "audit.keyed") && rec.detail.contains(HEADS_KEYED);
+        if marks || rec.action == "audit.head_keyed" {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// Appends `entries` in order inside `txn`, each chained to the one before.
 pub(crate) fn append_many(txn: &Txn, entries: Vec<AuditEntry>) -> Result<Vec<AuditRecord>> {
     let mut meta = txn.open_table(META)?;
@@ -277,6 +302,12 @@ pub(crate) fn append_many(txn: &Txn, entries: Vec<AuditEntry>) -> Result<Vec<Aud
     let mut head: AuditHead = match meta.get(META_AUDIT_HEAD)? {
         Some(v) => dec(v.value(), "audit head")?,
         None => AuditHead::default(),
+    };
+    // A head this key did not write (the tail removed and the head moved back) stays
+    // unkeyed through every append, so the next append does not launder it.
+    let trusted = match head.mac {
+        Some(_) => head.mac == keyed_head(&txn.audit_key, head.seq, head.hash).mac,
+        None => head.seq == 0 && audit.is_empty()?,
     };
     let at = now_ms();
     let mut out = Vec::with_capacity(entries.len());
@@ -298,9 +329,10 @@ pub(crate) fn append_many(txn: &Txn, entries: Vec<AuditEntry>) -> Result<Vec<Aud
         if let Some(ns) = rec.namespace {
             by_ns.insert((ns.key(), rec.seq), ())?;
         }
-        head = AuditHead { seq: rec.seq, hash: rec.hash };
+        head = AuditHead { seq: rec.seq, hash: rec.hash, mac: None };
         out.push(rec);
     }
+    let head = if trusted { keyed_head(&txn.audit_key, head.seq, head.hash) } else { head };
     meta.insert(META_AUDIT_HEAD, enc(&head).as_slice())?;
     // Counted when appended: a transaction that then aborts (a failed commit, or a batch
     // whose operations run again after one failed) is rare and counted too.
@@ -351,7 +383,7 @@ fn check_chain(
         } else if rec.compute_hash() != rec.hash {
             return Err(broken(seq, "content does not match its hash (legacy record edited)"));
         }
-        prev = AuditHead { seq, hash: rec.hash };
+        prev = AuditHead { seq, hash: rec.hash, mac: None };
     }
     if keyed_from > prev.seq {
         return Err(broken(keyed_from, "the keyed chain's first record is missing (key marker moved)"));
@@ -366,6 +398,16 @@ fn check_chain(
             &format!(
                 "log ends at seq {} but the head records seq {} (tail removed or replaced)",
                 prev.seq, head.seq
+            ),
+        ));
+    }
+    if head.mac != keyed_head(key, head.seq, head.hash).mac {
+        return Err(broken(
+            prev.seq + 1,
+            &format!(
+                "the head (seq {}) does not match its keyed hash (tail removed and the head moved back, \
+                 or the head written without the master key)",
+                head.seq
             ),
         ));
     }
@@ -398,13 +440,34 @@ pub(crate) fn rekey(txn: &mut Txn, new: Arc<AuditKey>) -> Result<()> {
             rec.hash = rec.compute_mac(&new);
             audit.insert(seq, enc(&rec).as_slice())?;
             prev = rec.hash;
-            head = AuditHead { seq, hash: rec.hash };
+            head = keyed_head(&new, seq, rec.hash);
         }
         if last >= keyed_from {
             meta.insert(META_AUDIT_HEAD, enc(&head).as_slice())?;
         }
     }
     txn.audit_key = new;
+    Ok(())
+}
+
+/// Whether the stored head carries a key (or there is none yet).
+fn head_is_keyed(meta: &Table<'_, &'static str, &'static [u8]>) -> Result<bool> {
+    Ok(match meta.get(META_AUDIT_HEAD)? {
+        Some(v) => dec::<AuditHead>(v.value(), "audit head")?.mac.is_some(),
+        None => true,
+    })
+}
+
+/// Keys the stored head as it stands (an upgrade's first open; see `migrate_audit`).
+fn key_stored_head(txn: &Txn) -> Result<()> {
+    let mut meta = txn.open_table(META)?;
+    let head: Option<AuditHead> = match meta.get(META_AUDIT_HEAD)? {
+        Some(v) => Some(dec(v.value(), "audit head")?),
+        None => None,
+    };
+    if let Some(head) = head {
+        meta.insert(META_AUDIT_HEAD, enc(&keyed_head(&txn.audit_key, head.seq, head.hash)).as_slice())?;
+    }
     Ok(())
 }
 
@@ -542,16 +605,16 @@ impl Store {
         {
             let txn = self.begin_read()?;
             let meta = txn.open_table(META)?;
-            if meta.get(META_AUDIT_KEYED_FROM)?.is_some() && meta.get(META_AUDIT_INDEX)?.is_some() {
+            if meta.get(META_AUDIT_KEYED_FROM)?.is_some() && meta.get(META_AUDIT_INDEX)?.is_some() && head_is_keyed(&meta)? {
                 return Ok(());
             }
         }
         let txn = self.begin_write()?;
-        let (keyed, indexed) = {
+        let (keyed, indexed, head_keyed) = {
             let meta = txn.open_table(META)?;
             let keyed = meta.get(META_AUDIT_KEYED_FROM)?.is_some();
             let indexed = meta.get(META_AUDIT_INDEX)?.is_some();
-            (keyed, indexed)
+            (keyed, indexed, head_is_keyed(&meta)?)
         };
         if !indexed {
             let audit = txn.open_table(AUDIT)?;
@@ -582,16 +645,30 @@ impl Store {
                 head.seq + 1
             };
             txn.open_table(META)?.insert(META_AUDIT_KEYED_FROM, enc(&next).as_slice())?;
+            key_stored_head(&txn)?;
             let legacy = next - 1;
             append(
                 &txn,
-                AuditEntry::ok("system", "audit.keyed")
-                    .detail(format!("chain keyed with the master key from here; records 1..={legacy} predate it")),
+                AuditEntry::ok("system", "audit.keyed").detail(format!(
+                    "chain keyed with the master key from here; records 1..={legacy} predate it; {HEADS_KEYED}"
+                )),
             )?;
             tracing::warn!(
                 legacy,
                 "audit: the chain is keyed from now on; the {legacy} older records were written unkeyed"
             );
+        } else if !head_keyed {
+            if says_heads_keyed(&txn.open_table(AUDIT)?)? {
+                // Keyed heads were written here before: this one was not, so it stays as it
+                // is and `audit verify` reports it.
+                tracing::error!("audit: the chain's head is not keyed although this database keys heads; not keying it");
+            } else {
+                // Written by a version before keyed heads: keyed as it stands (a tail removed
+                // before now still shows, as a head that does not match the log).
+                key_stored_head(&txn)?;
+                append(&txn, AuditEntry::ok("system", "audit.head_keyed").detail(format!("the head is keyed from here; {HEADS_KEYED}")))?;
+                tracing::info!("audit: the chain's head is keyed from now on");
+            }
         }
         txn.commit()?;
         Ok(())

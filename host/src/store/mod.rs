@@ -817,7 +817,7 @@ impl Store {
         txn.open_table(TOKENS)?;
         audit::append(
             &txn,
-            AuditEntry::ok("system", "store.init").detail(format!("kek_id={}", kek.id())),
+            AuditEntry::ok("system", "store.init").detail(format!("kek_id={}; {}", kek.id(), audit::HEADS_KEYED)),
         )?;
         txn.commit()?;
         Ok(())

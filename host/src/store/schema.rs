@@ -100,12 +100,17 @@ pub struct NamespaceRecord {
     pub created_at: u64,
 }
 
-/// The last audit record, kept in `meta` so truncating the log's tail is detected.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+/// The last audit record, kept in `meta` so truncating the log's tail is detected; `mac`
+/// keys it (hex HMAC under the audit key over seq and hash), so whoever can write the file
+/// but lacks the master key cannot move it back to an earlier record. Heads written before
+/// it existed have none and are keyed at the first open (`Store::migrate_audit`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct AuditHead {
     pub seq: u64,
     #[serde(with = "hex32")]
     pub hash: [u8; 32],
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
 }
 
 macro_rules! id_type {
