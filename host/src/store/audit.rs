@@ -277,6 +277,19 @@ fn keyed_head(key: &AuditKey, seq: u64, hash: [u8; 32]) -> AuditHead {
     AuditHead { seq, hash, mac: Some(crate::crypto::hex(&mac)) }
 }
 
+/// Whether `head` carries the key `key` gives it.
+fn head_verifies(key: &AuditKey, head: &AuditHead) -> bool {
+    head.mac.is_some() && head.mac == keyed_head(key, head.seq, head.hash).mac
+}
+
+/// The stored head, if any.
+fn stored_head(meta: &Table<'_, &'static str, &'static [u8]>) -> Result<Option<AuditHead>> {
+    match meta.get(META_AUDIT_HEAD)? {
+        Some(v) => Ok(Some(dec(v.value(), "audit head")?)),
+        None => Ok(None),
+    }
+}
+
 /// Said in the keyed chain when heads are keyed from the start (`store.init`'s and
 /// `audit.keyed`'s detail) or from an upgrade on (an `audit.head_keyed` record): where it
 /// is said, an unkeyed head is a forged one, never an old one to key.
@@ -299,14 +312,11 @@ pub(crate) fn append_many(txn: &Txn, entries: Vec<AuditEntry>) -> Result<Vec<Aud
     let mut meta = txn.open_table(META)?;
     let mut audit = txn.open_table(AUDIT)?;
     let mut by_ns = txn.open_table(AUDIT_BY_NS)?;
-    let mut head: AuditHead = match meta.get(META_AUDIT_HEAD)? {
-        Some(v) => dec(v.value(), "audit head")?,
-        None => AuditHead::default(),
-    };
+    let mut head = stored_head(&meta)?.unwrap_or_default();
     // A head this key did not write (the tail removed and the head moved back) stays
     // unkeyed through every append, so the next append does not launder it.
     let trusted = match head.mac {
-        Some(_) => head.mac == keyed_head(&txn.audit_key, head.seq, head.hash).mac,
+        Some(_) => head_verifies(&txn.audit_key, &head),
         None => head.seq == 0 && audit.is_empty()?,
     };
     let at = now_ms();
@@ -388,10 +398,7 @@ fn check_chain(
     if keyed_from > prev.seq {
         return Err(broken(keyed_from, "the keyed chain's first record is missing (key marker moved)"));
     }
-    let head: AuditHead = match meta.get(META_AUDIT_HEAD)? {
-        Some(v) => dec(v.value(), "audit head")?,
-        None => AuditHead::default(),
-    };
+    let head = stored_head(meta)?.unwrap_or_default();
     if head.seq != prev.seq || head.hash != prev.hash {
         return Err(broken(
             prev.seq + 1,
@@ -401,7 +408,7 @@ fn check_chain(
             ),
         ));
     }
-    if head.mac != keyed_head(key, head.seq, head.hash).mac {
+    if !head_verifies(key, &head) {
         return Err(broken(
             prev.seq + 1,
             &format!(
@@ -452,20 +459,13 @@ pub(crate) fn rekey(txn: &mut Txn, new: Arc<AuditKey>) -> Result<()> {
 
 /// Whether the stored head carries a key (or there is none yet).
 fn head_is_keyed(meta: &Table<'_, &'static str, &'static [u8]>) -> Result<bool> {
-    Ok(match meta.get(META_AUDIT_HEAD)? {
-        Some(v) => dec::<AuditHead>(v.value(), "audit head")?.mac.is_some(),
-        None => true,
-    })
+    Ok(stored_head(meta)?.is_none_or(|h| h.mac.is_some()))
 }
 
 /// Keys the stored head as it stands (an upgrade's first open; see `migrate_audit`).
 fn key_stored_head(txn: &Txn) -> Result<()> {
     let mut meta = txn.open_table(META)?;
-    let head: Option<AuditHead> = match meta.get(META_AUDIT_HEAD)? {
-        Some(v) => Some(dec(v.value(), "audit head")?),
-        None => None,
-    };
-    if let Some(head) = head {
+    if let Some(head) = stored_head(&meta)? {
         meta.insert(META_AUDIT_HEAD, enc(&keyed_head(&txn.audit_key, head.seq, head.hash)).as_slice())?;
     }
     Ok(())
@@ -638,11 +638,7 @@ impl Store {
         } else if !keyed {
             let next = {
                 let meta = txn.open_table(META)?;
-                let head: AuditHead = match meta.get(META_AUDIT_HEAD)? {
-                    Some(v) => dec(v.value(), "audit head")?,
-                    None => AuditHead::default(),
-                };
-                head.seq + 1
+                stored_head(&meta)?.unwrap_or_default().seq + 1
             };
             txn.open_table(META)?.insert(META_AUDIT_KEYED_FROM, enc(&next).as_slice())?;
             key_stored_head(&txn)?;

@@ -407,7 +407,6 @@ fn new_credential_id() -> Result<CredentialId> {
 }
 
 /// A create's credential: sealed before its transaction, or still to seal in it.
-#[derive(Clone)]
 enum Draft {
     Sealed(Sealed),
     Open(NewCredential),
@@ -500,17 +499,18 @@ impl Store {
         };
         // Creates come in bursts: a queue of them runs in one transaction (see `batch`).
         self.write_batched(ns, move |store, txn| {
-            // Cloned: a batched operation may run again (see `batch`).
-            let Sealed { cred, record, blob, detail } = match draft.clone() {
-                Draft::Sealed(sealed) => sealed,
+            // Borrowed, not taken: a batched operation may run again (see `batch`).
+            let sealed = match &draft {
+                Draft::Sealed(sealed) => std::borrow::Cow::Borrowed(sealed),
                 Draft::Open(new) => {
                     let dek = store.dek_in(&txn.open_table(NAMESPACES)?, ns)?;
-                    seal_new(&dek, ns, id, new)?
+                    std::borrow::Cow::Owned(seal_new(&dek, ns, id, new.clone())?)
                 }
             };
+            let Sealed { cred, record, blob, detail } = sealed.as_ref();
             let mut names = txn.open_table(NAMES)?;
             if let Some(holder) = names.get((ns.key(), cred.name.as_str()))?.map(|v| v.value()) {
-                return Err(name_taken(&txn.open_table(CREDENTIALS)?, ns, holder, cred.name)?);
+                return Err(name_taken(&txn.open_table(CREDENTIALS)?, ns, holder, cred.name.clone())?);
             }
             // Checked and sealed: an error from here on is the storage's.
             txn.writing();
@@ -519,15 +519,15 @@ impl Store {
             txn.open_table(VERSIONS)?
                 .insert((id.key(), 1u32), blob.as_slice())?;
             super::history::reschedule(txn, id, None, cred.monitor.next_test_at)?;
-            super::versions::record_current(txn, &cred, &actor, super::versions::VersionReason::Create, None)?;
+            super::versions::record_current(txn, cred, &actor, super::versions::VersionReason::Create, None)?;
             audit::append(
                 txn,
                 AuditEntry::ok(&actor, "credential.create")
                     .ns(ns)
                     .cred(id)
-                    .detail(detail),
+                    .detail(detail.clone()),
             )?;
-            Ok(cred)
+            Ok(cred.clone())
         })
     }
 
