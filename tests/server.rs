@@ -354,13 +354,40 @@ async fn audit_chain_rewritten_without_the_master_key_is_detected() {
     let (ok, text) = verify(&env, &cfg);
     assert!(!ok && text.contains("key marker") && text.contains("missing"), "{text}");
 
-    // The host still starts on a tampered file and serves; the pristine file verifies.
+    // Attack 4: cut the newest record and move the head back to the new last one, keeping
+    // the head's old mac (nothing else in the file changes).
+    std::fs::write(&db, &pristine).unwrap();
+    {
+        let raw = redb::Database::open(&db).unwrap();
+        let txn = raw.begin_write().unwrap();
+        {
+            let mut audit = txn.open_table(redb::TableDefinition::<u64, &[u8]>::new("audit")).unwrap();
+            let last = audit.last().unwrap().unwrap().0.value();
+            let kept: Value = serde_json::from_slice(audit.get(last - 1).unwrap().unwrap().value()).unwrap();
+            audit.remove(last).unwrap();
+            let mut meta = txn.open_table(META).unwrap();
+            let mut head: Value = serde_json::from_slice(meta.get("audit_head").unwrap().unwrap().value()).unwrap();
+            head["seq"] = kept["seq"].clone();
+            head["hash"] = kept["hash"].clone();
+            meta.insert("audit_head", serde_json::to_vec(&head).unwrap().as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let (ok, text) = verify(&env, &cfg);
+    assert!(!ok && text.contains("keyed hash"), "a cut tail passed: {text}");
+
+    // The host still starts on a tampered file and serves (and its writes do not hide
+    // the cut); the pristine file verifies.
     let server = env.start(&["--config", cfg.to_str().unwrap()]);
     let api = server.api(&guard);
     api.get("/healthz", None).await.expect(200);
     api.get("/api/credentials", Some(&alice)).await.expect(200);
+    let body = json!({"name": "after-cut", "type": "bearer_token", "fields": {"token": format!("tok-{}", random_alnum(32))}});
+    api.post("/api/credentials", Some(&alice), body).await.expect(201);
     logs_clean(&guard, &server);
     drop(server);
+    let (ok, text) = verify(&env, &cfg);
+    assert!(!ok && text.contains("keyed hash"), "a write hid the cut tail: {text}");
     std::fs::write(&db, &pristine).unwrap();
     let (ok, text) = verify(&env, &cfg);
     assert!(ok, "{text}");
