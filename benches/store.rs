@@ -41,9 +41,11 @@ fn new_cred(i: u64) -> NewCredential {
 }
 
 pub fn main() {
-    // Benches get a scratch dir inside target/: a real disk, not tmpfs.
-    let base = option_env!("CARGO_TARGET_TMPDIR")
+    // Benches get a scratch dir inside target/: a real disk, not tmpfs
+    // (`STORE_BENCH_DIR` overrides, e.g. /dev/shm to see CPU cost without fsync).
+    let base = std::env::var_os("STORE_BENCH_DIR")
         .map(std::path::PathBuf::from)
+        .or_else(|| option_env!("CARGO_TARGET_TMPDIR").map(std::path::PathBuf::from))
         .unwrap_or_else(std::env::temp_dir);
     std::fs::create_dir_all(&base).unwrap();
     let dir = tempfile::tempdir_in(&base).unwrap();
@@ -78,7 +80,9 @@ pub fn main() {
     let (mut store_ops, mut store_time) = (0u64, Duration::ZERO);
     let mut ids = vec![first.id];
     let only_group = std::env::var("STORE_BENCH_ONLY").is_ok_and(|v| v == "group");
+    let (mut raw_io, mut store_io) = (Io::default(), Io::default());
     for _ in 0..if only_group { 0 } else { ROUNDS } {
+        let io = Io::now();
         let t = Instant::now();
         while t.elapsed() < PHASE {
             let mut txn = raw.begin_write().unwrap();
@@ -91,7 +95,9 @@ pub fn main() {
             raw_ops += 1;
         }
         raw_time += t.elapsed();
+        raw_io.add(&io, &Io::now());
 
+        let io = Io::now();
         let t = Instant::now();
         while t.elapsed() < PHASE {
             ids.push(
@@ -104,6 +110,7 @@ pub fn main() {
             store_ops += 1;
         }
         store_time += t.elapsed();
+        store_io.add(&io, &Io::now());
     }
     if only_group {
         group_commit(&store, ns, next);
@@ -141,6 +148,13 @@ pub fn main() {
     println!("raw_redb_durable_commits_per_s {raw_rate:.1}");
     println!("store_durable_creates_per_s {store_rate:.1}");
     println!("create_vs_raw_ratio {:.2}", store_rate / raw_rate);
+    println!(
+        "write_calls_per_commit raw {:.1} create {:.1}; bytes_written_per_commit raw {:.0} create {:.0}",
+        raw_io.calls as f64 / raw_ops as f64,
+        store_io.calls as f64 / store_ops as f64,
+        raw_io.bytes as f64 / raw_ops as f64,
+        store_io.bytes as f64 / store_ops as f64
+    );
     println!("get_credential_per_s {get_rate:.0}");
     println!(
         "list_credentials_50_per_s {list_rate:.0} (namespace holds {} credentials)",
@@ -203,4 +217,30 @@ fn group_commit(store: &Arc<Store>, ns: credhost::store::NamespaceId, next: u64)
         "group_commit_ratio_{THREADS}_vs_1 {:.2} (target >= 5)",
         many_rate / one_rate
     );
+}
+
+/// This process's write calls and bytes so far (`/proc/self/io`: `syscw`, `wchar`); zero
+/// where that file is missing.
+#[derive(Default)]
+struct Io {
+    calls: u64,
+    bytes: u64,
+}
+
+impl Io {
+    fn now() -> Io {
+        let text = std::fs::read_to_string("/proc/self/io").unwrap_or_default();
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        Io { calls: field("syscw:"), bytes: field("wchar:") }
+    }
+
+    fn add(&mut self, from: &Io, to: &Io) {
+        self.calls += to.calls - from.calls;
+        self.bytes += to.bytes - from.bytes;
+    }
 }

@@ -224,6 +224,8 @@ async fn absurd_token_lifetime_is_a_field_error_and_creates_nothing() {
 
 const AUDIT: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("audit");
 const META: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("meta");
+/// Where `audit` keeps its head (schema 2; schema 1 kept it in `meta.audit_head`).
+const HEAD: u64 = u64::MAX;
 
 /// The record minus its hash, in the store's canonical field order.
 #[derive(serde::Serialize)]
@@ -245,14 +247,15 @@ fn hex(b: &[u8]) -> String {
 /// What an attacker with write access to the file but not the master key can do: edit a
 /// record, then recompute the whole chain the way an unkeyed chain is computed
 /// (`SHA-256(prev | canonical)`) and update the head. `keyed_from` optionally also moves
-/// the key marker; `drop_markers` removes the markers and the index (a "pre-upgrade" file).
+/// the key marker; `drop_markers` makes it a file from before keyed chains: no markers, no
+/// index, schema 1 with its head in `meta`.
 fn rewrite_chain(db_path: &Path, edit: impl Fn(&mut Value), keyed_from: Option<u64>, drop_markers: bool) {
     let db = redb::Database::open(db_path).unwrap();
     let txn = db.begin_write().unwrap();
     {
         let mut audit = txn.open_table(AUDIT).unwrap();
         let mut records: Vec<Value> = Vec::new();
-        for row in audit.iter().unwrap() {
+        for row in audit.range(..HEAD).unwrap() {
             records.push(serde_json::from_slice(row.unwrap().1.value()).unwrap());
         }
         let mut prev = [0u8; 32];
@@ -277,7 +280,14 @@ fn rewrite_chain(db_path: &Path, edit: impl Fn(&mut Value), keyed_from: Option<u
         }
         let mut meta = txn.open_table(META).unwrap();
         let last = records.last().unwrap()["seq"].as_u64().unwrap();
-        meta.insert("audit_head", serde_json::to_vec(&json!({"seq": last, "hash": hex(&prev)})).unwrap().as_slice()).unwrap();
+        let head = serde_json::to_vec(&json!({"seq": last, "hash": hex(&prev)})).unwrap();
+        if drop_markers {
+            audit.remove(HEAD).unwrap();
+            meta.insert("audit_head", head.as_slice()).unwrap();
+            meta.insert("schema_version", b"1".as_slice()).unwrap();
+        } else {
+            audit.insert(HEAD, head.as_slice()).unwrap();
+        }
         if let Some(k) = keyed_from {
             meta.insert("audit_keyed_from", serde_json::to_vec(&k).unwrap().as_slice()).unwrap();
         }
@@ -361,15 +371,14 @@ async fn audit_chain_rewritten_without_the_master_key_is_detected() {
         let raw = redb::Database::open(&db).unwrap();
         let txn = raw.begin_write().unwrap();
         {
-            let mut audit = txn.open_table(redb::TableDefinition::<u64, &[u8]>::new("audit")).unwrap();
-            let last = audit.last().unwrap().unwrap().0.value();
+            let mut audit = txn.open_table(AUDIT).unwrap();
+            let last = audit.range(..HEAD).unwrap().next_back().unwrap().unwrap().0.value();
             let kept: Value = serde_json::from_slice(audit.get(last - 1).unwrap().unwrap().value()).unwrap();
             audit.remove(last).unwrap();
-            let mut meta = txn.open_table(META).unwrap();
-            let mut head: Value = serde_json::from_slice(meta.get("audit_head").unwrap().unwrap().value()).unwrap();
+            let mut head: Value = serde_json::from_slice(audit.get(HEAD).unwrap().unwrap().value()).unwrap();
             head["seq"] = kept["seq"].clone();
             head["hash"] = kept["hash"].clone();
-            meta.insert("audit_head", serde_json::to_vec(&head).unwrap().as_slice()).unwrap();
+            audit.insert(HEAD, serde_json::to_vec(&head).unwrap().as_slice()).unwrap();
         }
         txn.commit().unwrap();
     }
@@ -395,7 +404,7 @@ async fn audit_chain_rewritten_without_the_master_key_is_detected() {
 }
 
 /// Item 10a migration: a database from before the chain was keyed (unkeyed records, no
-/// markers, no index) is keyed from the next seq at first open; `audit verify` passes and
+/// markers, no index, schema 1) is upgraded and keyed from the next seq at first open; `audit verify` passes and
 /// says how many records predate the key; later edits of those old records are caught.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pre_upgrade_database_is_migrated_and_then_protected() {

@@ -55,6 +55,7 @@ pub mod pg;
 pub mod outbox;
 pub mod schema;
 mod tokens;
+mod upgrade;
 pub mod versions;
 pub mod webhooks;
 
@@ -637,7 +638,8 @@ fn check_meta(meta: &Table<'_, &'static str, &'static [u8]>, kek: &MasterKey) ->
         return Ok(MetaState::Empty);
     };
     let found: u32 = dec(version.value(), "schema version")?;
-    if found != SCHEMA_VERSION {
+    // An older schema is upgraded at open (`upgrade`), once the key is checked.
+    if found == 0 || found > SCHEMA_VERSION {
         return Err(StoreError::SchemaVersion {
             found,
             supported: SCHEMA_VERSION,
@@ -727,6 +729,8 @@ impl Store {
                 check_meta(&snap.open_table(META)?, &store.keys().kek)?;
             }
         }
+        // The layout first: the audit migration reads the head where this schema keeps it.
+        store.upgrade_schema()?;
         store.migrate_audit()?;
         store.ensure_tables()?;
         Ok(store)

@@ -97,7 +97,49 @@ fn insert_sql(table: &str) -> &'static str {
 
 /// The schema versions this build knows, in order; each applied once, in a transaction.
 /// Never edit one that has shipped: add the next.
-const MIGRATIONS: &[fn() -> String] = &[migration_1, migration_2];
+const MIGRATIONS: &[fn() -> String] = &[migration_1, migration_2, migration_3];
+
+/// Store schema 2 (see `store::upgrade`, which does the same on redb): version metadata
+/// moves into `versions` under the number with `META_PART` set, keeping each row's
+/// namespace; the audit head moves from `meta` into `audit`. Keys are written in both
+/// encodings, computed here from the store's own, not spelled out by hand.
+fn migration_3() -> String {
+    use super::kv::{ord_key, raw_key};
+    use super::schema::{AUDIT_HEAD_MOVED, AUDIT_HEAD_SEQ, META_AUDIT_HEAD, META_SCHEMA_VERSION};
+    let lit = |b: &[u8]| format!("'\\x{}'::bytea", crate::crypto::hex(b));
+    // The byte of each encoding that holds the version number's top bit: the one byte
+    // where a key with the bit set differs from the same key without.
+    fn bit(with: Vec<u8>, without: Vec<u8>) -> (usize, u8) {
+        let differ: Vec<(usize, u8)> =
+            with.iter().zip(&without).enumerate().filter(|(_, (a, b))| a != b).map(|(i, (a, b))| (i, a ^ b)).collect();
+        assert!(with.len() == without.len() && differ.len() == 1, "one byte holds the bit");
+        differ[0]
+    }
+    let id = u128::MAX / 3;
+    let meta_part = super::versions::META_PART;
+    let (ki, kb) = bit(raw_key::<(u128, u32)>(&(id, 7 | meta_part)), raw_key::<(u128, u32)>(&(id, 7)));
+    let (ri, rb) = bit(ord_key::<(u128, u32)>(&(id, 7 | meta_part)), ord_key::<(u128, u32)>(&(id, 7)));
+    let head_key = raw_key::<&str>(&META_AUDIT_HEAD);
+    let version_key = raw_key::<&str>(&META_SCHEMA_VERSION);
+    format!(
+        "SELECT set_config('credhost.namespace', '*', true);\n\
+         INSERT INTO kv_versions (k, kr, v, ns) \
+         SELECT set_byte(k, {ki}, get_byte(k, {ki}) | {kb}), set_byte(kr, {ri}, get_byte(kr, {ri}) | {rb}), v, ns \
+         FROM kv_version_meta ON CONFLICT (k) DO UPDATE SET kr = EXCLUDED.kr, v = EXCLUDED.v, ns = EXCLUDED.ns;\n\
+         DELETE FROM kv_version_meta;\n\
+         INSERT INTO kv_audit (k, kr, v) SELECT {}, {}, v FROM kv_meta WHERE k = {hk} \
+         ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v;\n\
+         UPDATE kv_meta SET v = {} WHERE k = {hk};\n\
+         UPDATE kv_meta SET v = {} WHERE k = {} AND v = {};\n",
+        lit(&raw_key::<u64>(&AUDIT_HEAD_SEQ)),
+        lit(&ord_key::<u64>(&AUDIT_HEAD_SEQ)),
+        lit(AUDIT_HEAD_MOVED),
+        lit(b"2"),
+        lit(&version_key),
+        lit(b"1"),
+        hk = lit(&head_key),
+    )
+}
 
 /// One row per PostgreSQL backend process, rewritten by the flush that makes a group
 /// commit durable (see [`Tx::commit`]): a commit that wrote WAL is flushed synchronously,
@@ -127,6 +169,18 @@ fn migration_1() -> String {
         }
     }
     sql
+}
+
+#[cfg(test)]
+mod tests {
+    /// Migration 3 sets the top bit of a version number's byte in both key encodings.
+    #[test]
+    fn migration_3_sets_the_version_bit_in_both_encodings() {
+        let sql = super::migration_3();
+        assert!(sql.contains("set_byte(k, 19, get_byte(k, 19) | 128)"), "{sql}");
+        assert!(sql.contains("set_byte(kr, 16, get_byte(kr, 16) | 128)"), "{sql}");
+        assert!(sql.contains("'\\xffffffffffffffff'::bytea"), "{sql}");
+    }
 }
 
 /// The newest schema version this build knows.

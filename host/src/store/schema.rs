@@ -1,27 +1,29 @@
-//! Table layout (schema version 1). Values are JSON (serde_json) unless noted.
+//! Table layout (schema version 2). Values are JSON (serde_json) unless noted.
 //!
 //! | table         | key                                  | value                                        |
 //! |---------------|--------------------------------------|----------------------------------------------|
-//! | `meta`        | `&str`: `schema_version`, `kek_id`, `key_check`, `audit_head`, `audit_keyed_from`, `audit_index` | JSON / raw bytes (`key_check`) |
+//! | `meta`        | `&str`: `schema_version`, `kek_id`, `key_check`, `audit_keyed_from`, `audit_index` (`audit_head`: a marker left by schema 1's head) | JSON / raw bytes (`key_check`) |
 //! | `namespaces`  | `u128` namespace id                  | [`NamespaceRecord`] (user, wrapped DEK)      |
 //! | `users`       | `&str` user name                     | [`User`](super::User)                        |
 //! | `credentials` | `u128` credential id                 | [`Credential`](super::Credential) metadata   |
 //! | `names`       | `(u128 namespace, &str name)`        | `u128` credential id                         |
-//! | `versions`    | `(u128 credential, u32 version)`     | raw sealed blob: version byte 1, nonce, ciphertext+tag       |
-//! | `audit`       | `u64` seq (from 1, contiguous)       | [`AuditRecord`](super::AuditRecord)          |
+//! | `versions`    | `(u128 credential, u32 n)`           | n < 2³¹: version n's raw sealed blob (version byte 1, nonce, ciphertext+tag); n ≥ 2³¹: `VersionMeta` of version n − 2³¹ (who, when, fingerprints, test outcome) |
+//! | `audit`       | `u64` seq (from 1, contiguous); [`AUDIT_HEAD_SEQ`] | [`AuditRecord`](super::AuditRecord); under `AUDIT_HEAD_SEQ` the [`AuditHead`] |
 //! | `audit_by_namespace` | `(u128 namespace, u64 seq)`   | `()`: index of `audit` by namespace          |
 //! | `tokens`      | `&[u8]` SHA-256 of the token text    | [`TokenInfo`](super::TokenInfo)              |
 //! | `outbox`      | `u64` seq                            | [`Event`](super::Event): events to deliver   |
 //! | `test_history` | `(u128 credential, u64 seq)`        | [`TestResult`](super::TestResult): the last N tests |
 //! | `monitor_due` | `(u64 due ms, u128 credential)`      | `()`: index of scheduled tests by due time   |
-//! | `version_meta` | `(u128 credential, u32 version)`    | `VersionMeta`: who, when, fingerprints, test outcome of a version |
+//! | `version_meta` | `(u128 credential, u32 version)`    | empty since schema 2 (moved into `versions`) |
 //! | `rotation_keys` | `(u128 credential, &str idempotency key)` | `RotationKey`: a rotate request's digest and answer |
 //! | `webhooks`    | `(u128 namespace, u128 subscription)` | `Subscription`: URL, event filter, sealed signing secret |
 //! | `webhook_deliveries` | `(u128 subscription, u128 delivery)` | `Delivery`: the event, attempts, state |
 //! | `webhook_queue` | `(u64 due ms, u128 delivery)`      | `u128` subscription: pending deliveries by due time |
 //!
 //! Tables added after schema version 1 was first written are created when a store is
-//! opened ([`ensure_tables`]), so older files gain them without a version bump.
+//! opened ([`ensure_tables`]), so older files gain them without a version bump. Schema 2
+//! folded a version's metadata and the audit head into tables a create writes anyway (a
+//! redb commit costs per dirty page); `store::upgrade` brings a schema 1 store to it.
 //!
 //! The table definitions are public so that tools and tests can inspect a file with redb
 //! directly; the store itself is the only writer.
@@ -35,8 +37,9 @@ use uuid::Uuid;
 
 use super::error::{Result, StoreError};
 
-/// The schema version this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 1;
+/// The schema version this build writes (older ones are upgraded at open, see
+/// `store::upgrade`).
+pub const SCHEMA_VERSION: u32 = 2;
 
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 pub const NAMESPACES: TableDefinition<u128, &[u8]> = TableDefinition::new("namespaces");
@@ -82,7 +85,15 @@ pub(crate) fn ensure_tables(txn: &super::Txn) -> Result<()> {
 pub const META_SCHEMA_VERSION: &str = "schema_version";
 pub const META_KEK_ID: &str = "kek_id";
 pub const META_KEY_CHECK: &str = "key_check";
+/// Schema 1's audit head; since schema 2 it holds [`AUDIT_HEAD_MOVED`].
 pub const META_AUDIT_HEAD: &str = "audit_head";
+/// Left in `meta.audit_head` by the upgrade to schema 2: no head decodes from it, so a
+/// replica of an older version still running fails its writes rather than restarting
+/// the chain.
+pub const AUDIT_HEAD_MOVED: &[u8] = b"\"moved to the audit table (schema 2)\"";
+/// Where `audit` keeps its head (the last record's seq and hash, keyed): past every
+/// record, so it shares the newest records' page.
+pub const AUDIT_HEAD_SEQ: u64 = u64::MAX;
 /// First seq whose hash is keyed (HMAC with the audit key); older records are legacy
 /// unkeyed SHA-256 links (see `store::audit`).
 pub const META_AUDIT_KEYED_FROM: &str = "audit_keyed_from";
@@ -169,8 +180,9 @@ id_type!(
     NamespaceId
 );
 id_type!(
-    /// A credential id: 122 random bits in UUID form (not guessable, not time-ordered).
-    /// Parsing an unparsable id yields `NotFound`.
+    /// A credential id: UUIDv7, the creation ms and 74 random bits (not guessable; ids
+    /// grow with time, so new rows land on a table's right edge). Parsing an unparsable
+    /// id yields `NotFound`.
     CredentialId
 );
 

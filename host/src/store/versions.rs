@@ -22,7 +22,7 @@ use super::credentials::load_live;
 use super::error::{Result, StoreError};
 use super::outbox::{self, Event};
 use super::schema::{
-    dec, enc, CredentialId, NamespaceId, CREDENTIALS, NAMESPACES, ROTATION_KEYS, VERSIONS, VERSION_META,
+    dec, enc, CredentialId, NamespaceId, CREDENTIALS, NAMESPACES, ROTATION_KEYS, VERSIONS,
 };
 use super::{now_ms, Credential, SecretField, Store, TestResult, Txn, BINDING_KEY};
 use crate::crypto::SecretMap;
@@ -133,8 +133,19 @@ pub struct RotationEnd {
     pub key: Option<(String, serde_json::Value)>,
 }
 
-fn version_range(id: CredentialId) -> std::ops::RangeInclusive<(u128, u32)> {
-    (id.key(), 0)..=(id.key(), u32::MAX)
+/// A version's metadata is kept in `versions` beside its blob, under the number with
+/// this bit set: a create then dirties one table fewer (a redb commit costs per dirty
+/// page), and a credential's blobs and metadata sit together.
+pub(crate) const META_PART: u32 = 1 << 31;
+
+/// Where version `n`'s metadata is kept in `versions`.
+pub(crate) fn meta_key(id: CredentialId, n: u32) -> (u128, u32) {
+    (id.key(), n | META_PART)
+}
+
+/// The keys of `id`'s sealed blobs (its metadata follows them).
+fn version_range(id: CredentialId) -> std::ops::Range<(u128, u32)> {
+    (id.key(), 0)..(id.key(), META_PART)
 }
 
 /// The number for a new version of `id`: one past the highest ever kept. Retention
@@ -165,7 +176,7 @@ pub(crate) fn record_current(
         replaced,
         promoted: None,
     };
-    txn.open_table(VERSION_META)?.insert((cred.id.key(), cred.version), enc(&meta).as_slice())?;
+    txn.open_table(VERSIONS)?.insert(meta_key(cred.id, cred.version), enc(&meta).as_slice())?;
     // A new credential holds its one version: nothing to look for.
     if matches!(reason, VersionReason::Create) {
         return Ok(Vec::new());
@@ -176,7 +187,6 @@ pub(crate) fn record_current(
 /// Destroys the oldest versions beyond `max_versions`, never the current or pending one.
 fn retain(txn: &Txn, cred: &Credential) -> Result<Vec<u32>> {
     let mut blobs = txn.open_table(VERSIONS)?;
-    let mut metas = txn.open_table(VERSION_META)?;
     let mut numbers = Vec::new();
     for row in blobs.range(version_range(cred.id))? {
         numbers.push(row?.0.value().1);
@@ -191,7 +201,7 @@ fn retain(txn: &Txn, cred: &Credential) -> Result<Vec<u32>> {
             continue;
         }
         blobs.remove((cred.id.key(), n))?;
-        metas.remove((cred.id.key(), n))?;
+        blobs.remove(meta_key(cred.id, n))?;
         destroyed.push(n);
         excess -= 1;
     }
@@ -201,9 +211,8 @@ fn retain(txn: &Txn, cred: &Credential) -> Result<Vec<u32>> {
 /// Destroys every version (blob and metadata) and idempotency key of `id` (purge).
 pub(crate) fn destroy_all(txn: &Txn, id: CredentialId) -> Result<()> {
     let mut blobs = txn.open_table(VERSIONS)?;
-    blobs.retain_in(version_range(id), |_, _| false)?;
-    let mut metas = txn.open_table(VERSION_META)?;
-    metas.retain_in(version_range(id), |_, _| false)?;
+    // Blobs and metadata.
+    blobs.retain_in((id.key(), 0)..=(id.key(), u32::MAX), |_, _| false)?;
     let mut keys = txn.open_table(ROTATION_KEYS)?;
     keys.retain_in::<(u128, &str), _>((id.key(), "")..(id.key() + 1, ""), |_, _| false)?;
     Ok(())
@@ -265,14 +274,13 @@ impl Store {
         let txn = self.begin_read_in(ns)?;
         let cred = load_live(&txn.open_table(CREDENTIALS)?, ns, id)?;
         let blobs = txn.open_table(VERSIONS)?;
-        let metas = txn.open_table(VERSION_META)?;
         let mut numbers = Vec::new();
         for row in blobs.range(version_range(id))? {
             numbers.push(row?.0.value().1);
         }
         let mut found = BTreeMap::new();
         for n in &numbers {
-            if let Some(v) = metas.get((id.key(), *n))? {
+            if let Some(v) = blobs.get(meta_key(id, *n))? {
                 found.insert(*n, dec::<VersionMeta>(v.value(), "version metadata")?);
             }
         }
@@ -370,7 +378,7 @@ impl Store {
                 replaced: None,
                 promoted: None,
             };
-            txn.open_table(VERSION_META)?.insert((id.key(), n), enc(&meta).as_slice())?;
+            txn.open_table(VERSIONS)?.insert(meta_key(id, n), enc(&meta).as_slice())?;
             let superseded = cred.pending_version.replace(n);
             creds.insert(id.key(), enc(&cred).as_slice())?;
             drop(creds);
@@ -439,8 +447,8 @@ impl Store {
                     "version {n} is no longer pending: a later change superseded it"
                 )));
             }
-            let mut metas = txn.open_table(VERSION_META)?;
-            let mut meta: VersionMeta = match metas.get((id.key(), n))? {
+            let mut metas = txn.open_table(VERSIONS)?;
+            let mut meta: VersionMeta = match metas.get(meta_key(id, n))? {
                 Some(v) => dec(v.value(), "version metadata")?,
                 None => return Err(StoreError::Corrupt(format!("credential {id}: pending version {n} has no metadata"))),
             };
@@ -458,7 +466,7 @@ impl Store {
                 cred.updated_at = now;
                 creds.insert(id.key(), enc(&cred).as_slice())?;
             }
-            metas.insert((id.key(), n), enc(&meta).as_slice())?;
+            metas.insert(meta_key(id, n), enc(&meta).as_slice())?;
             (cred, previous)
         };
         if let Some((key, answer)) = end.key {
@@ -525,8 +533,8 @@ impl Store {
                     )));
                 }
             }
-            let mut metas = txn.open_table(VERSION_META)?;
-            let mut meta = match metas.get((id.key(), n))? {
+            let mut metas = txn.open_table(VERSIONS)?;
+            let mut meta = match metas.get(meta_key(id, n))? {
                 Some(v) => dec::<VersionMeta>(v.value(), "version metadata")?,
                 None => VersionMeta {
                     // Written before metadata was kept: what is known now.
@@ -552,7 +560,7 @@ impl Store {
             cred.last_test = meta.test.clone();
             cred.updated_at = now;
             creds.insert(id.key(), enc(&cred).as_slice())?;
-            metas.insert((id.key(), n), enc(&meta).as_slice())?;
+            metas.insert(meta_key(id, n), enc(&meta).as_slice())?;
             (cred, previous, meta.test)
         };
         outbox::emit(
