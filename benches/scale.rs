@@ -234,6 +234,10 @@ fn scenario(rt: &tokio::runtime::Runtime, users: usize, creds: usize, cache: Opt
         let status = srv.stop();
         assert!(status.success(), "server exit {status}");
         drop(srv);
+        // `SCALE_KEEP_DB=path` keeps a copy of the stopped server's database (to inspect).
+        if let Some(keep) = std::env::var_os("SCALE_KEEP_DB") {
+            std::fs::copy(&db, keep).expect("copy the database");
+        }
         let (srv2, restart) = start_ready(&env, &http).await;
         let (rss_restarted, _) = rss_mib(srv2.pid());
         let relist_lat = list_all(&http, &srv2.base, &user_tokens, creds).await;

@@ -161,6 +161,8 @@ pub fn main() {
         ids.len()
     );
     group_commit(&store, ns, next);
+    let size = std::fs::metadata(dir.path().join("store.redb")).map_or(0, |m| m.len());
+    println!("store_file_mib {:.1} (after every phase)", size as f64 / 1048576.0);
 }
 
 /// Group commit: the same creates from 1 thread, then from THREADS threads, interleaved.

@@ -224,8 +224,8 @@ async fn absurd_token_lifetime_is_a_field_error_and_creates_nothing() {
 
 const AUDIT: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("audit");
 const META: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("meta");
-/// Where `audit` keeps its head (schema 2; schema 1 kept it in `meta.audit_head`).
-const HEAD: u64 = u64::MAX;
+/// The audit head's key in `meta` (schema 2; schema 1 kept it under `audit_head`).
+const HEAD: &str = "audit_chain_head";
 
 /// The record minus its hash, in the store's canonical field order.
 #[derive(serde::Serialize)]
@@ -255,7 +255,7 @@ fn rewrite_chain(db_path: &Path, edit: impl Fn(&mut Value), keyed_from: Option<u
     {
         let mut audit = txn.open_table(AUDIT).unwrap();
         let mut records: Vec<Value> = Vec::new();
-        for row in audit.range(..HEAD).unwrap() {
+        for row in audit.iter().unwrap() {
             records.push(serde_json::from_slice(row.unwrap().1.value()).unwrap());
         }
         let mut prev = [0u8; 32];
@@ -282,11 +282,11 @@ fn rewrite_chain(db_path: &Path, edit: impl Fn(&mut Value), keyed_from: Option<u
         let last = records.last().unwrap()["seq"].as_u64().unwrap();
         let head = serde_json::to_vec(&json!({"seq": last, "hash": hex(&prev)})).unwrap();
         if drop_markers {
-            audit.remove(HEAD).unwrap();
+            meta.remove(HEAD).unwrap();
             meta.insert("audit_head", head.as_slice()).unwrap();
             meta.insert("schema_version", b"1".as_slice()).unwrap();
         } else {
-            audit.insert(HEAD, head.as_slice()).unwrap();
+            meta.insert(HEAD, head.as_slice()).unwrap();
         }
         if let Some(k) = keyed_from {
             meta.insert("audit_keyed_from", serde_json::to_vec(&k).unwrap().as_slice()).unwrap();
@@ -372,13 +372,14 @@ async fn audit_chain_rewritten_without_the_master_key_is_detected() {
         let txn = raw.begin_write().unwrap();
         {
             let mut audit = txn.open_table(AUDIT).unwrap();
-            let last = audit.range(..HEAD).unwrap().next_back().unwrap().unwrap().0.value();
+            let last = audit.last().unwrap().unwrap().0.value();
             let kept: Value = serde_json::from_slice(audit.get(last - 1).unwrap().unwrap().value()).unwrap();
             audit.remove(last).unwrap();
-            let mut head: Value = serde_json::from_slice(audit.get(HEAD).unwrap().unwrap().value()).unwrap();
+            let mut meta = txn.open_table(META).unwrap();
+            let mut head: Value = serde_json::from_slice(meta.get(HEAD).unwrap().unwrap().value()).unwrap();
             head["seq"] = kept["seq"].clone();
             head["hash"] = kept["hash"].clone();
-            audit.insert(HEAD, serde_json::to_vec(&head).unwrap().as_slice()).unwrap();
+            meta.insert(HEAD, serde_json::to_vec(&head).unwrap().as_slice()).unwrap();
         }
         txn.commit().unwrap();
     }

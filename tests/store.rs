@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use credhost::crypto::{DataKey, MasterKey};
-use credhost::store::schema::{AUDIT, AUDIT_HEAD_MOVED, AUDIT_HEAD_SEQ, CREDENTIALS, META, VERSIONS, VERSION_META};
+use credhost::store::schema::{AUDIT, AUDIT_HEAD_MOVED, CREDENTIALS, META, META_AUDIT_HEAD, VERSIONS, VERSION_META};
 use credhost::store::{
     AuditQuery, AuditRecord, CredentialId, CredentialUpdate, ListQuery, NamespaceId, NewCredential, Role, Store,
     StoreError, TestResult,
@@ -480,7 +480,7 @@ fn raw_audit(path: &Path) -> Vec<AuditRecord> {
     let db = raw_db(path);
     let txn = db.begin_read().unwrap();
     let t = txn.open_table(AUDIT).unwrap();
-    t.range(..AUDIT_HEAD_SEQ).unwrap().map(|r| serde_json::from_slice(r.unwrap().1.value()).unwrap()).collect()
+    t.iter().unwrap().map(|r| serde_json::from_slice(r.unwrap().1.value()).unwrap()).collect()
 }
 
 /// Cuts the log after record `keep` and writes `head` (JSON) as the log's head.
@@ -489,11 +489,11 @@ fn cut_tail(path: &Path, keep: u64, head: serde_json::Value) {
     let txn = db.begin_write().unwrap();
     {
         let mut audit = txn.open_table(AUDIT).unwrap();
-        let last = audit.range(..AUDIT_HEAD_SEQ).unwrap().next_back().unwrap().unwrap().0.value();
+        let last = audit.last().unwrap().unwrap().0.value();
         for seq in keep + 1..=last {
             audit.remove(seq).unwrap();
         }
-        audit.insert(AUDIT_HEAD_SEQ, serde_json::to_vec(&head).unwrap().as_slice()).unwrap();
+        txn.open_table(META).unwrap().insert(META_AUDIT_HEAD, serde_json::to_vec(&head).unwrap().as_slice()).unwrap();
     }
     txn.commit().unwrap();
 }
@@ -501,31 +501,31 @@ fn cut_tail(path: &Path, keep: u64, head: serde_json::Value) {
 fn head_of(path: &Path) -> serde_json::Value {
     let db = raw_db(path);
     let txn = db.begin_read().unwrap();
-    let audit = txn.open_table(AUDIT).unwrap();
-    let v = serde_json::from_slice(audit.get(AUDIT_HEAD_SEQ).unwrap().unwrap().value()).unwrap();
+    let meta = txn.open_table(META).unwrap();
+    let v = serde_json::from_slice(meta.get(META_AUDIT_HEAD).unwrap().unwrap().value()).unwrap();
     v
 }
 
 /// Turns the store back into what schema 1 wrote: version metadata in `version_meta`, the
-/// audit head in `meta.audit_head` (also on PostgreSQL, with its migration 3 undone).
-fn to_schema_1(fx: &Fixture) {
+/// audit head under `meta.audit_head` (also on PostgreSQL, with its migration 3 undone).
+fn to_schema_1(fx: &Fixture) -> usize {
     const BIT: u32 = 1 << 31;
     if fx.pg.is_some() {
         fx.psql(
             "BEGIN; SELECT set_config('credhost.namespace', '*', true);
-             INSERT INTO kv_version_meta (k, kr, v, ns) SELECT set_byte(k, 19, get_byte(k, 19) & 127),
-               set_byte(kr, 16, get_byte(kr, 16) & 127), v, ns FROM kv_versions WHERE get_byte(kr, 16) >= 128;
-             DELETE FROM kv_versions WHERE get_byte(kr, 16) >= 128;
-             INSERT INTO kv_meta (k, kr, v) SELECT convert_to('audit_head', 'UTF8'),
-               convert_to('audit_head', 'UTF8') || '\\x0000'::bytea, v FROM kv_audit WHERE k = '\\xffffffffffffffff'::bytea;
-             DELETE FROM kv_audit WHERE k = '\\xffffffffffffffff'::bytea;
+             INSERT INTO kv_version_meta (k, kr, v, ns) SELECT set_byte(k, 16, get_byte(k, 16) & 127),
+               set_byte(kr, 19, get_byte(kr, 19) & 127), v, ns FROM kv_versions WHERE get_byte(k, 16) >= 128;
+             DELETE FROM kv_versions WHERE get_byte(k, 16) >= 128;
+             UPDATE kv_meta SET kr = convert_to('audit_head', 'UTF8'), k = convert_to('audit_head', 'UTF8') || '\\x0000'::bytea
+               WHERE kr = convert_to('audit_chain_head', 'UTF8');
              UPDATE kv_meta SET v = convert_to('1', 'UTF8') WHERE k = convert_to('schema_version', 'UTF8');
              DELETE FROM credhost_schema WHERE version = 3; COMMIT;",
         );
-        return;
+        return fx.psql("SELECT count(*) FROM kv_version_meta").parse().unwrap();
     }
     let db = raw_db(&fx.path);
     let txn = db.begin_write().unwrap();
+    let moved;
     {
         let mut versions = txn.open_table(VERSIONS).unwrap();
         let mut old = txn.open_table(VERSION_META).unwrap();
@@ -536,16 +536,18 @@ fn to_schema_1(fx: &Fixture) {
             .map(|(k, v)| (k.value(), v.value().to_vec()))
             .filter(|((_, n), _)| *n >= BIT)
             .collect();
+        moved = metas.len();
         for ((id, n), v) in metas {
             versions.remove((id, n)).unwrap();
             old.insert((id, n & !BIT), v.as_slice()).unwrap();
         }
-        let head = txn.open_table(AUDIT).unwrap().remove(AUDIT_HEAD_SEQ).unwrap().unwrap().value().to_vec();
         let mut meta = txn.open_table(META).unwrap();
+        let head = meta.remove(META_AUDIT_HEAD).unwrap().unwrap().value().to_vec();
         meta.insert("audit_head", head.as_slice()).unwrap();
         meta.insert("schema_version", b"1".as_slice()).unwrap();
     }
     txn.commit().unwrap();
+    moved
 }
 
 /// Every kept version of `id` as (number, state, metadata).
@@ -554,8 +556,8 @@ fn versions_of(store: &Store, ns: credhost::store::NamespaceId, id: CredentialId
     versions.iter().map(|v| format!("{} {:?} {:?}", v.number, v.state, v.meta)).collect()
 }
 
-/// A store written by schema 1 (version metadata in its own table, the audit head in
-/// `meta`) is upgraded at its first open, on either backend: every version keeps its
+/// A store written by schema 1 (version metadata in its own table, the audit head under
+/// its old key) is upgraded at its first open, on either backend: every version keeps its
 /// metadata and secrets, the chain verifies, and writes go on; `meta.audit_head` is left
 /// holding a marker no head decodes from (what an older replica still running would
 /// read); a second open changes nothing.
@@ -575,7 +577,7 @@ fn a_schema_1_store_is_upgraded_once() {
     let records = store.verify_audit().unwrap();
     drop(store);
 
-    to_schema_1(&fx);
+    assert_eq!(to_schema_1(&fx), 3, "three versions' metadata back in version_meta");
     let store = fx.open();
     assert_eq!((versions_of(&store, a.namespace, c.id), versions_of(&store, a.namespace, other.id)), before);
     assert_eq!(store.verify_audit().unwrap(), records, "the chain is intact and the upgrade wrote no record");
@@ -588,13 +590,11 @@ fn a_schema_1_store_is_upgraded_once() {
     // What the upgrade left: nothing in the old places, the marker in `meta`.
     let marker = if fx.pg.is_some() {
         assert_eq!(fx.psql("SELECT count(*) FROM kv_version_meta"), "0");
-        assert_eq!(fx.psql("SELECT count(*) FROM kv_audit WHERE k = '\\xffffffffffffffff'::bytea"), "1");
-        fx.psql("SELECT convert_from(v, 'UTF8') FROM kv_meta WHERE k = convert_to('audit_head', 'UTF8')")
+        fx.psql("SELECT convert_from(v, 'UTF8') FROM kv_meta WHERE kr = convert_to('audit_head', 'UTF8')")
     } else {
         let db = raw_db(&fx.path);
         let txn = db.begin_read().unwrap();
         assert_eq!(txn.open_table(VERSION_META).unwrap().iter().unwrap().count(), 0);
-        assert!(txn.open_table(AUDIT).unwrap().get(AUDIT_HEAD_SEQ).unwrap().is_some());
         let v = txn.open_table(META).unwrap().get("audit_head").unwrap().unwrap().value().to_vec();
         String::from_utf8(v).unwrap()
     };

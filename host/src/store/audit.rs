@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{Result, StoreError};
 use super::schema::{
-    dec, enc, hex32, AuditHead, CredentialId, NamespaceId, AUDIT, AUDIT_BY_NS, AUDIT_HEAD_SEQ, META,
+    dec, enc, hex32, AuditHead, CredentialId, NamespaceId, AUDIT, AUDIT_BY_NS, META, META_AUDIT_HEAD,
     META_AUDIT_INDEX, META_AUDIT_KEYED_FROM,
 };
 use super::{now_ms, Store, Txn};
@@ -282,9 +282,9 @@ fn head_verifies(key: &AuditKey, head: &AuditHead) -> bool {
     head.mac.is_some() && head.mac == keyed_head(key, head.seq, head.hash).mac
 }
 
-/// The stored head, if any (in `audit` under [`AUDIT_HEAD_SEQ`], past every record).
-fn stored_head(audit: &Table<'_, u64, &'static [u8]>) -> Result<Option<AuditHead>> {
-    match audit.get(AUDIT_HEAD_SEQ)? {
+/// The stored head, if any.
+fn stored_head(meta: &Table<'_, &'static str, &'static [u8]>) -> Result<Option<AuditHead>> {
+    match meta.get(META_AUDIT_HEAD)? {
         Some(v) => Ok(Some(dec(v.value(), "audit head")?)),
         None => Ok(None),
     }
@@ -297,7 +297,7 @@ pub(crate) const HEADS_KEYED: &str = "audit_head=keyed";
 
 /// Whether the log says its heads are keyed (see [`HEADS_KEYED`]).
 fn says_heads_keyed(audit: &Table<'_, u64, &'static [u8]>) -> Result<bool> {
-    for row in audit.range(..AUDIT_HEAD_SEQ)? {
+    for row in audit.iter()? {
         let rec: AuditRecord = dec(row?.1.value(), "audit record")?;
         let marks = matches!(rec.action.as_str(), "store.init" | "audit.keyed") && rec.detail.contains(HEADS_KEYED);
         if marks || rec.action == "audit.head_keyed" {
@@ -309,9 +309,10 @@ fn says_heads_keyed(audit: &Table<'_, u64, &'static [u8]>) -> Result<bool> {
 
 /// Appends `entries` in order inside `txn`, each chained to the one before.
 pub(crate) fn append_many(txn: &Txn, entries: Vec<AuditEntry>) -> Result<Vec<AuditRecord>> {
+    let mut meta = txn.open_table(META)?;
     let mut audit = txn.open_table(AUDIT)?;
     let mut by_ns = txn.open_table(AUDIT_BY_NS)?;
-    let mut head = stored_head(&audit)?.unwrap_or_default();
+    let mut head = stored_head(&meta)?.unwrap_or_default();
     // A head this key did not write (the tail removed and the head moved back) stays
     // unkeyed through every append, so the next append does not launder it.
     let trusted = match head.mac {
@@ -342,14 +343,14 @@ pub(crate) fn append_many(txn: &Txn, entries: Vec<AuditEntry>) -> Result<Vec<Aud
         out.push(rec);
     }
     let head = if trusted { keyed_head(&txn.audit_key, head.seq, head.hash) } else { head };
-    audit.insert(AUDIT_HEAD_SEQ, enc(&head).as_slice())?;
+    meta.insert(META_AUDIT_HEAD, enc(&head).as_slice())?;
     // Counted when appended: a transaction that then aborts (a failed commit, or a batch
     // whose operations run again after one failed) is rare and counted too.
     crate::metrics::audit_written(out.len());
     Ok(out)
 }
 
-/// Walks the chain in `audit` against its head and `meta`'s key marker. Returns the number
+/// Walks the chain in `audit` against `meta`'s head and key marker. Returns the number
 /// of records, or [`StoreError::AuditBroken`] naming the first bad seq and why.
 fn check_chain(
     audit: &Table<'_, u64, &'static [u8]>,
@@ -362,7 +363,7 @@ fn check_chain(
         None => return Err(broken(1, "the chain's key marker (meta audit_keyed_from) is missing")),
     };
     let mut prev = AuditHead::default();
-    for row in audit.range(..AUDIT_HEAD_SEQ)? {
+    for row in audit.iter()? {
         let (k, v) = row?;
         let seq = k.value();
         let rec: AuditRecord =
@@ -397,7 +398,7 @@ fn check_chain(
     if keyed_from > prev.seq {
         return Err(broken(keyed_from, "the keyed chain's first record is missing (key marker moved)"));
     }
-    let head = stored_head(audit)?.unwrap_or_default();
+    let head = stored_head(meta)?.unwrap_or_default();
     if head.seq != prev.seq || head.hash != prev.hash {
         return Err(broken(
             prev.seq + 1,
@@ -417,7 +418,7 @@ fn check_chain(
             ),
         ));
     }
-    debug_assert_eq!(audit.len()?, prev.seq + u64::from(prev.seq > 0));
+    debug_assert_eq!(audit.len()?, prev.seq);
     Ok(prev.seq)
 }
 
@@ -426,7 +427,7 @@ fn check_chain(
 /// the rest of `txn`. A broken chain is refused, never laundered under a new key.
 pub(crate) fn rekey(txn: &mut Txn, new: Arc<AuditKey>) -> Result<()> {
     {
-        let meta = txn.open_table(META)?;
+        let mut meta = txn.open_table(META)?;
         let mut audit = txn.open_table(AUDIT)?;
         check_chain(&audit, &meta, &txn.audit_key)?;
         let keyed_from: u64 = match meta.get(META_AUDIT_KEYED_FROM)? {
@@ -438,7 +439,7 @@ pub(crate) fn rekey(txn: &mut Txn, new: Arc<AuditKey>) -> Result<()> {
             n => dec::<AuditRecord>(audit.get(n - 1)?.ok_or(StoreError::NotFound)?.value(), "audit record")?.hash,
         };
         let mut head = AuditHead::default();
-        let last = audit.range(..AUDIT_HEAD_SEQ)?.next_back().transpose()?.map(|(k, _)| k.value()).unwrap_or(0);
+        let last = audit.last()?.map(|(k, _)| k.value()).unwrap_or(0);
         for seq in keyed_from..=last {
             let mut rec: AuditRecord =
                 dec(audit.get(seq)?.ok_or(StoreError::NotFound)?.value(), "audit record")?;
@@ -449,7 +450,7 @@ pub(crate) fn rekey(txn: &mut Txn, new: Arc<AuditKey>) -> Result<()> {
             head = keyed_head(&new, seq, rec.hash);
         }
         if last >= keyed_from {
-            audit.insert(AUDIT_HEAD_SEQ, enc(&head).as_slice())?;
+            meta.insert(META_AUDIT_HEAD, enc(&head).as_slice())?;
         }
     }
     txn.audit_key = new;
@@ -457,15 +458,15 @@ pub(crate) fn rekey(txn: &mut Txn, new: Arc<AuditKey>) -> Result<()> {
 }
 
 /// Whether the stored head carries a key (or there is none yet).
-fn head_is_keyed(audit: &Table<'_, u64, &'static [u8]>) -> Result<bool> {
-    Ok(stored_head(audit)?.is_none_or(|h| h.mac.is_some()))
+fn head_is_keyed(meta: &Table<'_, &'static str, &'static [u8]>) -> Result<bool> {
+    Ok(stored_head(meta)?.is_none_or(|h| h.mac.is_some()))
 }
 
 /// Keys the stored head as it stands (an upgrade's first open; see `migrate_audit`).
 fn key_stored_head(txn: &Txn) -> Result<()> {
-    let mut audit = txn.open_table(AUDIT)?;
-    if let Some(head) = stored_head(&audit)? {
-        audit.insert(AUDIT_HEAD_SEQ, enc(&keyed_head(&txn.audit_key, head.seq, head.hash)).as_slice())?;
+    let mut meta = txn.open_table(META)?;
+    if let Some(head) = stored_head(&meta)? {
+        meta.insert(META_AUDIT_HEAD, enc(&keyed_head(&txn.audit_key, head.seq, head.hash)).as_slice())?;
     }
     Ok(())
 }
@@ -604,8 +605,7 @@ impl Store {
         {
             let txn = self.begin_read()?;
             let meta = txn.open_table(META)?;
-            let audit = txn.open_table(AUDIT)?;
-            if meta.get(META_AUDIT_KEYED_FROM)?.is_some() && meta.get(META_AUDIT_INDEX)?.is_some() && head_is_keyed(&audit)? {
+            if meta.get(META_AUDIT_KEYED_FROM)?.is_some() && meta.get(META_AUDIT_INDEX)?.is_some() && head_is_keyed(&meta)? {
                 return Ok(());
             }
         }
@@ -614,13 +614,13 @@ impl Store {
             let meta = txn.open_table(META)?;
             let keyed = meta.get(META_AUDIT_KEYED_FROM)?.is_some();
             let indexed = meta.get(META_AUDIT_INDEX)?.is_some();
-            (keyed, indexed, head_is_keyed(&txn.open_table(AUDIT)?)?)
+            (keyed, indexed, head_is_keyed(&meta)?)
         };
         if !indexed {
             let audit = txn.open_table(AUDIT)?;
             let mut by_ns = txn.open_table(AUDIT_BY_NS)?;
             let mut n = 0u64;
-            for row in audit.range(..AUDIT_HEAD_SEQ)? {
+            for row in audit.iter()? {
                 let (k, v) = row?;
                 let rec: AuditRecord = dec(v.value(), "audit record")?;
                 if let Some(ns) = rec.namespace {
@@ -636,7 +636,10 @@ impl Store {
             // removed since: leave it missing, and `audit verify` reports the break.
             tracing::error!("audit: the chain's key marker was removed from the database; not re-keying");
         } else if !keyed {
-            let next = stored_head(&txn.open_table(AUDIT)?)?.unwrap_or_default().seq + 1;
+            let next = {
+                let meta = txn.open_table(META)?;
+                stored_head(&meta)?.unwrap_or_default().seq + 1
+            };
             txn.open_table(META)?.insert(META_AUDIT_KEYED_FROM, enc(&next).as_slice())?;
             key_stored_head(&txn)?;
             let legacy = next - 1;

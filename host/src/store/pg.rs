@@ -101,11 +101,12 @@ const MIGRATIONS: &[fn() -> String] = &[migration_1, migration_2, migration_3];
 
 /// Store schema 2 (see `store::upgrade`, which does the same on redb): version metadata
 /// moves into `versions` under the number with `META_PART` set, keeping each row's
-/// namespace; the audit head moves from `meta` into `audit`. Keys are written in both
-/// encodings, computed here from the store's own, not spelled out by hand.
+/// namespace; the audit head moves to its schema 2 key in `meta`. Keys are written in both
+/// encodings (`k` order-preserving, `kr` as redb encodes it), computed here from the
+/// store's own, not spelled out by hand.
 fn migration_3() -> String {
     use super::kv::{ord_key, raw_key};
-    use super::schema::{AUDIT_HEAD_MOVED, AUDIT_HEAD_SEQ, META_AUDIT_HEAD, META_SCHEMA_VERSION};
+    use super::schema::{AUDIT_HEAD_MOVED, META_AUDIT_HEAD, META_AUDIT_HEAD_V1, META_SCHEMA_VERSION};
     let lit = |b: &[u8]| format!("'\\x{}'::bytea", crate::crypto::hex(b));
     // The byte of each encoding that holds the version number's top bit: the one byte
     // where a key with the bit set differs from the same key without.
@@ -119,25 +120,24 @@ fn migration_3() -> String {
     let meta_part = super::versions::META_PART;
     let (ki, kb) = bit(raw_key::<(u128, u32)>(&(id, 7 | meta_part)), raw_key::<(u128, u32)>(&(id, 7)));
     let (ri, rb) = bit(ord_key::<(u128, u32)>(&(id, 7 | meta_part)), ord_key::<(u128, u32)>(&(id, 7)));
-    let head_key = raw_key::<&str>(&META_AUDIT_HEAD);
-    let version_key = raw_key::<&str>(&META_SCHEMA_VERSION);
+    let old_head = ord_key::<&str>(&META_AUDIT_HEAD_V1);
     format!(
         "SELECT set_config('credhost.namespace', '*', true);\n\
          INSERT INTO kv_versions (k, kr, v, ns) \
-         SELECT set_byte(k, {ki}, get_byte(k, {ki}) | {kb}), set_byte(kr, {ri}, get_byte(kr, {ri}) | {rb}), v, ns \
+         SELECT set_byte(k, {ri}, get_byte(k, {ri}) | {rb}), set_byte(kr, {ki}, get_byte(kr, {ki}) | {kb}), v, ns \
          FROM kv_version_meta ON CONFLICT (k) DO UPDATE SET kr = EXCLUDED.kr, v = EXCLUDED.v, ns = EXCLUDED.ns;\n\
          DELETE FROM kv_version_meta;\n\
-         INSERT INTO kv_audit (k, kr, v) SELECT {}, {}, v FROM kv_meta WHERE k = {hk} \
+         INSERT INTO kv_meta (k, kr, v) SELECT {}, {}, v FROM kv_meta WHERE k = {hk} \
          ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v;\n\
          UPDATE kv_meta SET v = {} WHERE k = {hk};\n\
          UPDATE kv_meta SET v = {} WHERE k = {} AND v = {};\n",
-        lit(&raw_key::<u64>(&AUDIT_HEAD_SEQ)),
-        lit(&ord_key::<u64>(&AUDIT_HEAD_SEQ)),
+        lit(&ord_key::<&str>(&META_AUDIT_HEAD)),
+        lit(&raw_key::<&str>(&META_AUDIT_HEAD)),
         lit(AUDIT_HEAD_MOVED),
         lit(b"2"),
-        lit(&version_key),
+        lit(&ord_key::<&str>(&META_SCHEMA_VERSION)),
         lit(b"1"),
-        hk = lit(&head_key),
+        hk = lit(&old_head),
     )
 }
 
@@ -177,9 +177,11 @@ mod tests {
     #[test]
     fn migration_3_sets_the_version_bit_in_both_encodings() {
         let sql = super::migration_3();
-        assert!(sql.contains("set_byte(k, 19, get_byte(k, 19) | 128)"), "{sql}");
-        assert!(sql.contains("set_byte(kr, 16, get_byte(kr, 16) | 128)"), "{sql}");
-        assert!(sql.contains("'\\xffffffffffffffff'::bytea"), "{sql}");
+        // `k` is big-endian (byte 16 starts the number), `kr` little-endian (byte 19 ends it).
+        assert!(sql.contains("set_byte(k, 16, get_byte(k, 16) | 128)"), "{sql}");
+        assert!(sql.contains("set_byte(kr, 19, get_byte(kr, 19) | 128)"), "{sql}");
+        // The head's new key, in both encodings ("audit_chain_head", then 0, 0 in `k`).
+        assert!(sql.contains("'\\x61756469745f636861696e5f686561640000'::bytea, '\\x61756469745f636861696e5f68656164'::bytea"), "{sql}");
     }
 }
 

@@ -2,13 +2,13 @@
 //!
 //! | table         | key                                  | value                                        |
 //! |---------------|--------------------------------------|----------------------------------------------|
-//! | `meta`        | `&str`: `schema_version`, `kek_id`, `key_check`, `audit_keyed_from`, `audit_index` (`audit_head`: a marker left by schema 1's head) | JSON / raw bytes (`key_check`) |
+//! | `meta`        | `&str`: `schema_version`, `kek_id`, `key_check`, `audit_chain_head`, `audit_keyed_from`, `audit_index` (`audit_head`: schema 1's head, a marker since) | JSON / raw bytes (`key_check`) |
 //! | `namespaces`  | `u128` namespace id                  | [`NamespaceRecord`] (user, wrapped DEK)      |
 //! | `users`       | `&str` user name                     | [`User`](super::User)                        |
 //! | `credentials` | `u128` credential id                 | [`Credential`](super::Credential) metadata   |
 //! | `names`       | `(u128 namespace, &str name)`        | `u128` credential id                         |
 //! | `versions`    | `(u128 credential, u32 n)`           | n < 2³¹: version n's raw sealed blob (version byte 1, nonce, ciphertext+tag); n ≥ 2³¹: `VersionMeta` of version n − 2³¹ (who, when, fingerprints, test outcome) |
-//! | `audit`       | `u64` seq (from 1, contiguous); [`AUDIT_HEAD_SEQ`] | [`AuditRecord`](super::AuditRecord); under `AUDIT_HEAD_SEQ` the [`AuditHead`] |
+//! | `audit`       | `u64` seq (from 1, contiguous)       | [`AuditRecord`](super::AuditRecord)          |
 //! | `audit_by_namespace` | `(u128 namespace, u64 seq)`   | `()`: index of `audit` by namespace          |
 //! | `tokens`      | `&[u8]` SHA-256 of the token text    | [`TokenInfo`](super::TokenInfo)              |
 //! | `outbox`      | `u64` seq                            | [`Event`](super::Event): events to deliver   |
@@ -22,8 +22,9 @@
 //!
 //! Tables added after schema version 1 was first written are created when a store is
 //! opened ([`ensure_tables`]), so older files gain them without a version bump. Schema 2
-//! folded a version's metadata and the audit head into tables a create writes anyway (a
-//! redb commit costs per dirty page); `store::upgrade` brings a schema 1 store to it.
+//! folded a version's metadata into `versions`, which a create writes anyway (a redb
+//! commit costs per dirty page), and renamed the audit head; `store::upgrade` brings a
+//! schema 1 store to it.
 //!
 //! The table definitions are public so that tools and tests can inspect a file with redb
 //! directly; the store itself is the only writer.
@@ -85,15 +86,14 @@ pub(crate) fn ensure_tables(txn: &super::Txn) -> Result<()> {
 pub const META_SCHEMA_VERSION: &str = "schema_version";
 pub const META_KEK_ID: &str = "kek_id";
 pub const META_KEY_CHECK: &str = "key_check";
+/// The audit head (the last record's seq and hash, keyed; see `store::audit`).
+pub const META_AUDIT_HEAD: &str = "audit_chain_head";
 /// Schema 1's audit head; since schema 2 it holds [`AUDIT_HEAD_MOVED`].
-pub const META_AUDIT_HEAD: &str = "audit_head";
+pub const META_AUDIT_HEAD_V1: &str = "audit_head";
 /// Left in `meta.audit_head` by the upgrade to schema 2: no head decodes from it, so a
-/// replica of an older version still running fails its writes rather than restarting
-/// the chain.
-pub const AUDIT_HEAD_MOVED: &[u8] = b"\"moved to the audit table (schema 2)\"";
-/// Where `audit` keeps its head (the last record's seq and hash, keyed): past every
-/// record, so it shares the newest records' page.
-pub const AUDIT_HEAD_SEQ: u64 = u64::MAX;
+/// replica of schema 1 still running fails every write (each appends to the audit log)
+/// rather than restarting the chain or writing versions where schema 2 keeps metadata.
+pub const AUDIT_HEAD_MOVED: &[u8] = b"\"moved to audit_chain_head (schema 2)\"";
 /// First seq whose hash is keyed (HMAC with the audit key); older records are legacy
 /// unkeyed SHA-256 links (see `store::audit`).
 pub const META_AUDIT_KEYED_FROM: &str = "audit_keyed_from";

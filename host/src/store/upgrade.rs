@@ -2,12 +2,14 @@
 //! transaction (a crash before its commit leaves the old layout, upgraded at the next
 //! open).
 //!
-//! Schema 2 (from 1) moves what a create wrote to two tables of their own into tables it
-//! writes anyway, since a redb commit costs per dirty page: a version's metadata from
-//! `version_meta` into `versions` (under the number with [`META_PART`] set), and the audit
-//! head from `meta.audit_head` into `audit` (under [`AUDIT_HEAD_SEQ`]). `meta.audit_head`
-//! is left holding [`AUDIT_HEAD_MOVED`], from which no head decodes: a replica of an
-//! older version still running fails its writes instead of restarting the chain.
+//! Schema 2 (from 1) moves a version's metadata from `version_meta` into `versions` (under
+//! the number with [`META_PART`] set), which a create writes anyway: a redb commit costs
+//! per dirty page. It also moves the audit head from `meta.audit_head` to
+//! `meta.audit_chain_head`, leaving [`AUDIT_HEAD_MOVED`] behind, from which no head
+//! decodes: a replica of the older version still running fails its writes instead of
+//! writing a version where schema 2 keeps metadata. (The head stays in `meta`: kept in
+//! `audit` past the newest record it would cost a page write less, but every append
+//! would then split the last leaf in the middle, and the log took half again its pages.)
 //! PostgreSQL stores get the same change from its migration 3 (see `pg`), as row-level
 //! security lets no one transaction copy rows between namespaces here.
 
@@ -60,10 +62,10 @@ fn to_2(txn: &Txn) -> Result<u64> {
         metas.retain_in::<(u128, u32), _>(.., |_, _| false)?;
     }
     let mut meta = txn.open_table(META)?;
-    let head = meta.get(META_AUDIT_HEAD)?.map(|v| v.value().to_vec());
+    let head = meta.get(META_AUDIT_HEAD_V1)?.map(|v| v.value().to_vec());
     if let Some(head) = head {
-        txn.open_table(AUDIT)?.insert(AUDIT_HEAD_SEQ, head.as_slice())?;
-        meta.insert(META_AUDIT_HEAD, AUDIT_HEAD_MOVED)?;
+        meta.insert(META_AUDIT_HEAD, head.as_slice())?;
     }
+    meta.insert(META_AUDIT_HEAD_V1, AUDIT_HEAD_MOVED)?;
     Ok(moved)
 }
