@@ -1316,3 +1316,22 @@ fn many_credentials_are_scheduled_a_chunk_at_a_time() {
     assert_eq!(due.len(), n - 2, "{:?}", &due[..3]);
     assert!(due.iter().all(|(at, id)| *at == 9_000 && *id != ids[0] && *id != ids[3]));
 }
+
+/// A version number a caller gives that is where `versions` keeps metadata (2^31 + n) is
+/// not a version: promoting or unsealing it is not found, and nothing changes.
+#[test]
+fn a_metadata_number_is_not_a_version() {
+    let fx = Fixture::new();
+    let store = fx.open();
+    let a = store.add_user("admin", "alice", Role::User).unwrap();
+    let c = store.create_credential("alice", a.namespace, cred("c", "t", &[("key", "one")])).unwrap();
+    let before = versions_of(&store, a.namespace, c.id);
+    for n in [(1u32 << 31) | 1, u32::MAX] {
+        let promoted = store.promote_version("alice", a.namespace, c.id, n, None);
+        assert!(matches!(promoted, Err(StoreError::NotFound)), "promote {n}: {promoted:?}");
+        let unsealed = store.unseal_version("alice", a.namespace, c.id, n, "test");
+        assert!(matches!(unsealed, Err(StoreError::NotFound)), "unseal {n}");
+    }
+    assert_eq!(versions_of(&store, a.namespace, c.id), before);
+    assert_eq!(store.get_credential(a.namespace, c.id).unwrap().version, 1);
+}

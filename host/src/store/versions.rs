@@ -148,6 +148,15 @@ fn version_range(id: CredentialId) -> std::ops::Range<(u128, u32)> {
     (id.key(), 0)..(id.key(), META_PART)
 }
 
+/// Where version `n`'s sealed blob is kept; a number a caller gave that is a metadata
+/// number is not found (it must not read metadata as a blob).
+fn blob_key(id: CredentialId, n: u32) -> Result<(u128, u32)> {
+    match n < META_PART {
+        true => Ok((id.key(), n)),
+        false => Err(StoreError::NotFound),
+    }
+}
+
 /// The number for a new version of `id`: one past the highest ever kept. Retention
 /// destroys the oldest first and the newest is always kept, so numbers are never reused.
 pub(crate) fn next_number(
@@ -155,7 +164,10 @@ pub(crate) fn next_number(
     id: CredentialId,
 ) -> Result<u32> {
     let last = blobs.range(version_range(id))?.next_back().transpose()?.map(|(k, _)| k.value().1);
-    Ok(last.unwrap_or(0) + 1)
+    match last.unwrap_or(0) + 1 {
+        META_PART => Err(StoreError::Conflict(format!("credential {id} has used every version number"))),
+        n => Ok(n),
+    }
 }
 
 /// Records a freshly written current version (create, PATCH of secrets, re-binding) and
@@ -420,7 +432,7 @@ impl Store {
             load_live(&txn.open_table(CREDENTIALS)?, ns, id)?;
             let dek = self.dek_in(&txn.open_table(NAMESPACES)?, ns)?;
             let blobs = txn.open_table(VERSIONS)?;
-            let blob = blobs.get((id.key(), version))?.ok_or(StoreError::NotFound)?;
+            let blob = blobs.get(blob_key(id, version)?)?.ok_or(StoreError::NotFound)?;
             dek.open_secrets(ns.as_uuid(), id.as_uuid(), version, blob.value())?
         };
         let detail = format!(
@@ -520,7 +532,7 @@ impl Store {
             let dek = self.dek_in(&txn.open_table(NAMESPACES)?, ns)?;
             let secrets = {
                 let blobs = txn.open_table(VERSIONS)?;
-                let blob = blobs.get((id.key(), n))?.ok_or(StoreError::NotFound)?;
+                let blob = blobs.get(blob_key(id, n)?)?.ok_or(StoreError::NotFound)?;
                 dek.open_secrets(ns.as_uuid(), id.as_uuid(), n, blob.value())?
             };
             // Like the service's binding check: versions sealed before destination binding
