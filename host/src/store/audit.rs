@@ -3,8 +3,8 @@
 //! Record `n` stores `hash = HMAC-SHA256(audit key, prev_hash | canonical JSON of the
 //! record without its hash)`, with `prev_hash` of record 1 all zeros and the audit key
 //! derived from the master key ([`crate::crypto::MasterKey::audit_key`]): whoever can
-//! write the file but lacks the master key cannot rewrite the chain. `meta.audit_head`
-//! holds the last seq and hash, keyed the same way, so deleting the tail is detected too,
+//! write the file but lacks the master key cannot rewrite the chain. `meta.audit_chain_head`
+//! (`audit_head` before schema 2) holds the last seq and hash, keyed the same way, so deleting the tail is detected too,
 //! even with the head moved back to the new last record (only a head this key wrote
 //! verifies; rolling the whole file back to an older copy stays out of reach). Every store
 //! write appends its record in the same transaction as the change it describes.

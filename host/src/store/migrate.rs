@@ -1,5 +1,6 @@
 //! `credhost migrate --from-redb PATH --to-postgres URL`: copies a redb store into an empty
-//! PostgreSQL database as it is. Sealed blobs and wrapped keys are copied byte for byte
+//! PostgreSQL database as it is (a source of an older schema is upgraded in place first,
+//! as any open does). Sealed blobs and wrapped keys are copied byte for byte
 //! (nothing is decrypted); the master key is needed only to check that it opens the source
 //! and to verify the audit chain on both sides.
 //!

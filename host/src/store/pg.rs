@@ -121,8 +121,12 @@ fn migration_3() -> String {
     let (ki, kb) = bit(raw_key::<(u128, u32)>(&(id, 7 | meta_part)), raw_key::<(u128, u32)>(&(id, 7)));
     let (ri, rb) = bit(ord_key::<(u128, u32)>(&(id, 7 | meta_part)), ord_key::<(u128, u32)>(&(id, 7)));
     let old_head = ord_key::<&str>(&META_AUDIT_HEAD_V1);
+    // Under the write lock too: a replica of the older version still running writes
+    // either before the move (its rows are moved) or after it (it reads the marker and
+    // fails), never between two of these statements.
     format!(
-        "SELECT set_config('credhost.namespace', '*', true);\n\
+        "SELECT pg_advisory_xact_lock({WRITE_LOCK});\n\
+         SELECT set_config('credhost.namespace', '*', true);\n\
          INSERT INTO kv_versions (k, kr, v, ns) \
          SELECT set_byte(k, {ri}, get_byte(k, {ri}) | {rb}), set_byte(kr, {ki}, get_byte(kr, {ki}) | {kb}), v, ns \
          FROM kv_version_meta ON CONFLICT (k) DO UPDATE SET kr = EXCLUDED.kr, v = EXCLUDED.v, ns = EXCLUDED.ns;\n\

@@ -31,6 +31,15 @@ impl Store {
         if current(&self.begin_read()?.open_table(META)?)? >= SCHEMA_VERSION {
             return Ok(());
         }
+        if self.is_shared() {
+            // PostgreSQL's migration 3 upgrades in SQL before the store opens; here its
+            // row-level security would refuse the copies.
+            return Err(StoreError::Corrupt(
+                "the database's store schema is older than its migrations say (meta schema_version); \
+                 restore it from a backup"
+                    .into(),
+            ));
+        }
         let txn = self.begin_write()?;
         let from = current(&txn.open_table(META)?)?;
         let mut moved = 0;
