@@ -5,7 +5,8 @@
 //! `SCALE_CREDS` credentials for each over HTTP with 16 concurrent clients, then lists
 //! every user's first page (`GET /api/credentials?limit=50`). Prints create p50/p99 and
 //! creates/s, list p50/p99, the server's resident memory (VmRSS) fresh, after the creates,
-//! after the lists and after 5 s idle, the database file size, and the warm restart time
+//! after the lists and after 5 s idle, the server's CPU while idle (and its monitor threads'
+//! share), the database file size, and the warm restart time
 //! (SIGTERM, start, first `/readyz` 200) with the RSS and list latencies after it.
 //!
 //! The whole scenario runs once per database cache setting in `SCALE_CACHE_MIB`
@@ -74,6 +75,26 @@ fn print_smaps(pid: u32) {
     for (kb, name) in maps.iter().take(8) {
         println!("    {:>8.1} MiB  {name}", *kb as f64 / 1024.0);
     }
+}
+
+/// CPU time (user + system) a process has used, and its monitor thread's share, in
+/// seconds (`/proc/PID/stat`, `/proc/PID/task/*/stat`; clock ticks of 1/100 s).
+fn cpu_s(pid: u32) -> (f64, f64) {
+    let ticks = |stat: &str| -> f64 {
+        // The fields after the command name (which may hold spaces) are space-separated.
+        let rest = &stat[stat.rfind(')').expect("stat has a command name") + 2..];
+        let f: Vec<&str> = rest.split(' ').collect();
+        (f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()) as f64 / 100.0
+    };
+    let total = ticks(&std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat"));
+    let mut monitor = 0.0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("read /proc/PID/task").flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
+        if stat.contains("(credhost-monito") {
+            monitor += ticks(&stat);
+        }
+    }
+    (total, monitor)
 }
 
 fn pct(sorted: &[Duration], p: f64) -> f64 {
@@ -220,10 +241,12 @@ fn scenario(rt: &tokio::runtime::Runtime, users: usize, creds: usize, cache: Opt
         eprintln!("scale: listing (server pid {})", srv.pid());
         let list_lat = list_all(&http, &base, &user_tokens, creds).await;
         let (rss_listed, hwm) = rss_mib(srv.pid());
+        let (cpu_before_idle, monitor_before_idle) = cpu_s(srv.pid());
         tokio::time::sleep(IDLE).await;
         let (rss_idle, _) = rss_mib(srv.pid());
         tokio::time::sleep(IDLE).await;
         let (rss_idle2, _) = rss_mib(srv.pid());
+        let (cpu_after_idle, monitor_after_idle) = cpu_s(srv.pid());
         if std::env::var_os("SCALE_SMAPS").is_some() {
             print_smaps(srv.pid());
         }
@@ -257,6 +280,14 @@ fn scenario(rt: &tokio::runtime::Runtime, users: usize, creds: usize, cache: Opt
         println!("  rss_after_{}s_idle_mib {rss_idle:.1}", IDLE.as_secs());
         println!("  rss_after_{}s_idle_mib {rss_idle2:.1}", 2 * IDLE.as_secs());
         println!("  db_file_mib {db_mib:.1}");
+        // What an idle server costs at this size (the monitor's sweep reads every credential).
+        let idle_s = 2.0 * IDLE.as_secs_f64();
+        println!(
+            "  idle_cpu_pct {:.1} (monitor threads {:.1}; % of one core over {idle_s:.0} s)",
+            100.0 * (cpu_after_idle - cpu_before_idle) / idle_s,
+            100.0 * (monitor_after_idle - monitor_before_idle) / idle_s
+        );
+        println!("  monitor_cpu_s_whole_run {monitor_after_idle:.2} (of {cpu_after_idle:.2} s server CPU)");
         println!("  cold_start_to_ready_ms {:.0}", cold_start.as_secs_f64() * 1000.0);
         println!("  warm_restart_to_ready_ms {:.0}", restart.as_secs_f64() * 1000.0);
         println!("  after_restart: rss_mib {rss_restarted:.1}, list_p50_ms {:.2}, list_p99_ms {:.2}, rss_after_lists_mib {rss_relisted:.1}",

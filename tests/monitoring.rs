@@ -524,3 +524,33 @@ async fn indeterminate_backs_off() {
     assert!(svc.hits() - before >= 3, "interval not reset after a valid test");
     server.stop();
 }
+
+/// A sweep reads credentials a step (1,000) at a time: with more credentials than one
+/// step holds, the credentials-by-health gauge still counts every one once (each step's
+/// counts are added up over the whole sweep, not replaced).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_over_several_steps_counts_every_credential() {
+    let (env, config) = env_with("enabled = false", None);
+    let alice = env.add_user("alice", false);
+    let mut server = start(&env, &config);
+    let guard = LeakGuard::new();
+    let api = server.api(&guard);
+    let n = 1_050;
+    for i in 0..n {
+        bearer(&api, &alice, &guard, &format!("c{i:04}"), "https://api.example.com/v1/me", None).await;
+    }
+    let untested = || async {
+        metric(&api, "credhost_credentials{type=\"bearer_token\",health=\"untested\"}").await
+            + metric(&api, "credhost_credentials{health=\"untested\",type=\"bearer_token\"}").await
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let seen = untested().await;
+        if seen == n as f64 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the gauge shows {seen} of {n} credentials");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    server.stop();
+}

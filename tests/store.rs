@@ -1278,8 +1278,8 @@ fn store_is_shareable_and_opens_empty_or_foreign_files_sanely() {
     ));
 }
 
-/// The monitor's sweep schedules many credentials a chunk per write transaction: every
-/// one gets its due time (credential and due index agree), a deleted one none, an
+/// The monitor's sweep reads credentials a page at a time (each live one once) and
+/// schedules many a chunk per write transaction: every one gets its due time (credential and due index agree), a deleted one none, an
 /// unknown id is skipped, and a second plan moves the times (old index entries gone).
 #[test]
 fn many_credentials_are_scheduled_a_chunk_at_a_time() {
@@ -1296,6 +1296,25 @@ fn many_credentials_are_scheduled_a_chunk_at_a_time() {
         })
         .collect();
     store.delete_credential("alice", a.namespace, ids[3]).unwrap();
+    // The sweep reads them a page at a time: every live one once, in id order, the
+    // deleted one skipped but passed over; the page that reaches the end says so.
+    let (mut seen, mut after, mut pages) = (Vec::new(), None, 0);
+    loop {
+        let page = store.sweep_page(after, 100).unwrap();
+        pages += 1;
+        assert!(page.live.len() <= 100);
+        seen.extend(page.live.iter().map(|c| c.id));
+        after = page.next;
+        if after.is_none() {
+            break;
+        }
+        assert!(pages < 10, "the sweep does not end");
+    }
+    let mut live: Vec<CredentialId> = ids.iter().enumerate().filter(|(i, _)| *i != 3).map(|(_, id)| *id).collect();
+    // An id's text sorts as its key does (lowercase hex, fixed width).
+    live.sort_by_key(|id| id.to_string());
+    assert_eq!(seen, live, "every live credential once, in id order");
+    assert_eq!(pages, n.div_ceil(100));
     let unknown: CredentialId = "0190a2b4-0000-7000-8000-000000000001".parse().unwrap();
     let mut plans: Vec<(CredentialId, Option<u64>)> =
         ids.iter().enumerate().map(|(i, id)| (*id, Some(1_000 + i as u64))).collect();

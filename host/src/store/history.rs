@@ -3,6 +3,8 @@
 //! expiry nears even without a new test). Health changes are emitted to the outbox in
 //! the transaction that records them.
 
+use std::ops::Bound;
+
 use serde::{Deserialize, Serialize};
 
 use super::audit::{self, AuditEntry};
@@ -162,6 +164,27 @@ pub(crate) fn reschedule(txn: &Txn, id: CredentialId, old: Option<u64>, new: Opt
         due.insert((n, id.key()), ())?;
     }
     Ok(())
+}
+
+/// What the scheduler's sweep reads of a stored credential: decoding only these skips
+/// its name, description, tags, fields and secret fingerprints.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Swept {
+    pub id: CredentialId,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub deleted_at: Option<u64>,
+    pub last_test: Option<TestResult>,
+    #[serde(default)]
+    pub monitor: MonitorState,
+}
+
+/// One step of a sweep ([`Store::sweep_page`]): the live credentials it read, and the id
+/// the next step starts after (`None`: the sweep has read every credential).
+#[derive(Debug, Default)]
+pub struct SweepPage {
+    pub live: Vec<Swept>,
+    pub next: Option<CredentialId>,
 }
 
 /// Credentials [`Store::schedule_tests`] reschedules per write transaction.
@@ -395,28 +418,34 @@ impl Store {
         raw.map(|v| dec(v.value(), "credential")).transpose()
     }
 
-    /// Every live credential of every namespace, for the scheduler's periodic sweep, with
-    /// only what it reads: id, type, last test, monitoring state. Names, descriptions,
-    /// tags, fields and secret fingerprints are dropped as each record is decoded, so the
-    /// sweep holds a few dozen bytes per credential instead of whole records (at 100,000
-    /// credentials the whole list held ~150 MB for a moment every sweep).
-    pub fn all_credentials(&self) -> Result<Vec<Credential>> {
+    /// Up to `n` credentials of every namespace whose ids follow `after` (`None`: from the
+    /// first), for one step of the scheduler's sweep, with only what it reads. A step reads
+    /// `n` records in its own read transaction, so a sweep's cost per step and the memory
+    /// it holds stay the same at any number of credentials.
+    pub fn sweep_page(&self, after: Option<CredentialId>, n: usize) -> Result<SweepPage> {
         let txn = self.begin_read()?;
         let creds = txn.open_table(CREDENTIALS)?;
-        let mut out = Vec::new();
-        for row in creds.iter()? {
-            let mut c: Credential = dec(row?.1.value(), "credential")?;
-            if c.deleted_at.is_some() {
-                continue;
+        let rows = match after {
+            Some(id) => creds.range::<u128>((Bound::Excluded(id.key()), Bound::Unbounded))?,
+            None => creds.iter()?,
+        };
+        let mut page = SweepPage { live: Vec::new(), next: None };
+        let mut read = 0;
+        for row in rows {
+            let (k, v) = row?;
+            let c: Swept = dec(v.value(), "credential")?;
+            read += 1;
+            if read == n {
+                page.next = Some(CredentialId::from_key(k.value()));
             }
-            c.name = String::new();
-            c.description = String::new();
-            c.tags = Vec::new();
-            c.fields = Default::default();
-            c.secrets = Default::default();
-            out.push(c);
+            if c.deleted_at.is_none() {
+                page.live.push(c);
+            }
+            if read == n {
+                break;
+            }
         }
-        Ok(out)
+        Ok(page)
     }
 
     /// Re-reads a live credential's health at `now` and, when time alone moved it (an

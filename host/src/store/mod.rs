@@ -76,7 +76,7 @@ pub use credentials::{
     TestStatusFilter, TestVerdict, BINDING_KEY,
 };
 pub use error::{Result, StoreError};
-pub use history::{Health, MonitorState, RecordOpts};
+pub use history::{Health, MonitorState, RecordOpts, SweepPage, Swept};
 pub use outbox::Event;
 pub use schema::{CredentialId, NamespaceId, SCHEMA_VERSION};
 pub use tokens::{Grant, Principal, Scope, TokenInfo, TokenRefusal, TokenSpec, TOKEN_PREFIX};
