@@ -264,6 +264,26 @@ async fn listing_filters_by_name_status_and_deletion_with_a_total() {
     }
     api.get("/api/credentials?deleted_only=maybe", Some(&alice)).await.expect_error(400, "bad_request");
     assert_eq!(list(String::new()).await["total"], 6);
+
+    // Past 64 names in range a listing runs on the blocking pool, below on the request's
+    // task: both give the same pages. 70 more: the whole namespace is a long listing, a
+    // prefix of a few names a short one.
+    for i in 0..70 {
+        create(&api, &alice, bearer(&format!("bulk-{i:02}"), &[])).await;
+    }
+    let long = list("limit=50".into()).await;
+    assert_eq!((long["total"].as_u64(), long["items"].as_array().unwrap().len()), (Some(76), 50), "{long}");
+    let cursor = long["next_cursor"].as_str().expect("a next page").to_string();
+    let rest = list(format!("limit=50&cursor={}", enc(&cursor))).await;
+    assert_eq!(rest["items"].as_array().unwrap().len(), 26);
+    let mut every = names(&long);
+    every.extend(names(&rest));
+    assert_eq!(every.len(), 76);
+    assert!(every.windows(2).all(|w| w[0] < w[1]), "{every:?}");
+    let bulk = list("name_prefix=bulk-&limit=1000".into()).await;
+    assert_eq!(bulk["total"], 70);
+    let short = list("name_prefix=prod".into()).await;
+    assert_eq!(names(&short), ["prod-api", "prod-db", "prod-flaky", "production"]);
     logs_clean(&guard, &server);
 }
 

@@ -997,6 +997,14 @@ fn pagination_covers_every_item_exactly_once() {
         ..Default::default()
     });
     assert_eq!(even.len(), 29);
+    // A listing bounded by its name range's size: none past the bound (57 names in
+    // alice's range), the same page as the unbounded listing within it.
+    let q = ListQuery { limit: 10, ..Default::default() };
+    assert!(store.list_credentials_within(a.namespace, &q, 56).unwrap().is_none());
+    let within = store.list_credentials_within(a.namespace, &q, 57).unwrap().expect("57 names fit");
+    let whole = store.list_credentials(a.namespace, &q).unwrap();
+    assert_eq!(within.items.iter().map(|c| c.id).collect::<Vec<_>>(), whole.items.iter().map(|c| c.id).collect::<Vec<_>>());
+    assert_eq!((within.total, &within.next_cursor), (whole.total, &whole.next_cursor));
     assert!(matches!(
         store.list_credentials(
             a.namespace,

@@ -568,7 +568,14 @@ impl Service {
 
     /// One page of the caller's credentials. Name and tag filters are read in canonical
     /// form (NFC), like the stored names; a bad one is a 422 naming the parameter.
-    pub fn list(&self, p: &Principal, mut query: ListQuery) -> Result<CredentialPage> {
+    pub fn list(&self, p: &Principal, query: ListQuery) -> Result<CredentialPage> {
+        let page = self.list_within(p, query, usize::MAX)?;
+        Ok(page.expect("no listing has more than usize::MAX names"))
+    }
+
+    /// [`Service::list`] when at most `max_names` names are in the query's name range,
+    /// else `None` (see [`Store::list_credentials_within`]).
+    pub fn list_within(&self, p: &Principal, mut query: ListQuery, max_names: usize) -> Result<Option<CredentialPage>> {
         require_unbound(p, Scope::Read)?;
         let mut errors = Vec::new();
         for (field, value) in [("name", &mut query.name), ("name_prefix", &mut query.name_prefix), ("tag", &mut query.tag)] {
@@ -583,12 +590,12 @@ impl Service {
             return Err(ServiceError::InvalidFields(errors));
         }
         query.expiry_warning_ms = monitor::expiry_warning_ms();
-        let page = self.store.list_credentials(p.namespace, &query)?;
-        Ok(CredentialPage {
+        let Some(page) = self.store.list_credentials_within(p.namespace, &query, max_names)? else { return Ok(None) };
+        Ok(Some(CredentialPage {
             items: page.items.into_iter().map(Into::into).collect(),
             next_cursor: page.next_cursor,
             total: page.total,
-        })
+        }))
     }
 
     /// Partial update. Field or environment changes are re-validated by the type against

@@ -78,6 +78,10 @@ struct ListParams {
     cursor: Option<String>,
 }
 
+/// Listings with at most this many names in their range run on the request's task
+/// (each costs ~10 µs per credential: a page read and a decode).
+const INLINE_LIST_NAMES: usize = 64;
+
 /// List the caller's credentials: metadata only, ordered by name.
 #[utoipa::path(get, path = "/api/credentials", tag = "credentials", operation_id = "list_credentials",
     params(ListParams), security(("bearer" = [])), responses((status = 200, body = CredentialPage),
@@ -112,6 +116,12 @@ async fn list(
         limit: q.limit.unwrap_or(0),
         cursor: q.cursor,
     };
+    // A short listing runs on this task: the hand-off to the blocking pool and back cost
+    // more than it does (list p50 at 16 clients 2.8-3.8 -> 2.4 ms). A long one (a large
+    // namespace, each credential decoded) goes to the blocking pool.
+    if let Some(page) = s.read(|svc| svc.list_within(&p, query.clone(), INLINE_LIST_NAMES))? {
+        return Ok(Json(page));
+    }
     Ok(Json(s.run(move |svc| svc.list(&p, query)).await?))
 }
 

@@ -557,6 +557,14 @@ impl Store {
     /// match, so each page reads the whole filtered range of the name index (only the
     /// page's own credentials are decoded in full).
     pub fn list_credentials(&self, ns: NamespaceId, query: &ListQuery) -> Result<Page> {
+        let page = self.list_credentials_within(ns, query, usize::MAX)?;
+        Ok(page.expect("no listing has more than usize::MAX names"))
+    }
+
+    /// [`Store::list_credentials`] when at most `max_names` names are in the query's name
+    /// range, else `None` having read only those names (so a caller can tell a quick
+    /// listing from a long one before doing the long one).
+    pub fn list_credentials_within(&self, ns: NamespaceId, query: &ListQuery, max_names: usize) -> Result<Option<Page>> {
         let limit = match query.limit {
             0 => 50,
             n => n.min(1000),
@@ -590,6 +598,9 @@ impl Store {
             let (row_ns, name) = k.value();
             if row_ns != ns.key() || !in_range(name) {
                 break;
+            }
+            if indexed.len() == max_names {
+                return Ok(None);
             }
             indexed.push((name.to_owned(), v.value()));
         }
@@ -629,7 +640,7 @@ impl Store {
                 }
             }
         }
-        Ok(Page { items, next_cursor, total })
+        Ok(Some(Page { items, next_cursor, total }))
     }
 
     /// Applies a partial update to a live credential. Secret changes write version N+1
