@@ -535,7 +535,7 @@ async fn a_sweep_over_several_steps_counts_every_credential() {
     let mut server = start(&env, &config);
     let guard = LeakGuard::new();
     let api = server.api(&guard);
-    let n = 1_050;
+    let n = credhost::service::monitor::SWEEP_STEP + 50;
     for i in 0..n {
         bearer(&api, &alice, &guard, &format!("c{i:04}"), "https://api.example.com/v1/me", None).await;
     }

@@ -1005,6 +1005,12 @@ fn pagination_covers_every_item_exactly_once() {
     let whole = store.list_credentials(a.namespace, &q).unwrap();
     assert_eq!(within.items.iter().map(|c| c.id).collect::<Vec<_>>(), whole.items.iter().map(|c| c.id).collect::<Vec<_>>());
     assert_eq!((within.total, &within.next_cursor), (whole.total, &whole.next_cursor));
+    // The bound counts the names the filters' range holds, not the namespace's.
+    let prefixed = (0..57).filter(|i| format!("cred-{:03}", (i * 37) % 101).starts_with("cred-0")).count();
+    assert!(prefixed > 2 && prefixed < 57);
+    let q = ListQuery { name_prefix: Some("cred-0".into()), include_deleted: true, ..Default::default() };
+    assert!(store.list_credentials_within(a.namespace, &q, prefixed - 1).unwrap().is_none());
+    assert_eq!(store.list_credentials_within(a.namespace, &q, prefixed).unwrap().expect("fits").total, prefixed);
     assert!(matches!(
         store.list_credentials(
             a.namespace,
@@ -1305,24 +1311,28 @@ fn many_credentials_are_scheduled_a_chunk_at_a_time() {
         .collect();
     store.delete_credential("alice", a.namespace, ids[3]).unwrap();
     // The sweep reads them a page at a time: every live one once, in id order, the
-    // deleted one skipped but passed over; the page that reaches the end says so.
-    let (mut seen, mut after, mut pages) = (Vec::new(), None, 0);
-    loop {
-        let page = store.sweep_page(after, 100).unwrap();
-        pages += 1;
-        assert!(page.live.len() <= 100);
-        seen.extend(page.live.iter().map(|c| c.id));
-        after = page.next;
-        if after.is_none() {
-            break;
-        }
-        assert!(pages < 10, "the sweep does not end");
-    }
+    // deleted one skipped but passed over; the page that reaches the end says so. With
+    // pages that divide the count exactly, one more (empty) page finds the end.
     let mut live: Vec<CredentialId> = ids.iter().enumerate().filter(|(i, _)| *i != 3).map(|(_, id)| *id).collect();
     // An id's text sorts as its key does (lowercase hex, fixed width).
     live.sort_by_key(|id| id.to_string());
-    assert_eq!(seen, live, "every live credential once, in id order");
-    assert_eq!(pages, n.div_ceil(100));
+    assert_eq!(n % 173, 0);
+    for (size, want_pages) in [(100, n.div_ceil(100)), (173, n / 173 + 1), (n + 1, 1)] {
+        let (mut seen, mut after, mut pages) = (Vec::new(), None, 0);
+        loop {
+            let page = store.sweep_page(after, size).unwrap();
+            pages += 1;
+            assert!(page.live.len() <= size);
+            seen.extend(page.live.iter().map(|c| c.id));
+            after = page.next;
+            if after.is_none() {
+                break;
+            }
+            assert!(pages <= want_pages, "the sweep does not end");
+        }
+        assert_eq!(seen, live, "every live credential once, in id order (pages of {size})");
+        assert_eq!(pages, want_pages, "pages of {size}");
+    }
     let unknown: CredentialId = "0190a2b4-0000-7000-8000-000000000001".parse().unwrap();
     let mut plans: Vec<(CredentialId, Option<u64>)> =
         ids.iter().enumerate().map(|(i, id)| (*id, Some(1_000 + i as u64))).collect();
@@ -1342,6 +1352,35 @@ fn many_credentials_are_scheduled_a_chunk_at_a_time() {
     let due = store.due_tests(u64::MAX, usize::MAX).unwrap();
     assert_eq!(due.len(), n - 2, "{:?}", &due[..3]);
     assert!(due.iter().all(|(at, id)| *at == 9_000 && *id != ids[0] && *id != ids[3]));
+}
+
+/// A credential record that does not decode does not stop the monitor's sweep there: it
+/// is skipped (logged by id) and the credentials after it are still read.
+#[test]
+fn a_record_that_does_not_decode_is_skipped_by_the_sweep() {
+    let fx = Fixture::new();
+    if fx.pg.is_some() {
+        return; // edits the redb file
+    }
+    let store = fx.open();
+    let a = store.add_user("admin", "alice", Role::User).unwrap();
+    let mut ids: Vec<CredentialId> =
+        (0..3).map(|i| store.create_credential("alice", a.namespace, cred(&format!("c{i}"), "t", &[])).unwrap().id).collect();
+    ids.sort_by_key(|id| id.to_string());
+    drop(store);
+    let db = raw_db(&fx.path);
+    let txn = db.begin_write().unwrap();
+    txn.open_table(CREDENTIALS).unwrap().insert(key_of(ids[1]), b"{not json".as_slice()).unwrap();
+    txn.commit().unwrap();
+    drop(db);
+    let store = fx.open();
+    let page = store.sweep_page(None, 10).unwrap();
+    assert_eq!(page.live.iter().map(|c| c.id).collect::<Vec<_>>(), [ids[0], ids[2]]);
+    assert!(page.next.is_none());
+    // Paged past it too: the bad record is counted in its page.
+    let first = store.sweep_page(None, 2).unwrap();
+    assert_eq!((first.live.len(), first.next), (1, Some(ids[1])));
+    assert_eq!(store.sweep_page(first.next, 2).unwrap().live.iter().map(|c| c.id).collect::<Vec<_>>(), [ids[2]]);
 }
 
 /// A version number a caller gives that is where `versions` keeps metadata (2^31 + n) is
