@@ -341,7 +341,6 @@ impl Service {
 }
 
 /// What a sweep step did.
-#[derive(PartialEq)]
 enum Step {
     More,
     Done,

@@ -429,15 +429,12 @@ impl Store {
             Some(id) => creds.range::<u128>((Bound::Excluded(id.key()), Bound::Unbounded))?,
             None => creds.iter()?,
         };
-        let mut page = SweepPage { live: Vec::new(), next: None };
+        let mut page = SweepPage::default();
         let mut read = 0;
         for row in rows {
             let (k, v) = row?;
             let id = CredentialId::from_key(k.value());
             read += 1;
-            if read == n {
-                page.next = Some(id);
-            }
             match serde_json::from_slice::<Swept>(v.value()) {
                 Ok(c) if c.deleted_at.is_none() => page.live.push(c),
                 Ok(_) => {}
@@ -447,6 +444,7 @@ impl Store {
                 Err(_) => tracing::error!(credential = %id, "the monitor's sweep skipped a credential record that does not decode"),
             }
             if read == n {
+                page.next = Some(id);
                 break;
             }
         }
