@@ -2,9 +2,11 @@
 //! the defaults.
 //!
 //! Starts the real `credhost` binary, creates `SCALE_USERS` users (admin API) and
-//! `SCALE_CREDS` credentials for each over HTTP with 16 concurrent clients, then lists
-//! every user's first page (`GET /api/credentials?limit=50`). Prints create p50/p99 and
-//! creates/s, list p50/p99, the server's resident memory (VmRSS) fresh, after the creates,
+//! `SCALE_CREDS` credentials for each over HTTP with 16 concurrent clients, updates every
+//! user's first credential (`PATCH`, a new description), then lists every user's first
+//! page (`GET /api/credentials?limit=50`). Prints p50/p99 and rate of the creates and the
+//! updates, list p50/p99, each request's server and client CPU, the server's resident
+//! memory (VmRSS) fresh, after the creates,
 //! after the lists and after 5 s idle, the server's CPU while idle (and its monitor threads'
 //! share), the database file size, and the warm restart time
 //! (SIGTERM, start, first `/readyz` 200) with the RSS and list latencies after it.
@@ -77,7 +79,7 @@ fn print_smaps(pid: u32) {
     }
 }
 
-/// CPU time (user + system) a process has used, and its monitor thread's share, in
+/// CPU time (user + system) a process has used, and its monitor threads' share, in
 /// seconds (`/proc/PID/stat`, `/proc/PID/task/*/stat`; clock ticks of 1/100 s).
 fn cpu_s(pid: u32) -> (f64, f64) {
     let ticks = |stat: &str| -> f64 {
@@ -222,24 +224,48 @@ fn scenario(rt: &tokio::runtime::Runtime, users: usize, creds: usize, cache: Opt
 
         // Credentials: item i belongs to user i % users, so concurrent creates hit many users.
         let total = users * creds;
+        let first_ids = Arc::new(std::sync::Mutex::new(vec![String::new(); users]));
         eprintln!("scale: creating (server pid {})", srv.pid());
+        let (server_cpu0, client_cpu0) = (cpu_s(srv.pid()).0, cpu_s(std::process::id()).0);
         let (create_lat, create_wall) = {
             let (http, url, tokens) = (http.clone(), format!("{base}/api/credentials"), user_tokens.clone());
+            let firsts = first_ids.clone();
             run_all(total, move |i| {
-                let (http, url, tokens) = (http.clone(), url.clone(), tokens.clone());
+                let (http, url, tokens, firsts) = (http.clone(), url.clone(), tokens.clone(), firsts.clone());
                 let body = json!({"name": format!("cred-{:05}", i / users), "type": "bearer_token",
                     "description": "scale benchmark credential", "tags": ["scale"],
                     "fields": {"token": server::random_alnum(40), "test_url": "https://api.example.com/v1/me"}});
                 async move {
                     let r = http.post(&url).bearer_auth(&tokens[i % users]).json(&body).send().await.unwrap();
                     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+                    if i < users {
+                        let v: Value = r.json().await.unwrap();
+                        firsts.lock().unwrap()[i] = v["id"].as_str().expect("id").to_string();
+                    }
                 }
             })
             .await
         };
         let (rss_created, _) = rss_mib(srv.pid());
+        let (server_cpu1, client_cpu1) = (cpu_s(srv.pid()).0, cpu_s(std::process::id()).0);
+        // Updates: each user's first credential once, a new description (no secret change).
+        let (update_lat, update_wall) = {
+            let (http, base, tokens) = (http.clone(), base.clone(), user_tokens.clone());
+            let ids = Arc::new(std::mem::take(&mut *first_ids.lock().unwrap()));
+            run_all(users, move |i| {
+                let (http, url, tokens) = (http.clone(), format!("{base}/api/credentials/{}", ids[i]), tokens.clone());
+                async move {
+                    let body = json!({"description": format!("updated by the scale benchmark ({i})")});
+                    let r = http.patch(&url).bearer_auth(&tokens[i]).json(&body).send().await.unwrap();
+                    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+                }
+            })
+            .await
+        };
+        let (server_cpu_u, client_cpu_u) = (cpu_s(srv.pid()).0, cpu_s(std::process::id()).0);
         eprintln!("scale: listing (server pid {})", srv.pid());
         let list_lat = list_all(&http, &base, &user_tokens, creds).await;
+        let (server_cpu2, client_cpu2) = (cpu_s(srv.pid()).0, cpu_s(std::process::id()).0);
         let (rss_listed, hwm) = rss_mib(srv.pid());
         let (cpu_before_idle, monitor_before_idle) = cpu_s(srv.pid());
         tokio::time::sleep(IDLE).await;
@@ -272,8 +298,28 @@ fn scenario(rt: &tokio::runtime::Runtime, users: usize, creds: usize, cache: Opt
         println!("  create_p50_ms {:.2}", pct(&create_lat, 0.50));
         println!("  create_p99_ms {:.2}", pct(&create_lat, 0.99));
         println!("  creates_per_s {:.0}", total as f64 / create_wall.as_secs_f64());
+        // Both processes share the cores: what each request costs each side, so a latency
+        // can be read against how much of the machine the clients took.
+        println!(
+            "  cpu_us_per_create server {:.0} client {:.0}",
+            1e6 * (server_cpu1 - server_cpu0) / total as f64,
+            1e6 * (client_cpu1 - client_cpu0) / total as f64
+        );
+        println!("  update_p50_ms {:.2}", pct(&update_lat, 0.50));
+        println!("  update_p99_ms {:.2}", pct(&update_lat, 0.99));
+        println!("  updates_per_s {:.0}", users as f64 / update_wall.as_secs_f64());
+        println!(
+            "  cpu_us_per_update server {:.0} client {:.0}",
+            1e6 * (server_cpu_u - server_cpu1) / users as f64,
+            1e6 * (client_cpu_u - client_cpu1) / users as f64
+        );
         println!("  list_p50_ms {:.2}", pct(&list_lat, 0.50));
         println!("  list_p99_ms {:.2}", pct(&list_lat, 0.99));
+        println!(
+            "  cpu_us_per_list server {:.0} client {:.0}",
+            1e6 * (server_cpu2 - server_cpu_u) / users as f64,
+            1e6 * (client_cpu2 - client_cpu_u) / users as f64
+        );
         println!("  rss_fresh_mib {rss_fresh:.1}");
         println!("  rss_after_creates_mib {rss_created:.1}");
         println!("  rss_after_lists_mib {rss_listed:.1} (peak {hwm:.1})");

@@ -4,6 +4,9 @@
 //!   version + audit record, one durable transaction each) against raw redb single-row
 //!   durable commits/s with a value as large as everything one create writes; both in the
 //!   same directory, interleaved, and their ratio (target >= 0.7);
+//! - the ceiling the layout sets: raw redb durable commits that write the very rows one
+//!   create writes (same tables, key shapes and sizes, no credhost code), and the same
+//!   without the audit index, both against the raw single-row commits, interleaved;
 //! - metadata reads/s (`get_credential`) and first-page listings/s (`list_credentials`, 50);
 //! - group commit: creates/s from 1 thread and from `THREADS` threads sharing the store,
 //!   interleaved, their ratio (issue 17 target >= 5 at 16 threads) and the per-create
@@ -75,6 +78,16 @@ pub fn main() {
     let value = vec![0xA5u8; value_len];
 
     let raw = redb::Database::create(dir.path().join("raw.redb")).unwrap();
+    let sizes = RowSizes {
+        record: serde_json::to_vec(&first).unwrap().len(),
+        blob: sealed,
+        audit: serde_json::to_vec(&audit[0]).unwrap().len(),
+    };
+    // (database, with the audit index, commits, time)
+    let mut rows = [true, false].map(|index| {
+        let db = redb::Database::create(dir.path().join(format!("rows-{index}.redb"))).unwrap();
+        (db, index, 0u64, Duration::ZERO)
+    });
     let mut next = 1u64;
     let (mut raw_ops, mut raw_time) = (0u64, Duration::ZERO);
     let (mut store_ops, mut store_time) = (0u64, Duration::ZERO);
@@ -96,6 +109,15 @@ pub fn main() {
         }
         raw_time += t.elapsed();
         raw_io.add(&io, &Io::now());
+
+        for (db, index, ops, time) in rows.iter_mut() {
+            let t = Instant::now();
+            while t.elapsed() < PHASE {
+                write_rows(db, &sizes, *ops, *index);
+                *ops += 1;
+            }
+            *time += t.elapsed();
+        }
 
         let io = Io::now();
         let t = Instant::now();
@@ -148,6 +170,12 @@ pub fn main() {
     println!("raw_redb_durable_commits_per_s {raw_rate:.1}");
     println!("store_durable_creates_per_s {store_rate:.1}");
     println!("create_vs_raw_ratio {:.2}", store_rate / raw_rate);
+    let rate = |r: &(redb::Database, bool, u64, Duration)| r.2 as f64 / r.3.as_secs_f64();
+    println!(
+        "same_rows_vs_raw_ratio {:.2} (redb alone writing one create's rows: the layout's ceiling)",
+        rate(&rows[0]) / raw_rate
+    );
+    println!("same_rows_without_audit_index_vs_raw_ratio {:.2}", rate(&rows[1]) / raw_rate);
     println!(
         "write_calls_per_commit raw {:.1} create {:.1}; bytes_written_per_commit raw {:.0} create {:.0}",
         raw_io.calls as f64 / raw_ops as f64,
@@ -165,9 +193,64 @@ pub fn main() {
     println!("store_file_mib {:.1} (after every phase)", size as f64 / 1048576.0);
 }
 
-/// Group commit: the same creates from 1 thread, then from THREADS threads, interleaved.
+/// Bytes of the rows one create writes (the version metadata and audit head are fixed).
+struct RowSizes {
+    record: usize,
+    blob: usize,
+    audit: usize,
+}
+
+/// One durable commit of the rows a create writes, as `store` lays them out (schema 2):
+/// the credential record, its name, version 1's blob and metadata, the audit record, its
+/// namespace index entry (with `index`) and the audit head. Ids grow with time, as UUIDv7s.
+fn write_rows(db: &redb::Database, sizes: &RowSizes, i: u64, index: bool) {
+    use credhost::store::schema::{AUDIT, AUDIT_BY_NS, CREDENTIALS, META, NAMES, VERSIONS};
+    let id = (1_800_000_000_000u128 + u128::from(i)) << 80 | 0x5a5a;
+    let ns = 0x0123_4567_89ab_cdef_u128 << 64;
+    let name = format!("credential-{i:08}");
+    let mut txn = db.begin_write().unwrap();
+    txn.set_durability(Durability::Immediate).unwrap();
+    txn.open_table(CREDENTIALS).unwrap().insert(id, vec![b'r'; sizes.record].as_slice()).unwrap();
+    txn.open_table(NAMES).unwrap().insert((ns, name.as_str()), id).unwrap();
+    {
+        let mut versions = txn.open_table(VERSIONS).unwrap();
+        versions.insert((id, 1), vec![b'b'; sizes.blob].as_slice()).unwrap();
+        versions.insert((id, 1 | 1 << 31), [b'm'; 230].as_slice()).unwrap();
+    }
+    txn.open_table(AUDIT).unwrap().insert(i + 1, vec![b'a'; sizes.audit].as_slice()).unwrap();
+    if index {
+        txn.open_table(AUDIT_BY_NS).unwrap().insert((ns, i + 1), ()).unwrap();
+    }
+    txn.open_table(META).unwrap().insert("audit_chain_head", [b'h'; 150].as_slice()).unwrap();
+    txn.commit().unwrap();
+}
+
+/// Group commit: the same creates from 1 thread, then from THREADS threads, interleaved;
+/// then updates of existing credentials the same way.
 fn group_commit(store: &Arc<Store>, ns: credhost::store::NamespaceId, next: u64) {
     let next = Arc::new(AtomicU64::new(next));
+    let created = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (sink, counter) = (created.clone(), next.clone());
+    compare_threads(store, "creates", move |store| {
+        let cred = new_cred(counter.fetch_add(1, Ordering::Relaxed));
+        let id = store.create_credential("bench", ns, cred).unwrap().id;
+        sink.lock().unwrap().push(id);
+    });
+    // Updates of the credentials just created, spread so no two threads touch one often.
+    let ids = Arc::new(std::mem::take(&mut *created.lock().unwrap()));
+    let n = Arc::new(AtomicU64::new(0));
+    compare_threads(store, "updates", move |store| {
+        let i = n.fetch_add(1, Ordering::Relaxed);
+        let id = ids[(i as usize * 7919) % ids.len()];
+        let upd = credhost::store::CredentialUpdate { description: Some(format!("updated {i}")), ..Default::default() };
+        store.update_credential("bench", ns, id, upd).unwrap();
+    });
+}
+
+/// Runs `op` from 1 thread, then from THREADS threads, interleaved for ROUNDS; prints
+/// each rate with its latency p50/p99 and their ratio.
+fn compare_threads(store: &Arc<Store>, what: &str, op: impl Fn(&Store) + Send + Sync + 'static) {
+    let op = Arc::new(op);
     let (mut one, mut many) = ((0u64, Duration::ZERO, Vec::new()), (0u64, Duration::ZERO, Vec::new()));
     for _ in 0..ROUNDS {
         for (threads, acc) in [(1, &mut one), (THREADS, &mut many)] {
@@ -175,13 +258,12 @@ fn group_commit(store: &Arc<Store>, ns: credhost::store::NamespaceId, next: u64)
             let t = Instant::now();
             let workers: Vec<_> = (0..threads)
                 .map(|_| {
-                    let (store, stop, next) = (store.clone(), stop.clone(), next.clone());
+                    let (store, stop, op) = (store.clone(), stop.clone(), op.clone());
                     std::thread::spawn(move || {
                         let mut lat = Vec::new();
                         while !stop.load(Ordering::Relaxed) {
-                            let cred = new_cred(next.fetch_add(1, Ordering::Relaxed));
                             let t = Instant::now();
-                            store.create_credential("bench", ns, cred).unwrap();
+                            op(&store);
                             lat.push(t.elapsed());
                         }
                         lat
@@ -206,19 +288,17 @@ fn group_commit(store: &Arc<Store>, ns: credhost::store::NamespaceId, next: u64)
     let many_rate = many.0 as f64 / many.1.as_secs_f64();
 
     println!(
-        "creates_1_thread_per_s {one_rate:.1} (p50 {:.2} ms, p99 {:.2} ms)",
+        "{what}_1_thread_per_s {one_rate:.1} (p50 {:.2} ms, p99 {:.2} ms)",
         pct(&mut one.2, 0.5),
         pct(&mut one.2, 0.99)
     );
     println!(
-        "creates_{THREADS}_threads_per_s {many_rate:.1} (p50 {:.2} ms, p99 {:.2} ms)",
+        "{what}_{THREADS}_threads_per_s {many_rate:.1} (p50 {:.2} ms, p99 {:.2} ms)",
         pct(&mut many.2, 0.5),
         pct(&mut many.2, 0.99)
     );
-    println!(
-        "group_commit_ratio_{THREADS}_vs_1 {:.2} (target >= 5)",
-        many_rate / one_rate
-    );
+    let target = if what == "creates" { " (target >= 5)" } else { "" };
+    println!("{what}_group_commit_ratio_{THREADS}_vs_1 {:.2}{target}", many_rate / one_rate);
 }
 
 /// This process's write calls and bytes so far (`/proc/self/io`: `syscw`, `wchar`); zero

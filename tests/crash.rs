@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use credhost::crypto::MasterKey;
-use credhost::store::{ListQuery, NewCredential, Role, Store};
+use credhost::store::{CredentialUpdate, ListQuery, NewCredential, Role, Store};
 use secrecy::{ExposeSecret, SecretString};
 
 const CHILD_DB: &str = "CRASH_CHILD_DB";
@@ -184,7 +184,9 @@ const WRITERS: usize = 16;
 
 /// Child mode for [`killed_concurrent_writers_lose_nothing_committed`]: `WRITERS` threads
 /// share one store and create credentials until killed, each announcing a create after
-/// its commit returns, so kills land while batches of commits share one fsync.
+/// its commit returns, so kills land while batches of commits share one fsync. Odd
+/// threads also update each credential they created (a new secret version and a field),
+/// announced the same way, so batches mix creates and updates.
 #[test]
 fn crash_child_concurrent() {
     let (Ok(db), Ok(threads)) = (std::env::var(CHILD_DB), std::env::var(CHILD_THREADS)) else {
@@ -212,13 +214,19 @@ fn crash_child_concurrent() {
                     new.fields.insert("i".into(), i.to_string());
                     new.secrets
                         .insert("token".into(), SecretString::from(secret_for(&name)));
-                    store
+                    let id = store
                         .create_credential("crash", user.namespace, new)
-                        .unwrap();
+                        .unwrap()
+                        .id;
                     // One write per line, so a line is never interleaved with another.
-                    let mut out = out.lock().unwrap();
-                    out.write_all(format!("committed {name}\n").as_bytes()).unwrap();
-                    out.flush().unwrap();
+                    announce(&out, &format!("committed {name}\n"));
+                    if t % 2 == 1 {
+                        let mut upd = CredentialUpdate::default();
+                        upd.fields.insert("u".into(), Some(i.to_string()));
+                        upd.secrets.insert("token".into(), SecretString::from(updated_secret_for(&name)));
+                        store.update_credential("crash", user.namespace, id, upd).unwrap();
+                        announce(&out, &format!("updated {name}\n"));
+                    }
                 }
             })
         })
@@ -228,10 +236,20 @@ fn crash_child_concurrent() {
     }
 }
 
+fn announce(out: &std::sync::Mutex<std::io::Stdout>, line: &str) {
+    let mut out = out.lock().unwrap();
+    out.write_all(line.as_bytes()).unwrap();
+    out.flush().unwrap();
+}
+
+fn updated_secret_for(name: &str) -> String {
+    format!("updated-secret-of-{name}")
+}
+
 /// Like [`killed_writer_loses_nothing_committed`] with `WRITERS` concurrent writers (group
 /// commit): after each SIGKILL, every create any thread saw committed is there, secret
-/// intact, the audit chain verifies, and the writes of a batch the kill caught before its
-/// fsync are simply absent.
+/// intact (the updated one where an update was announced), the audit chain verifies, and
+/// the writes of a batch the kill caught before its fsync are simply absent.
 #[test]
 fn killed_concurrent_writers_lose_nothing_committed() {
     let dir = tempfile::tempdir().unwrap();
@@ -248,6 +266,7 @@ fn killed_concurrent_writers_lose_nothing_committed() {
     };
     let exe = std::env::current_exe().unwrap();
     let mut committed: Vec<String> = Vec::new();
+    let mut updated: std::collections::HashSet<String> = Default::default();
     let mut killed_mid_stream = 0;
     let mut extra = 0usize;
     for round in 0..ROUNDS {
@@ -271,7 +290,9 @@ fn killed_concurrent_writers_lose_nothing_committed() {
                 if line.ends_with(" ready\n") || line == "ready\n" {
                     let _ = ready_tx.send(());
                 } else if let Some(name) = line.trim_end().strip_prefix("committed ") {
-                    names.push(name.to_owned());
+                    names.push((false, name.to_owned()));
+                } else if let Some(name) = line.trim_end().strip_prefix("updated ") {
+                    names.push((true, name.to_owned()));
                 }
                 line.clear();
             }
@@ -285,10 +306,12 @@ fn killed_concurrent_writers_lose_nothing_committed() {
         child.kill().unwrap();
         let status = child.wait().unwrap();
         assert!(!status.success(), "round {round}: child exited by itself: {status:?}");
-        let names = reader.join().unwrap();
+        let lines = reader.join().unwrap();
+        let names: Vec<String> = lines.iter().filter(|(u, _)| !u).map(|(_, n)| n.clone()).collect();
         if !names.is_empty() {
             killed_mid_stream += 1;
         }
+        updated.extend(lines.into_iter().filter(|(u, _)| *u).map(|(_, n)| n));
 
         let store = Store::open(&db, MasterKey::from_base64(&key_b64).unwrap())
             .unwrap_or_else(|e| panic!("round {round}: reopen after SIGKILL failed: {e}"));
@@ -331,21 +354,31 @@ fn killed_concurrent_writers_lose_nothing_committed() {
                 .get(name.as_str())
                 .unwrap_or_else(|| panic!("round {round}: committed {name} lost"));
             assert!(c.secrets.contains_key("token"), "round {round}: {name}");
+            let was_updated = updated.contains(name);
+            if was_updated {
+                assert_eq!(c.version, 2, "round {round}: update of {name} lost");
+                assert!(c.fields.contains_key("u"), "round {round}: update of {name} lost");
+            }
             if i < first_new && round + 1 < ROUNDS {
                 continue;
             }
             let s = store.reveal("test", user.namespace, c.id, "crash check").unwrap();
-            assert_eq!(s["token"].expose_secret(), &secret_for(name), "round {round}: {name}");
+            // An update may be durable without its line (killed in between): either secret
+            // then, but never one the store cannot explain.
+            let want = if was_updated || c.version == 2 { updated_secret_for(name) } else { secret_for(name) };
+            assert_eq!(s["token"].expose_secret(), &want, "round {round}: {name}");
         }
         store
             .verify_audit()
             .unwrap_or_else(|e| panic!("round {round}: {e}"));
     }
     eprintln!(
-        "{ROUNDS} kills of {WRITERS} writers, {} credentials committed, {extra} more durable but \
-         unannounced, {killed_mid_stream} rounds killed mid-stream",
-        committed.len()
+        "{ROUNDS} kills of {WRITERS} writers, {} credentials committed and {} of them updated, {extra} more \
+         durable but unannounced, {killed_mid_stream} rounds killed mid-stream",
+        committed.len(),
+        updated.len()
     );
+    assert!(!updated.is_empty(), "no update was announced in {ROUNDS} rounds");
     assert!(
         killed_mid_stream >= ROUNDS / 4,
         "too few rounds reached a commit before the kill: {killed_mid_stream}"

@@ -1401,3 +1401,76 @@ fn a_metadata_number_is_not_a_version() {
     assert_eq!(versions_of(&store, a.namespace, c.id), before);
     assert_eq!(store.get_credential(a.namespace, c.id).unwrap().version, 1);
 }
+
+/// Updates, deletes, restores, reveals and test records from 16 threads at once share
+/// batched transactions with creates: each one's effect is there exactly once, a refused
+/// one (a taken name, a secret written as a plain field) changes nothing and fails no
+/// other, and the audit chain holds one record per write.
+#[test]
+fn concurrent_writes_of_every_kind_share_batches_and_refusals_change_nothing() {
+    const THREADS: usize = 16;
+    const ROUNDS: usize = 12;
+    let fx = Fixture::new();
+    let store = std::sync::Arc::new(fx.open());
+    let a = store.add_user("admin", "alice", Role::User).unwrap();
+    let ns = a.namespace;
+    let ids: Vec<CredentialId> = (0..THREADS)
+        .map(|t| store.create_credential("alice", ns, cred(&format!("c{t}"), "alpaca", &[("key", "K-0")])).unwrap().id)
+        .collect();
+    let audit_before = store.verify_audit().unwrap();
+    let workers: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let (store, id) = (store.clone(), ids[t]);
+            std::thread::spawn(move || {
+                for r in 1..=ROUNDS {
+                    let taken = CredentialUpdate { name: Some(format!("c{}", (t + 1) % THREADS)), ..Default::default() };
+                    let refused = store.update_credential("alice", ns, id, taken).unwrap_err();
+                    assert!(matches!(refused, StoreError::NameTaken { .. }), "{refused:?}");
+                    let plain_secret = CredentialUpdate {
+                        fields: BTreeMap::from([("key".into(), Some("in clear".into()))]),
+                        ..Default::default()
+                    };
+                    let refused = store.update_credential("alice", ns, id, plain_secret).unwrap_err();
+                    assert!(refused.to_string().contains("key"), "{refused}");
+                    let upd = CredentialUpdate {
+                        description: Some(format!("round {r}")),
+                        secrets: BTreeMap::from([("key".into(), SecretString::from(format!("K-{r}")))]),
+                        ..Default::default()
+                    };
+                    assert_eq!(store.update_credential("alice", ns, id, upd).unwrap().version, r as u32 + 1);
+                    store.delete_credential("alice", ns, id).unwrap();
+                    assert!(matches!(store.delete_credential("alice", ns, id), Err(StoreError::NotFound)));
+                    store.restore_credential("alice", ns, id).unwrap();
+                    let result = TestResult {
+                        at: r as u64,
+                        ok: true,
+                        summary: format!("round {r}"),
+                        verdict: None,
+                        trigger: Default::default(),
+                        facts: BTreeMap::new(),
+                        latency_ms: 1,
+                    };
+                    assert_eq!(store.record_test_result("alice", ns, id, result).unwrap().last_test.unwrap().at, r as u64);
+                    let secrets = store.reveal("alice", ns, id, "check").unwrap();
+                    assert_eq!(secrets["key"].expose_secret(), &format!("K-{r}"));
+                    store.create_credential("alice", ns, cred(&format!("t{t}-r{r}"), "alpaca", &[("key", "new")])).unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    for (t, id) in ids.iter().enumerate() {
+        let c = store.get_credential(ns, *id).unwrap();
+        assert_eq!((c.name.as_str(), c.description.as_str()), (format!("c{t}").as_str(), format!("round {ROUNDS}").as_str()));
+        assert_eq!((c.version, c.deleted_at), (ROUNDS as u32 + 1, None));
+        assert!(!c.fields.contains_key("key"), "a refused update wrote a field");
+        assert_eq!(store.test_history(ns, *id).unwrap().len(), ROUNDS);
+    }
+    let page = store.list_credentials(ns, &ListQuery { limit: 1000, ..Default::default() }).unwrap();
+    assert_eq!(page.total, THREADS * (ROUNDS + 1));
+    // Per round and thread: update, delete, restore, test, reveal, create (refusals write
+    // nothing, not even an audit record).
+    assert_eq!(store.verify_audit().unwrap(), audit_before + (THREADS * ROUNDS * 6) as u64);
+}

@@ -1,11 +1,12 @@
-//! Batched operations: creates queued while one is being written run one after another
-//! in a single redb write transaction, executed by one thread (the leader), and share its
-//! commit and fsync.
+//! Batched operations: a namespace's frequent writes (creates, updates, deletes and
+//! restores, audited reveals and unseals, test records) queued while one is being written
+//! run one after another in a single redb write transaction, executed by one thread (the
+//! leader), and share its commit and fsync.
 //!
 //! Why a leader runs the others' operations: with each operation on its own thread, every
 //! operation handed redb's write lock to the next thread and slept twice (for its turn,
 //! then for the durable commit); on 2 cores the hand-offs, not the writes, bounded a burst
-//! of creates. Here a caller queues its operation and sleeps once, until answered; the
+//! of writes. Here a caller queues its operation and sleeps once, until answered; the
 //! first caller to find no leader becomes it, takes the queue (at most [`MAX_OPS`]), runs
 //! each operation in one transaction of the store's [`Group`](super::Group), commits (the
 //! group decides the fsync), hands the lead to the next queued caller, and answers its

@@ -13,7 +13,7 @@ use super::error::{Result, StoreError};
 use super::schema::{
     dec, enc, CredentialId, NamespaceId, CREDENTIALS, NAMES, NAMESPACES, VERSIONS,
 };
-use super::{now_ms, Store};
+use super::{now_ms, Store, Txn};
 use crate::crypto::{random_bytes, SecretMap};
 
 const MAX_VALUE_LEN: usize = 64 * 1024;
@@ -179,7 +179,7 @@ impl NewCredential {
 
 /// A partial update for [`Store::update_credential`]; `None`/empty means "leave as is".
 /// Changing or clearing any secret writes a new version holding the merged secrets.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct CredentialUpdate {
     pub name: Option<String>,
     pub description: Option<String>,
@@ -458,6 +458,119 @@ fn seal_new(dek: &crate::crypto::DataKey, ns: NamespaceId, id: CredentialId, new
     Ok(Sealed { record: enc(&cred), cred, blob, detail })
 }
 
+/// The body of [`Store::update_credential`] in a (batched) write transaction: every check
+/// and the sealing of a new version first, then the writes.
+fn apply_update(
+    store: &Store,
+    txn: &Txn,
+    actor: &str,
+    ns: NamespaceId,
+    id: CredentialId,
+    upd: CredentialUpdate,
+) -> Result<Credential> {
+    let mut changed: Vec<String> = Vec::new();
+    let mut creds = txn.open_table(CREDENTIALS)?;
+    let mut cred = load_live(&creds, ns, id)?;
+    let old_name = cred.name.clone();
+    let rename = upd.name.filter(|n| *n != cred.name);
+    if let Some(name) = &rename {
+        if let Some(holder) = txn.open_table(NAMES)?.get((ns.key(), name.as_str()))?.map(|v| v.value()) {
+            return Err(name_taken(&creds, ns, holder, name.clone())?);
+        }
+        cred.name = name.clone();
+        changed.push("name".into());
+    }
+    if let Some(d) = upd.description {
+        cred.description = d;
+        changed.push("description".into());
+    }
+    if let Some(t) = upd.tags {
+        cred.tags = t;
+        changed.push("tags".into());
+    }
+    if let Some(e) = upd.environment {
+        cred.environment = e;
+        changed.push("environment".into());
+    }
+    for (k, v) in upd.fields {
+        match v {
+            Some(v) => {
+                if cred.secrets.contains_key(&k) && !upd.clear_secrets.contains(&k) {
+                    return Err(invalid(&k, "is a secret field"));
+                }
+                cred.fields.insert(k.clone(), v);
+            }
+            None => {
+                cred.fields.remove(&k);
+            }
+        }
+        changed.push(format!("fields.{k}"));
+    }
+    let clears: Vec<String> = upd.clear_secrets.into_iter().filter(|k| cred.secrets.contains_key(k)).collect();
+    // A new version's number and sealed secrets, and the version it replaces.
+    let mut sealed = None;
+    if !upd.secrets.is_empty() || !clears.is_empty() || upd.binding.is_some() {
+        if let Some(k) = upd.secrets.keys().find(|k| cred.fields.contains_key(*k)) {
+            return Err(invalid(k, "is a non-secret field"));
+        }
+        let dek = store.dek_in(&txn.open_table(NAMESPACES)?, ns)?;
+        let versions = txn.open_table(VERSIONS)?;
+        let mut merged = {
+            let blob = versions.get((id.key(), cred.version))?.ok_or_else(|| {
+                StoreError::Corrupt(format!("credential {id} has no version {}", cred.version))
+            })?;
+            dek.open_secrets(ns.as_uuid(), id.as_uuid(), cred.version, blob.value())?
+        };
+        let version = super::versions::next_number(&versions, id)?;
+        for k in &clears {
+            merged.remove(k);
+            cred.secrets.remove(k);
+            changed.push(format!("secrets.{k}(cleared)"));
+        }
+        let fpk = dek.fingerprint_key();
+        for (k, v) in upd.secrets {
+            cred.secrets
+                .insert(k.clone(), SecretField { fingerprint: fpk.fingerprint(id.as_uuid(), &k, &v), version });
+            changed.push(format!("secrets.{k}"));
+            merged.insert(k, v);
+        }
+        if let Some(b) = upd.binding {
+            merged.insert(BINDING_KEY.into(), secrecy::SecretString::from(b));
+            changed.push("destination".into());
+        }
+        let blob = dek.seal_secrets(ns.as_uuid(), id.as_uuid(), version, &merged)?;
+        sealed = Some((version, blob, cred.version));
+        cred.version = version;
+        // A pending rotation was merged with the old secrets: superseded.
+        cred.pending_version = None;
+    }
+    cred.updated_at = now_ms();
+    // Checked and sealed: an error from here on is the storage's.
+    txn.writing();
+    if rename.is_some() {
+        let mut names = txn.open_table(NAMES)?;
+        names.remove((ns.key(), old_name.as_str()))?;
+        names.insert((ns.key(), cred.name.as_str()), id.key())?;
+    }
+    let mut replaced = None;
+    if let Some((version, blob, old)) = sealed {
+        txn.open_table(VERSIONS)?.insert((id.key(), version), blob.as_slice())?;
+        replaced = Some(old);
+    }
+    creds.insert(id.key(), enc(&cred).as_slice())?;
+    drop(creds);
+    let destroyed = match replaced {
+        Some(r) => super::versions::record_current(txn, &cred, actor, super::versions::VersionReason::Update, Some(r))?,
+        None => Vec::new(),
+    };
+    let mut detail = format!("version={} changed={changed:?}", cred.version);
+    if !destroyed.is_empty() {
+        detail.push_str(&format!(" destroyed_versions={destroyed:?}"));
+    }
+    audit::append(txn, AuditEntry::ok(actor, "credential.update").ns(ns).cred(id).detail(detail))?;
+    Ok(cred)
+}
+
 impl Store {
     /// Creates a credential in `ns`: metadata, name index entry, sealed version 1 and the
     /// audit record, in one transaction. Names are unique per namespace.
@@ -670,119 +783,10 @@ impl Store {
             check_field_name(k)?;
             check_value_len(k, v.expose_secret().len())?;
         }
-        let txn = self.begin_write_in(ns)?;
-        let mut changed: Vec<String> = Vec::new();
-        // The version a secret change replaces (recorded with the new one).
-        let mut replaced = None;
-        let cred = {
-            let mut creds = txn.open_table(CREDENTIALS)?;
-            let mut cred = load_live(&creds, ns, id)?;
-            if let Some(name) = upd.name.filter(|n| *n != cred.name) {
-                let mut names = txn.open_table(NAMES)?;
-                if let Some(holder) = names.get((ns.key(), name.as_str()))?.map(|v| v.value()) {
-                    return Err(name_taken(&creds, ns, holder, name)?);
-                }
-                names.remove((ns.key(), cred.name.as_str()))?;
-                names.insert((ns.key(), name.as_str()), id.key())?;
-                cred.name = name;
-                changed.push("name".into());
-            }
-            if let Some(d) = upd.description {
-                cred.description = d;
-                changed.push("description".into());
-            }
-            if let Some(t) = upd.tags {
-                cred.tags = t;
-                changed.push("tags".into());
-            }
-            if let Some(e) = upd.environment {
-                cred.environment = e;
-                changed.push("environment".into());
-            }
-            for (k, v) in upd.fields {
-                match v {
-                    Some(v) => {
-                        if cred.secrets.contains_key(&k) && !upd.clear_secrets.contains(&k) {
-                            return Err(invalid(&k, "is a secret field"));
-                        }
-                        cred.fields.insert(k.clone(), v);
-                    }
-                    None => {
-                        cred.fields.remove(&k);
-                    }
-                }
-                changed.push(format!("fields.{k}"));
-            }
-            let clears: Vec<String> = upd
-                .clear_secrets
-                .into_iter()
-                .filter(|k| cred.secrets.contains_key(k))
-                .collect();
-            if !upd.secrets.is_empty() || !clears.is_empty() || upd.binding.is_some() {
-                if let Some(k) = upd.secrets.keys().find(|k| cred.fields.contains_key(*k)) {
-                    return Err(invalid(k, "is a non-secret field"));
-                }
-                let dek = self.dek_in(&txn.open_table(NAMESPACES)?, ns)?;
-                let mut versions = txn.open_table(VERSIONS)?;
-                let mut merged = {
-                    let blob = versions.get((id.key(), cred.version))?.ok_or_else(|| {
-                        StoreError::Corrupt(format!(
-                            "credential {id} has no version {}",
-                            cred.version
-                        ))
-                    })?;
-                    dek.open_secrets(ns.as_uuid(), id.as_uuid(), cred.version, blob.value())?
-                };
-                let version = super::versions::next_number(&versions, id)?;
-                for k in &clears {
-                    merged.remove(k);
-                    cred.secrets.remove(k);
-                    changed.push(format!("secrets.{k}(cleared)"));
-                }
-                let fpk = dek.fingerprint_key();
-                for (k, v) in upd.secrets {
-                    cred.secrets.insert(
-                        k.clone(),
-                        SecretField {
-                            fingerprint: fpk.fingerprint(id.as_uuid(), &k, &v),
-                            version,
-                        },
-                    );
-                    changed.push(format!("secrets.{k}"));
-                    merged.insert(k, v);
-                }
-                if let Some(b) = upd.binding {
-                    merged.insert(BINDING_KEY.into(), secrecy::SecretString::from(b));
-                    changed.push("destination".into());
-                }
-                let blob = dek.seal_secrets(ns.as_uuid(), id.as_uuid(), version, &merged)?;
-                versions.insert((id.key(), version), blob.as_slice())?;
-                replaced = Some(cred.version);
-                cred.version = version;
-                // A pending rotation was merged with the old secrets: superseded.
-                cred.pending_version = None;
-            }
-            cred.updated_at = now_ms();
-            creds.insert(id.key(), enc(&cred).as_slice())?;
-            cred
-        };
-        let destroyed = match replaced {
-            Some(r) => super::versions::record_current(&txn, &cred, actor, super::versions::VersionReason::Update, Some(r))?,
-            None => Vec::new(),
-        };
-        let mut detail = format!("version={} changed={changed:?}", cred.version);
-        if !destroyed.is_empty() {
-            detail.push_str(&format!(" destroyed_versions={destroyed:?}"));
-        }
-        audit::append(
-            &txn,
-            AuditEntry::ok(actor, "credential.update")
-                .ns(ns)
-                .cred(id)
-                .detail(detail),
-        )?;
-        txn.commit()?;
-        Ok(cred)
+        let actor = actor.to_owned();
+        // Batched like creates (see `batch`): it refuses only before `writing`, and may
+        // run again, so it works on a copy of the update.
+        self.write_batched(ns, move |store, txn| apply_update(store, txn, &actor, ns, id, upd.clone()))
     }
 
     fn set_deleted(
@@ -792,42 +796,28 @@ impl Store {
         id: CredentialId,
         delete: bool,
     ) -> Result<Credential> {
-        let txn = self.begin_write_in(ns)?;
-        let cred = {
+        let actor = actor.to_owned();
+        self.write_batched(ns, move |_, txn| {
             let mut creds = txn.open_table(CREDENTIALS)?;
             let mut cred = load(&creds, ns, id)?;
             if cred.deleted_at.is_some() == delete {
                 // Deleting a deleted one is NotFound (like any other read of it as live);
                 // restoring a live one changes nothing.
-                return if delete {
-                    Err(StoreError::NotFound)
-                } else {
-                    Ok(cred)
-                };
+                return if delete { Err(StoreError::NotFound) } else { Ok(cred) };
             }
+            txn.writing();
             let now = now_ms();
             if delete {
-                super::history::unschedule(&txn, &mut cred)?;
+                super::history::unschedule(txn, &mut cred)?;
             }
             cred.deleted_at = delete.then_some(now);
             cred.updated_at = now;
             creds.insert(id.key(), enc(&cred).as_slice())?;
-            cred
-        };
-        let action = if delete {
-            "credential.delete"
-        } else {
-            "credential.restore"
-        };
-        audit::append(
-            &txn,
-            AuditEntry::ok(actor, action)
-                .ns(ns)
-                .cred(id)
-                .detail(format!("name={:?}", cred.name)),
-        )?;
-        txn.commit()?;
-        Ok(cred)
+            drop(creds);
+            let action = if delete { "credential.delete" } else { "credential.restore" };
+            audit::append(txn, AuditEntry::ok(&actor, action).ns(ns).cred(id).detail(format!("name={:?}", cred.name)))?;
+            Ok(cred)
+        })
     }
 
     /// Soft-deletes a live credential: hidden from listings (unless asked), not
@@ -924,32 +914,22 @@ impl Store {
         id: CredentialId,
         purpose: &str,
     ) -> Result<SecretMap> {
-        let txn = self.begin_write_in(ns)?;
-        let (secrets, version) = {
-            let cred = load_live(&txn.open_table(CREDENTIALS)?, ns, id)?;
-            let dek = self.dek_in(&txn.open_table(NAMESPACES)?, ns)?;
-            let versions = txn.open_table(VERSIONS)?;
-            let blob = versions.get((id.key(), cred.version))?.ok_or_else(|| {
-                StoreError::Corrupt(format!("credential {id} has no version {}", cred.version))
-            })?;
-            (
-                dek.open_secrets(ns.as_uuid(), id.as_uuid(), cred.version, blob.value())?,
-                cred.version,
-            )
-        };
-        let detail = format!(
-            "purpose={purpose:?} version={version} fields={:?}",
-            secrets.keys().collect::<Vec<_>>()
-        );
-        audit::append(
-            &txn,
-            AuditEntry::ok(actor, action)
-                .ns(ns)
-                .cred(id)
-                .detail(detail),
-        )?;
-        txn.commit()?;
-        Ok(secrets)
+        let (action, actor, purpose) = (action.to_owned(), actor.to_owned(), purpose.to_owned());
+        self.write_batched(ns, move |store, txn| {
+            let (secrets, version) = {
+                let cred = load_live(&txn.open_table(CREDENTIALS)?, ns, id)?;
+                let dek = store.dek_in(&txn.open_table(NAMESPACES)?, ns)?;
+                let versions = txn.open_table(VERSIONS)?;
+                let blob = versions.get((id.key(), cred.version))?.ok_or_else(|| {
+                    StoreError::Corrupt(format!("credential {id} has no version {}", cred.version))
+                })?;
+                (dek.open_secrets(ns.as_uuid(), id.as_uuid(), cred.version, blob.value())?, cred.version)
+            };
+            let detail = format!("purpose={purpose:?} version={version} fields={:?}", secrets.keys().collect::<Vec<_>>());
+            txn.writing();
+            audit::append(txn, AuditEntry::ok(&actor, &action).ns(ns).cred(id).detail(detail))?;
+            Ok(secrets)
+        })
     }
 
     /// A live credential and its current secrets, read in one read transaction without

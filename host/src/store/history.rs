@@ -238,11 +238,14 @@ impl Store {
         result: TestResult,
         opts: RecordOpts,
     ) -> Result<Credential> {
-        let txn = self.begin_write_in(ns)?;
-        let now = now_ms();
-        let cred = {
+        let actor = actor.to_owned();
+        // Batched (see `batch`): the monitor records many tests at once.
+        self.write_batched(ns, move |_, txn| {
+            let now = now_ms();
             let mut creds = txn.open_table(CREDENTIALS)?;
             let mut cred = load_live(&creds, ns, id)?;
+            txn.writing();
+            let result = result.clone();
             let before = health_of(cred.last_test.as_ref(), now, opts.expiry_warning_ms);
             let reference = cred.monitor.health.unwrap_or(match before {
                 Health::Indeterminate => Health::Untested,
@@ -254,7 +257,7 @@ impl Store {
                 if emit {
                     let trigger = serde_json::to_value(result.trigger).ok();
                     let trigger = trigger.as_ref().and_then(|t| t.as_str()).unwrap_or("manual");
-                    health_event(&txn, &cred, reference, after, &result.summary, trigger)?;
+                    health_event(txn, &cred, reference, after, &result.summary, trigger)?;
                 }
             }
             {
@@ -273,24 +276,23 @@ impl Store {
                 }
             }
             if let Some((next, failures)) = opts.schedule {
-                reschedule(&txn, id, cred.monitor.next_test_at, next)?;
+                reschedule(txn, id, cred.monitor.next_test_at, next)?;
                 cred.monitor.next_test_at = next;
                 cred.monitor.failures = failures;
             }
             cred.last_test = Some(result);
             creds.insert(id.key(), enc(&cred).as_slice())?;
-            cred
-        };
-        let t = cred.last_test.as_ref().expect("just set");
-        audit::append(
-            &txn,
-            AuditEntry::ok(actor, "credential.test")
-                .ns(ns)
-                .cred(id)
-                .detail(format!("ok={} status={:?} trigger={:?}", t.ok, t.status(), t.trigger).to_lowercase()),
-        )?;
-        txn.commit()?;
-        Ok(cred)
+            drop(creds);
+            let t = cred.last_test.as_ref().expect("just set");
+            audit::append(
+                txn,
+                AuditEntry::ok(&actor, "credential.test")
+                    .ns(ns)
+                    .cred(id)
+                    .detail(format!("ok={} status={:?} trigger={:?}", t.ok, t.status(), t.trigger).to_lowercase()),
+            )?;
+            Ok(cred)
+        })
     }
 
     /// The last test outcomes of a credential (deleted or not), newest first.

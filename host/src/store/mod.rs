@@ -116,7 +116,7 @@ pub struct Store {
     backend: Backend,
     /// Every write transaction commits through it ([`Txn::commit`]).
     group: Arc<Group>,
-    /// Creates run in batches by one writer ([`Store::write_batched`]).
+    /// A namespace's frequent writes run in batches by one writer ([`Store::write_batched`]).
     batcher: batch::Batcher,
     /// The master key and what derives from it. Replaced only by [`Store::rotate_kek`],
     /// which holds the write lock across its commit and the swap: a write transaction
