@@ -158,11 +158,11 @@ async fn start_ready(env: &server::Env, http: &reqwest::Client) -> (server::Serv
     (srv, t0.elapsed())
 }
 
-async fn list_all(http: &reqwest::Client, base: &str, tokens: &Arc<Vec<String>>, per_user: usize) -> Vec<Duration> {
+async fn list_all(http: &reqwest::Client, base: &str, tokens: &Arc<Vec<String>>, per_user: usize) -> (Vec<Duration>, Duration) {
     let url = format!("{base}/api/credentials?limit=50");
     let (http, tokens) = (http.clone(), tokens.clone());
     let expect = per_user.min(50);
-    let (lat, _) = run_all(tokens.len(), move |i| {
+    run_all(tokens.len(), move |i| {
         let (http, url, tokens) = (http.clone(), url.clone(), tokens.clone());
         async move {
             let r = http.get(&url).bearer_auth(&tokens[i]).send().await.unwrap();
@@ -171,8 +171,20 @@ async fn list_all(http: &reqwest::Client, base: &str, tokens: &Arc<Vec<String>>,
             assert_eq!(v["items"].as_array().map(Vec::len), Some(expect), "page size");
         }
     })
-    .await;
-    lat
+    .await
+}
+
+/// CPU seconds used so far by the server and by this process (the clients).
+fn both_cpu_s(server: u32) -> (f64, f64) {
+    (cpu_s(server).0, cpu_s(std::process::id()).0)
+}
+
+/// One phase's latencies, rate and CPU per request (`cpu`: server and client seconds).
+fn print_phase(name: &str, sorted: &[Duration], n: usize, wall: Duration, cpu: (f64, f64)) {
+    println!("  {name}_p50_ms {:.2}", pct(sorted, 0.50));
+    println!("  {name}_p99_ms {:.2}", pct(sorted, 0.99));
+    println!("  {name}s_per_s {:.0}", n as f64 / wall.as_secs_f64());
+    println!("  cpu_us_per_{name} server {:.0} client {:.0}", 1e6 * cpu.0 / n as f64, 1e6 * cpu.1 / n as f64);
 }
 
 fn scenario(rt: &tokio::runtime::Runtime, users: usize, creds: usize, cache: Option<&str>) {
@@ -226,7 +238,7 @@ fn scenario(rt: &tokio::runtime::Runtime, users: usize, creds: usize, cache: Opt
         let total = users * creds;
         let first_ids = Arc::new(std::sync::Mutex::new(vec![String::new(); users]));
         eprintln!("scale: creating (server pid {})", srv.pid());
-        let (server_cpu0, client_cpu0) = (cpu_s(srv.pid()).0, cpu_s(std::process::id()).0);
+        let cpu0 = both_cpu_s(srv.pid());
         let (create_lat, create_wall) = {
             let (http, url, tokens) = (http.clone(), format!("{base}/api/credentials"), user_tokens.clone());
             let firsts = first_ids.clone();
@@ -247,7 +259,7 @@ fn scenario(rt: &tokio::runtime::Runtime, users: usize, creds: usize, cache: Opt
             .await
         };
         let (rss_created, _) = rss_mib(srv.pid());
-        let (server_cpu1, client_cpu1) = (cpu_s(srv.pid()).0, cpu_s(std::process::id()).0);
+        let cpu1 = both_cpu_s(srv.pid());
         // Updates: each user's first credential once, a new description (no secret change).
         let (update_lat, update_wall) = {
             let (http, base, tokens) = (http.clone(), base.clone(), user_tokens.clone());
@@ -262,10 +274,10 @@ fn scenario(rt: &tokio::runtime::Runtime, users: usize, creds: usize, cache: Opt
             })
             .await
         };
-        let (server_cpu_u, client_cpu_u) = (cpu_s(srv.pid()).0, cpu_s(std::process::id()).0);
+        let cpu_u = both_cpu_s(srv.pid());
         eprintln!("scale: listing (server pid {})", srv.pid());
-        let list_lat = list_all(&http, &base, &user_tokens, creds).await;
-        let (server_cpu2, client_cpu2) = (cpu_s(srv.pid()).0, cpu_s(std::process::id()).0);
+        let (list_lat, list_wall) = list_all(&http, &base, &user_tokens, creds).await;
+        let cpu2 = both_cpu_s(srv.pid());
         let (rss_listed, hwm) = rss_mib(srv.pid());
         let (cpu_before_idle, monitor_before_idle) = cpu_s(srv.pid());
         tokio::time::sleep(IDLE).await;
@@ -289,37 +301,18 @@ fn scenario(rt: &tokio::runtime::Runtime, users: usize, creds: usize, cache: Opt
         }
         let (srv2, restart) = start_ready(&env, &http).await;
         let (rss_restarted, _) = rss_mib(srv2.pid());
-        let relist_lat = list_all(&http, &srv2.base, &user_tokens, creds).await;
+        let (relist_lat, _) = list_all(&http, &srv2.base, &user_tokens, creds).await;
         let (rss_relisted, _) = rss_mib(srv2.pid());
         drop(srv2);
 
         let monitor = if std::env::var("SCALE_MONITOR").is_ok_and(|v| v == "off") { ", monitor off" } else { "" };
         println!("== cache {label}: {users} users x {creds} credentials, {CLIENTS} clients{monitor}");
-        println!("  create_p50_ms {:.2}", pct(&create_lat, 0.50));
-        println!("  create_p99_ms {:.2}", pct(&create_lat, 0.99));
-        println!("  creates_per_s {:.0}", total as f64 / create_wall.as_secs_f64());
         // Both processes share the cores: what each request costs each side, so a latency
         // can be read against how much of the machine the clients took.
-        println!(
-            "  cpu_us_per_create server {:.0} client {:.0}",
-            1e6 * (server_cpu1 - server_cpu0) / total as f64,
-            1e6 * (client_cpu1 - client_cpu0) / total as f64
-        );
-        println!("  update_p50_ms {:.2}", pct(&update_lat, 0.50));
-        println!("  update_p99_ms {:.2}", pct(&update_lat, 0.99));
-        println!("  updates_per_s {:.0}", users as f64 / update_wall.as_secs_f64());
-        println!(
-            "  cpu_us_per_update server {:.0} client {:.0}",
-            1e6 * (server_cpu_u - server_cpu1) / users as f64,
-            1e6 * (client_cpu_u - client_cpu1) / users as f64
-        );
-        println!("  list_p50_ms {:.2}", pct(&list_lat, 0.50));
-        println!("  list_p99_ms {:.2}", pct(&list_lat, 0.99));
-        println!(
-            "  cpu_us_per_list server {:.0} client {:.0}",
-            1e6 * (server_cpu2 - server_cpu_u) / users as f64,
-            1e6 * (client_cpu2 - client_cpu_u) / users as f64
-        );
+        let cpu = |from: (f64, f64), to: (f64, f64)| (to.0 - from.0, to.1 - from.1);
+        print_phase("create", &create_lat, total, create_wall, cpu(cpu0, cpu1));
+        print_phase("update", &update_lat, users, update_wall, cpu(cpu1, cpu_u));
+        print_phase("list", &list_lat, users, list_wall, cpu(cpu_u, cpu2));
         println!("  rss_fresh_mib {rss_fresh:.1}");
         println!("  rss_after_creates_mib {rss_created:.1}");
         println!("  rss_after_lists_mib {rss_listed:.1} (peak {hwm:.1})");
