@@ -1426,12 +1426,15 @@ fn concurrent_writes_of_every_kind_share_batches_and_refusals_change_nothing() {
                     let taken = CredentialUpdate { name: Some(format!("c{}", (t + 1) % THREADS)), ..Default::default() };
                     let refused = store.update_credential("alice", ns, id, taken).unwrap_err();
                     assert!(matches!(refused, StoreError::NameTaken { .. }), "{refused:?}");
+                    // Refused after its rename was checked and applied to the record in
+                    // memory: the name index must not keep any of it.
                     let plain_secret = CredentialUpdate {
+                        name: Some(format!("free-{t}-{r}")),
                         fields: BTreeMap::from([("key".into(), Some("in clear".into()))]),
                         ..Default::default()
                     };
                     let refused = store.update_credential("alice", ns, id, plain_secret).unwrap_err();
-                    assert!(refused.to_string().contains("key"), "{refused}");
+                    assert!(matches!(&refused, StoreError::InvalidField { field, .. } if field == "key"), "{refused:?}");
                     let upd = CredentialUpdate {
                         description: Some(format!("round {r}")),
                         secrets: BTreeMap::from([("key".into(), SecretString::from(format!("K-{r}")))]),
@@ -1470,6 +1473,11 @@ fn concurrent_writes_of_every_kind_share_batches_and_refusals_change_nothing() {
     }
     let page = store.list_credentials(ns, &ListQuery { limit: 1000, ..Default::default() }).unwrap();
     assert_eq!(page.total, THREADS * (ROUNDS + 1));
+    assert!(page.items.iter().all(|c| !c.name.starts_with("free-")), "a refused rename reached the name index");
+    for t in 0..THREADS {
+        let q = ListQuery { name: Some(format!("c{t}")), ..Default::default() };
+        assert_eq!(store.list_credentials(ns, &q).unwrap().items[0].id, ids[t]);
+    }
     // Per round and thread: update, delete, restore, test, reveal, create (refusals write
     // nothing, not even an audit record).
     assert_eq!(store.verify_audit().unwrap(), audit_before + (THREADS * ROUNDS * 6) as u64);
