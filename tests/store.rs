@@ -1405,7 +1405,8 @@ fn a_metadata_number_is_not_a_version() {
 /// Updates, deletes, restores, reveals and test records from 16 threads at once share
 /// batched transactions with creates: each one's effect is there exactly once, a refused
 /// one (a taken name, a secret written as a plain field) changes nothing and fails no
-/// other, and the audit chain holds one record per write.
+/// other, updates of one credential each get a version of their own, and the audit chain
+/// holds one record per write.
 #[test]
 fn concurrent_writes_of_every_kind_share_batches_and_refusals_change_nothing() {
     const THREADS: usize = 16;
@@ -1417,12 +1418,21 @@ fn concurrent_writes_of_every_kind_share_batches_and_refusals_change_nothing() {
     let ids: Vec<CredentialId> = (0..THREADS)
         .map(|t| store.create_credential("alice", ns, cred(&format!("c{t}"), "alpaca", &[("key", "K-0")])).unwrap().id)
         .collect();
+    // One credential every thread updates too: updates sharing a batch must see each
+    // other's versions (each gets a number of its own, none overwrites another's).
+    let shared = store.create_credential("alice", ns, cred("shared", "alpaca", &[("key", "K-0")])).unwrap().id;
     let audit_before = store.verify_audit().unwrap();
     let workers: Vec<_> = (0..THREADS)
         .map(|t| {
             let (store, id) = (store.clone(), ids[t]);
             std::thread::spawn(move || {
+                let mut shared_versions = Vec::new();
                 for r in 1..=ROUNDS {
+                    let mine = CredentialUpdate {
+                        secrets: BTreeMap::from([("key".into(), SecretString::from(format!("t{t}-r{r}")))]),
+                        ..Default::default()
+                    };
+                    shared_versions.push(store.update_credential("alice", ns, shared, mine).unwrap().version);
                     let taken = CredentialUpdate { name: Some(format!("c{}", (t + 1) % THREADS)), ..Default::default() };
                     let refused = store.update_credential("alice", ns, id, taken).unwrap_err();
                     assert!(matches!(refused, StoreError::NameTaken { .. }), "{refused:?}");
@@ -1458,12 +1468,16 @@ fn concurrent_writes_of_every_kind_share_batches_and_refusals_change_nothing() {
                     assert_eq!(secrets["key"].expose_secret(), &format!("K-{r}"));
                     store.create_credential("alice", ns, cred(&format!("t{t}-r{r}"), "alpaca", &[("key", "new")])).unwrap();
                 }
+                shared_versions
             })
         })
         .collect();
-    for w in workers {
-        w.join().unwrap();
-    }
+    let mut shared_versions: Vec<u32> = workers.into_iter().flat_map(|w| w.join().unwrap()).collect();
+    shared_versions.sort_unstable();
+    let expected: Vec<u32> = (2..=1 + (THREADS * ROUNDS) as u32).collect();
+    assert_eq!(shared_versions, expected, "each update of the shared credential got a version of its own");
+    let last = store.get_credential(ns, shared).unwrap();
+    assert_eq!(last.version, 1 + (THREADS * ROUNDS) as u32);
     for (t, id) in ids.iter().enumerate() {
         let c = store.get_credential(ns, *id).unwrap();
         assert_eq!((c.name.as_str(), c.description.as_str()), (format!("c{t}").as_str(), format!("round {ROUNDS}").as_str()));
@@ -1472,13 +1486,13 @@ fn concurrent_writes_of_every_kind_share_batches_and_refusals_change_nothing() {
         assert_eq!(store.test_history(ns, *id).unwrap().len(), ROUNDS);
     }
     let page = store.list_credentials(ns, &ListQuery { limit: 1000, ..Default::default() }).unwrap();
-    assert_eq!(page.total, THREADS * (ROUNDS + 1));
+    assert_eq!(page.total, THREADS * (ROUNDS + 1) + 1);
     assert!(page.items.iter().all(|c| !c.name.starts_with("free-")), "a refused rename reached the name index");
     for t in 0..THREADS {
         let q = ListQuery { name: Some(format!("c{t}")), ..Default::default() };
         assert_eq!(store.list_credentials(ns, &q).unwrap().items[0].id, ids[t]);
     }
-    // Per round and thread: update, delete, restore, test, reveal, create (refusals write
-    // nothing, not even an audit record).
-    assert_eq!(store.verify_audit().unwrap(), audit_before + (THREADS * ROUNDS * 6) as u64);
+    // Per round and thread: the shared update, update, delete, restore, test, reveal,
+    // create (refusals write nothing, not even an audit record).
+    assert_eq!(store.verify_audit().unwrap(), audit_before + (THREADS * ROUNDS * 7) as u64);
 }
