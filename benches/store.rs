@@ -204,7 +204,7 @@ struct RowSizes {
 /// the credential record, its name, version 1's blob and metadata, the audit record, its
 /// namespace index entry (with `index`) and the audit head. Ids grow with time, as UUIDv7s.
 fn write_rows(db: &redb::Database, sizes: &RowSizes, i: u64, index: bool) {
-    use credhost::store::schema::{AUDIT, AUDIT_BY_NS, CREDENTIALS, META, NAMES, VERSIONS};
+    use credhost::store::schema::{AUDIT, AUDIT_BY_NS, CREDENTIALS, META, META_AUDIT_HEAD, NAMES, VERSIONS};
     let id = (1_800_000_000_000u128 + u128::from(i)) << 80 | 0x5a5a;
     let ns = 0x0123_4567_89ab_cdef_u128 << 64;
     let name = format!("credential-{i:08}");
@@ -221,7 +221,7 @@ fn write_rows(db: &redb::Database, sizes: &RowSizes, i: u64, index: bool) {
     if index {
         txn.open_table(AUDIT_BY_NS).unwrap().insert((ns, i + 1), ()).unwrap();
     }
-    txn.open_table(META).unwrap().insert("audit_chain_head", [b'h'; 150].as_slice()).unwrap();
+    txn.open_table(META).unwrap().insert(META_AUDIT_HEAD, [b'h'; 150].as_slice()).unwrap();
     txn.commit().unwrap();
 }
 

@@ -458,6 +458,19 @@ fn seal_new(dek: &crate::crypto::DataKey, ns: NamespaceId, id: CredentialId, new
     Ok(Sealed { record: enc(&cred), cred, blob, detail })
 }
 
+/// The secrets of `cred`'s current version, opened with its namespace's data key.
+fn open_current(
+    versions: &Table<'_, (u128, u32), &'static [u8]>,
+    dek: &crate::crypto::DataKey,
+    cred: &Credential,
+) -> Result<SecretMap> {
+    let (id, version) = (cred.id, cred.version);
+    let blob = versions
+        .get((id.key(), version))?
+        .ok_or_else(|| StoreError::Corrupt(format!("credential {id} has no version {version}")))?;
+    Ok(dek.open_secrets(cred.namespace.as_uuid(), id.as_uuid(), version, blob.value())?)
+}
+
 /// The body of [`Store::update_credential`] in a (batched) write transaction: every check
 /// and the sealing of a new version first, then the writes.
 fn apply_update(
@@ -515,12 +528,7 @@ fn apply_update(
         }
         let dek = store.dek_in(&txn.open_table(NAMESPACES)?, ns)?;
         let versions = txn.open_table(VERSIONS)?;
-        let mut merged = {
-            let blob = versions.get((id.key(), cred.version))?.ok_or_else(|| {
-                StoreError::Corrupt(format!("credential {id} has no version {}", cred.version))
-            })?;
-            dek.open_secrets(ns.as_uuid(), id.as_uuid(), cred.version, blob.value())?
-        };
+        let mut merged = open_current(&versions, &dek, &cred)?;
         let version = super::versions::next_number(&versions, id)?;
         for k in &clears {
             merged.remove(k);
@@ -919,11 +927,7 @@ impl Store {
             let (secrets, version) = {
                 let cred = load_live(&txn.open_table(CREDENTIALS)?, ns, id)?;
                 let dek = store.dek_in(&txn.open_table(NAMESPACES)?, ns)?;
-                let versions = txn.open_table(VERSIONS)?;
-                let blob = versions.get((id.key(), cred.version))?.ok_or_else(|| {
-                    StoreError::Corrupt(format!("credential {id} has no version {}", cred.version))
-                })?;
-                (dek.open_secrets(ns.as_uuid(), id.as_uuid(), cred.version, blob.value())?, cred.version)
+                (open_current(&txn.open_table(VERSIONS)?, &dek, &cred)?, cred.version)
             };
             let detail = format!("purpose={purpose:?} version={version} fields={:?}", secrets.keys().collect::<Vec<_>>());
             txn.writing();
@@ -939,11 +943,7 @@ impl Store {
         let txn = self.begin_read_in(ns)?;
         let cred = load_live(&txn.open_table(CREDENTIALS)?, ns, id)?;
         let dek = txn.dek_in(&txn.open_table(NAMESPACES)?, ns)?;
-        let versions = txn.open_table(VERSIONS)?;
-        let blob = versions
-            .get((id.key(), cred.version))?
-            .ok_or_else(|| StoreError::Corrupt(format!("credential {id} has no version {}", cred.version)))?;
-        let secrets = dek.open_secrets(ns.as_uuid(), id.as_uuid(), cred.version, blob.value())?;
+        let secrets = open_current(&txn.open_table(VERSIONS)?, &dek, &cred)?;
         Ok((cred, secrets))
     }
 }
