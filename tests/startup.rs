@@ -138,3 +138,32 @@ async fn metrics_by_route_plugin_phase_and_test_outcome() {
     assert_eq!(value("credhost_ready "), 1.0);
     w.guard.check("metrics", &text);
 }
+
+/// The binary's allocator (mimalloc) starts with credhost's defaults (arenas committed on
+/// demand, freed pages returned at once: the resident-memory bound of issue 17), which
+/// take effect only if set before mimalloc reads its options; an operator's `MIMALLOC_*`
+/// variable still overrides them.
+#[test]
+fn allocator_starts_with_credhost_defaults_and_the_environment_still_decides() {
+    let options = |env: &[(&str, &str)]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_credhost"))
+            .arg("--version")
+            .env("MIMALLOC_VERBOSE", "1")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let printed = String::from_utf8_lossy(&out.stderr).into_owned();
+        let value = |name: &str| {
+            let prefix = format!("option '{name}': ");
+            let line = printed.lines().find_map(|l| l.split_once(&prefix).map(|(_, v)| v.trim().to_string()));
+            line.unwrap_or_else(|| panic!("mimalloc printed no {name}: {printed}"))
+        };
+        (value("arena_eager_commit"), value("purge_delay"))
+    };
+    assert_eq!(options(&[]), ("0".to_string(), "0".to_string()));
+    assert_eq!(
+        options(&[("MIMALLOC_PURGE_DELAY", "250"), ("MIMALLOC_ARENA_EAGER_COMMIT", "1")]),
+        ("1".to_string(), "250".to_string())
+    );
+}

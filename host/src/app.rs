@@ -99,48 +99,25 @@ fn open_store_with(config: &Config, key: MasterKey) -> Result<Store, String> {
     Ok(store)
 }
 
-/// Most glibc malloc arenas (see [`bound_malloc_arenas`]).
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-const MALLOC_ARENAS: i32 = 2;
+/// mimalloc 3's option numbers (`mi_option_e` in its mimalloc.h; libmimalloc-sys names
+/// only the older ones). Cargo.lock pins the version these belong to.
+const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-/// Bounded memory (issue 17): glibc gives each thread that meets a locked arena one of its
-/// own, up to 8 per core, and every arena keeps its own free memory. Requests run on
-/// tokio's blocking threads (one per concurrent request), so a burst spread ~16 arenas,
-/// each holding pages between live allocations: listing 10,000 users after 100,000
-/// creates left 110 MiB resident, 90 MiB with two arenas at the same throughput
-/// (`cargo bench --bench scale`). Called first thing in `main`, before other threads
-/// exist; `MALLOC_ARENA_MAX` in the environment still decides when set.
-pub fn bound_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        // SAFETY: mallopt only changes allocator tuning; no other thread runs yet.
-        unsafe { libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS) };
-    }
-}
-
-/// How often the server hands freed heap memory back to the system.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Bounded memory (issue 17): glibc keeps the memory a burst of requests freed in its
-/// per-thread arenas, scattered between live allocations (database cache pages), so the
-/// resident size stays at its peak for good: with 30,000 credentials, 145 MB held for
-/// 41 MB in use (malloc_stats). A thread returns those free pages every few seconds
-/// (`malloc_trim`; its pause is not measured yet). Other C libraries: nothing to do.
-fn start_memory_trim() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        static STARTED: std::sync::Once = std::sync::Once::new();
-        STARTED.call_once(|| {
-            let spawned = std::thread::Builder::new().name("credhost-trim".into()).spawn(|| loop {
-                std::thread::sleep(TRIM_EVERY);
-                // SAFETY: malloc_trim only releases free memory; callable from any thread.
-                unsafe { libc::malloc_trim(0) };
-            });
-            if let Err(e) = spawned {
-                tracing::warn!(error = %e, "could not start the memory trim thread");
-            }
-        });
+/// Allocation cost and bounded memory (issue 17). The binary allocates with mimalloc
+/// (`main.rs`): glibc's malloc took ~15 % of a create's server CPU, and with one arena per
+/// blocking thread it kept a burst's freed pages resident (it needed an arena cap and a
+/// trim thread). mimalloc's defaults commit its arenas up front and return freed pages
+/// after a delay: 122 MiB resident after 100,000 creates, 63 MiB committing on demand and
+/// returning at once, same CPU (`cargo bench --bench scale`).
+///
+/// These are defaults: a `MIMALLOC_*` variable in the environment still decides. mimalloc
+/// reads its options when it starts (a constructor, before `main`), so `main.rs` calls
+/// this from a constructor that runs before mimalloc's.
+pub fn allocator_defaults() {
+    for option in [MI_OPTION_ARENA_EAGER_COMMIT, MI_OPTION_PURGE_DELAY] {
+        // SAFETY: writes a default into mimalloc's option table; valid option numbers (above).
+        unsafe { libmimalloc_sys::mi_option_set_default(option, 0) };
     }
 }
 
@@ -183,7 +160,6 @@ pub fn starting_service(config: &Config, config_path: Option<PathBuf>) -> Result
     let key = master_key(config)?;
     let cache_key = key.subkey(CACHE_KEY_LABEL);
     let store = open_store_with(config, key)?;
-    start_memory_trim();
     // Pending rotations survive restarts: the gauge starts from the store.
     match store.count_pending() {
         Ok(n) => crate::metrics::rotations_pending(n),

@@ -2,8 +2,22 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Sets credhost's allocator defaults before mimalloc starts: mimalloc's own constructor
+/// has priority 101 and reads its options; this one (100) runs before it.
+#[cfg(target_os = "linux")]
+#[used]
+#[unsafe(link_section = ".init_array.00100")]
+static ALLOCATOR_DEFAULTS: extern "C" fn() = {
+    extern "C" fn set() {
+        credhost::app::allocator_defaults();
+    }
+    set
+};
+
 fn main() -> ExitCode {
-    credhost::app::bound_malloc_arenas();
     let filter = tracing_subscriber::EnvFilter::try_from_env("CREDHOST_LOG").unwrap_or_else(|_| "info".into());
     let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     // `CREDHOST_LOG_FORMAT=json`: one JSON object per line, for log collectors.
