@@ -295,9 +295,14 @@ fn scenario(rt: &tokio::runtime::Runtime, users: usize, creds: usize, cache: Opt
         let status = srv.stop();
         assert!(status.success(), "server exit {status}");
         drop(srv);
-        // `SCALE_KEEP_DB=path` keeps a copy of the stopped server's database (to inspect).
-        if let Some(keep) = std::env::var_os("SCALE_KEEP_DB") {
-            std::fs::copy(&db, keep).expect("copy the database");
+        // `SCALE_KEEP_DB=dir` keeps a copy of the stopped server's database there, and its
+        // (throwaway) master key in `dir/master.key.b64`, to start a server on it
+        // (`CREDHOST_DATA_DIR=dir CREDHOST_MASTER_KEY=$(cat dir/master.key.b64)`).
+        if let Some(keep) = std::env::var_os("SCALE_KEEP_DB").map(std::path::PathBuf::from) {
+            std::fs::create_dir_all(&keep).expect("create the copy's dir");
+            std::fs::copy(&db, keep.join("credhost.redb")).expect("copy the database");
+            let key = env.var("CREDHOST_MASTER_KEY").expect("the bench's master key");
+            std::fs::write(keep.join("master.key.b64"), key).expect("write the key");
         }
         let (srv2, restart) = start_ready(&env, &http).await;
         let (rss_restarted, _) = rss_mib(srv2.pid());

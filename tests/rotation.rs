@@ -160,6 +160,22 @@ impl World {
         r.json()
     }
 
+    /// Waits (up to 15 s: a monitor sweep recounts within ~5 s) for the
+    /// `credhost_rotations_pending` gauge to read `n`.
+    async fn pending_gauge_becomes(&self, n: u64, what: &str) {
+        let want = format!("credhost_rotations_pending {n}\n");
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let metrics = self.api.get("/metrics", None).await.text;
+            if metrics.contains(&want) {
+                return;
+            }
+            let shown = metrics.lines().find(|l| l.starts_with("credhost_rotations_pending")).map(str::to_owned);
+            assert!(std::time::Instant::now() < deadline, "{what}: the gauge never read {n}: {shown:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// The server's log holds no secret the test sent.
     fn check_log(&self) {
         self.guard.check("server log", &self.server.stderr());
@@ -209,7 +225,7 @@ async fn bad_secret_keeps_current_good_one_promotes_force_and_rollback() {
     assert_eq!(w.svc.last(), old, "the proxy still uses the old secret");
     let metrics = w.api.get("/metrics", None).await.text;
     assert!(metrics.contains("credhost_rotations_total{result=\"failed\"} 1"), "{metrics}");
-    assert!(metrics.contains("credhost_rotations_pending 1"), "{metrics}");
+    assert!(metrics.contains("credhost_rotations_pending 1\n"), "{metrics}");
 
     // A good one supersedes the failed pending version and becomes current.
     let good = w.token(true);
@@ -227,6 +243,7 @@ async fn bad_secret_keeps_current_good_one_promotes_force_and_rollback() {
     );
     assert_eq!(item(&list, 2)["test"]["status"], "invalid", "a superseded version keeps its outcome: {list}");
     assert!(list.get("pending").is_none(), "{list}");
+    w.pending_gauge_becomes(0, "promoted over a failed pending version").await;
     assert_eq!(w.current(&id).await["version"], 3);
     assert_eq!(w.test(&id).await, ("valid".into(), good.clone()));
 
@@ -267,6 +284,18 @@ async fn bad_secret_keeps_current_good_one_promotes_force_and_rollback() {
     for t in [&old, &bad, &good, &forced] {
         assert!(!list.contains(t.as_str()));
     }
+
+    // A PATCH with a new secret supersedes a failed pending version: no rotation moves
+    // the gauge then; the monitor's next sweep recounts it.
+    let refused = w.token(false);
+    let r = w.rotate(&id, json!({"fields": {"token": refused}}), None).await;
+    r.expect(200);
+    assert_eq!(r.json()["result"], "failed");
+    w.pending_gauge_becomes(1, "a failed rotation").await;
+    let patched = w.token(true);
+    w.api.patch(&format!("/api/credentials/{id}"), Some(&w.alice), json!({"fields": {"token": patched}})).await.expect(200);
+    assert!(w.versions(&id).await.get("pending").is_none());
+    w.pending_gauge_becomes(0, "a PATCH superseded the pending version").await;
     w.check_log();
 }
 
@@ -454,6 +483,8 @@ async fn sigkill_during_rotation_never_loses_the_current_version() {
         w.api = w.server.api(&w.guard);
 
         let list = w.versions(&id).await;
+        // The gauge is counted from the store at start (the first sweep).
+        w.pending_gauge_becomes(u64::from(list.get("pending").is_some()), &format!("round {round}, restarted")).await;
         let now = list["current"].as_u64().unwrap();
         for v in list["items"].as_array().unwrap() {
             if v["state"] == "pending" {

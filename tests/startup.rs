@@ -167,3 +167,38 @@ fn allocator_starts_with_credhost_defaults_and_the_environment_still_decides() {
         ("1".to_string(), "250".to_string())
     );
 }
+
+/// A stop (SIGTERM) closes the store: the next start opens the file at once instead of
+/// checking it whole (a check takes time growing with the file). After a kill (SIGKILL)
+/// the next start checks it and says so, and what was answered before the kill is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_closes_the_store_and_a_start_after_a_kill_checks_it() {
+    if common::server::test_storage_is_postgres() {
+        return; // redb's own close and check
+    }
+    const CHECKING: &str = "was not closed cleanly";
+    let env = Env::new();
+    let token = env.add_user("alice", false);
+    let guard = LeakGuard::new();
+    let body = |name: &str| json!({"name": name, "type": "bearer_token", "fields": {"token": guard.secret(common::server::random_alnum(32))}});
+
+    let mut first = env.start(&[]);
+    first.api(&guard).post("/api/credentials", Some(&token), body("before-stop")).await.expect(201);
+    assert!(first.stop().success());
+    assert!(first.stderr().contains("store closed"), "{}", first.stderr());
+
+    let mut second = env.start(&[]);
+    assert!(!second.stderr().contains(CHECKING), "a stopped server's file was checked:\n{}", second.stderr());
+    second.api(&guard).post("/api/credentials", Some(&token), body("before-kill")).await.expect(201);
+    second.signal("KILL");
+    second.wait_exit(Duration::from_secs(20)).expect("killed");
+
+    let third = env.start(&[]);
+    let log = third.stderr();
+    assert!(log.contains(CHECKING) && log.contains("database checked"), "a killed server's file was not checked:\n{log}");
+    let page = third.api(&guard).get("/api/credentials", Some(&token)).await;
+    page.expect(200);
+    let mut names = common::server::names(&page.json());
+    names.sort();
+    assert_eq!(names, ["before-kill", "before-stop"]);
+}

@@ -160,11 +160,6 @@ pub fn starting_service(config: &Config, config_path: Option<PathBuf>) -> Result
     let key = master_key(config)?;
     let cache_key = key.subkey(CACHE_KEY_LABEL);
     let store = open_store_with(config, key)?;
-    // Pending rotations survive restarts: the gauge starts from the store.
-    match store.count_pending() {
-        Ok(n) => crate::metrics::rotations_pending(n),
-        Err(e) => tracing::warn!(error = %e, "could not count pending rotations"),
-    }
     let (runtime, sources) = registry_parts(config, Some(cache_key))?;
     let registry = Registry::empty(runtime, sources).with_reconfigure(Box::new(move || {
         Config::load(config_path.as_deref()).map(|c| c.plugins.overrides)

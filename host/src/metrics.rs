@@ -99,9 +99,19 @@ pub fn rotation_result(result: &'static str) {
     METRICS.rotations.get_or_create(&[("result", result.to_string())]).inc();
 }
 
-/// How many credentials have a pending version now.
-pub fn rotations_pending(n: usize) {
-    METRICS.rotations_pending.set(n as i64);
+/// How many live credentials have a pending version: counted by each monitor sweep.
+pub fn rotations_pending(n: i64) {
+    METRICS.rotations_pending.set(n);
+}
+
+/// A rotation or promote added (+1) or cleared (-1) one pending version: shown at once,
+/// recounted by the next sweep.
+pub fn rotations_pending_moved(before: bool, after: bool) {
+    match (before, after) {
+        (false, true) => METRICS.rotations_pending.inc(),
+        (true, false) => METRICS.rotations_pending.dec(),
+        _ => 0,
+    };
 }
 
 /// One answered HTTP request. `route` is the matched route pattern (never the raw path:

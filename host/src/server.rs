@@ -54,7 +54,7 @@ pub async fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> R
         bootstrap_dev_admin(&service)?;
     }
     // Delivers the outbox from now on; what a crash left undelivered goes first.
-    crate::service::webhooks::start(service.clone(), webhooks, config.webhook_delivery.clone());
+    let deliveries = crate::service::webhooks::start(service.clone(), webhooks, config.webhook_delivery.clone());
     // Before the declared credentials are applied, so they are scheduled as they are created.
     service.install_monitor(crate::service::monitor::Policy::from(&config.monitor));
     let monitor_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -118,14 +118,48 @@ pub async fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> R
     };
     accept_loop(listener, app, &config.server, stop).await;
     monitor_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    deliveries.abort();
     if let Err(e) = service.store().flush_audit() {
         tracing::error!(error = %e, "could not make the last audit records durable");
     }
+    close_store(service).await;
     if let Some(e) = failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
         return Err(e);
     }
     tracing::info!("shut down cleanly");
     Ok(())
+}
+
+/// How long shutdown waits for background work (a scheduled test in flight, a request
+/// past the grace period) to let go of the store.
+const CLOSE_WAIT: Duration = Duration::from_secs(10);
+
+/// Closes the store once nothing else holds it, so the next start finds the file closed
+/// and opens it at once instead of checking it whole (time growing with the file: ~0.4 s
+/// at 100,000 credentials). Past [`CLOSE_WAIT`] the process ends without closing: every
+/// answered write is durable anyway, and the next start checks the file.
+async fn close_store(service: Arc<Service>) {
+    let mut store = service.store_handle();
+    drop(service);
+    let waiting = Instant::now();
+    let store = loop {
+        match Arc::try_unwrap(store) {
+            Ok(store) => break store,
+            Err(shared) if waiting.elapsed() < CLOSE_WAIT => {
+                store = shared;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(_) => {
+                tracing::warn!(wait_secs = CLOSE_WAIT.as_secs(), "the store is still in use; exiting without closing it (the next start checks the database)");
+                return;
+            }
+        }
+    };
+    match tokio::task::spawn_blocking(move || store.close()).await {
+        Ok(Ok(())) => tracing::info!("store closed"),
+        Ok(Err(e)) => tracing::error!(error = %e, "could not close the store; the next start checks the database"),
+        Err(_) => tracing::error!("closing the store panicked; the next start checks the database"),
+    }
 }
 
 /// Panics are logged as one line with their location only: the default hook prints the

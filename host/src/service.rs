@@ -478,6 +478,11 @@ impl Service {
         &self.store
     }
 
+    /// The store, shared: for closing it once every other holder has let go.
+    pub fn store_handle(&self) -> Arc<Store> {
+        self.store.clone()
+    }
+
     pub fn registry(&self) -> &Registry {
         &self.registry
     }

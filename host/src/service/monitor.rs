@@ -288,7 +288,7 @@ impl Service {
 
     /// One step of a sweep (see the module docs): up to [`SWEEP_STEP`] credentials after
     /// where `pass` stopped. When the sweep has read every credential, the
-    /// credentials-by-health gauge gets the whole sweep's counts.
+    /// credentials-by-health and rotations-pending gauges get the whole sweep's counts.
     fn sweep_step(&self, pass: &mut Pass) -> Step {
         let Some(policy) = self.monitor_policy().cloned() else { return Step::Done };
         let page = match self.store.sweep_page(pass.after, SWEEP_STEP) {
@@ -303,6 +303,7 @@ impl Service {
         for c in page.live {
             let h = crate::store::history::health_of(c.last_test.as_ref(), now, policy.expiry_warning_ms);
             *pass.counts.entry((c.kind.clone(), h)).or_default() += 1;
+            pass.pending += i64::from(c.pending_version.is_some());
             if c.last_test.is_some() && h != Health::Indeterminate && c.monitor.health != Some(h) {
                 if let Err(e) = self.store.note_health(c.id, now, policy.expiry_warning_ms) {
                     tracing::error!(credential = %c.id, error = %e, "could not record a health change");
@@ -336,6 +337,7 @@ impl Service {
         let counts: Vec<(String, &'static str, i64)> =
             std::mem::take(&mut pass.counts).into_iter().map(|((kind, h), n)| (kind, h.as_str(), n)).collect();
         crate::metrics::credentials_by_health(&counts);
+        crate::metrics::rotations_pending(std::mem::take(&mut pass.pending));
         Step::Done
     }
 }
@@ -353,6 +355,8 @@ enum Step {
 struct Pass {
     after: Option<CredentialId>,
     counts: HashMap<(String, Health), i64>,
+    /// Live credentials with a pending version, for the rotations-pending gauge.
+    pending: i64,
     /// The sweep at start, which also spreads tests that fell due while the server was
     /// down, so a restart does not stampede.
     first: bool,

@@ -308,7 +308,7 @@ impl Service {
             key.as_ref().map(|(k, d)| (k.as_str(), d.as_str())),
         )?;
         running.set(n);
-        self.refresh_pending_gauge();
+        crate::metrics::rotations_pending_moved(superseded.is_some(), true);
         self.test_and_finish(p, &plugin, &c, n, superseded, req.force, key.map(|(k, _)| k))
     }
 
@@ -358,9 +358,8 @@ impl Service {
         let answer = serde_json::to_value(&view).map_err(|e| ServiceError::Internal(e.to_string()))?;
         before_commit()?;
         let end = RotationEnd { version: n, result, promote, forced: promote && !valid, key: key.map(|k| (k, answer)) };
-        let finished = self.store.finish_rotation(&p.user, p.namespace, c.id, end);
-        self.refresh_pending_gauge();
-        finished?;
+        self.store.finish_rotation(&p.user, p.namespace, c.id, end)?;
+        crate::metrics::rotations_pending_moved(true, !promote);
         crate::metrics::rotation_result(outcome);
         Ok(view)
     }
@@ -409,15 +408,10 @@ impl Service {
         })?;
         let binding = binding_of(&plugin, c.environment.as_deref(), &c.fields);
         before_commit()?;
+        let had_pending = c.pending_version.is_some();
         let (c, _) = self.store.promote_version(&p.user, p.namespace, c.id, n, binding.as_deref())?;
-        self.refresh_pending_gauge();
+        crate::metrics::rotations_pending_moved(had_pending, c.pending_version.is_some());
         Ok(c.into())
     }
 
-    fn refresh_pending_gauge(&self) {
-        match self.store.count_pending() {
-            Ok(n) => crate::metrics::rotations_pending(n),
-            Err(e) => tracing::warn!(error = %e, "could not count pending rotations"),
-        }
-    }
 }

@@ -408,11 +408,12 @@ impl Deployment {
     }
 }
 
-/// Starts the delivery worker on the current runtime. It runs until the process ends;
-/// whatever it was sending when stopped is sent again after a restart.
-pub fn start(service: Arc<Service>, deployment: Deployment, settings: WebhookDeliveryConfig) {
+/// Starts the delivery worker on the current runtime. It runs until aborted (the returned
+/// handle) or the process ends; whatever it was sending when stopped is sent again after
+/// a restart.
+pub fn start(service: Arc<Service>, deployment: Deployment, settings: WebhookDeliveryConfig) -> tokio::task::AbortHandle {
     let deployment = Arc::new(deployment);
-    tokio::spawn(async move {
+    let worker = tokio::spawn(async move {
         let poll = Duration::from_millis(settings.poll_interval_ms);
         loop {
             let busy = match round(&service, &deployment, &settings).await {
@@ -427,6 +428,7 @@ pub fn start(service: Arc<Service>, deployment: Deployment, settings: WebhookDel
             }
         }
     });
+    worker.abort_handle()
 }
 
 /// How long a replica keeps the delivery lease at least, without renewing it.

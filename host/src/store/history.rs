@@ -177,6 +177,8 @@ pub struct Swept {
     pub last_test: Option<TestResult>,
     #[serde(default)]
     pub monitor: MonitorState,
+    #[serde(default)]
+    pub pending_version: Option<u32>,
 }
 
 /// One step of a sweep ([`Store::sweep_page`]): the live credentials it read, and the id

@@ -696,9 +696,36 @@ impl Store {
                 Err(e) => return Err(e.into()),
             }
         }
-        // Opens an existing file, or initialises a missing or empty one.
-        let db = Database::builder().set_cache_size(cache_bytes).create(&path)?;
+        // Opens an existing file, or initialises a missing or empty one. A file the last
+        // process did not close (killed, crashed) is checked whole first; said, because
+        // that start takes time growing with the file (~0.4 s at 100,000 credentials).
+        let checking = Arc::new(std::sync::Once::new());
+        let said = checking.clone();
+        let started = std::time::Instant::now();
+        let db = Database::builder()
+            .set_cache_size(cache_bytes)
+            .set_repair_callback(move |_| {
+                said.call_once(|| tracing::warn!("the database was not closed cleanly (killed or crashed); checking it before the store opens"));
+            })
+            .create(&path)?;
+        if checking.is_completed() {
+            tracing::info!(ms = started.elapsed().as_millis() as u64, "database checked");
+        }
         Store::start(Backend::Redb(Arc::new(db)), kek, path)
+    }
+
+    /// Closes the store. On redb this records the allocator state and marks the file
+    /// closed, so the next open needs no check of the whole file; dropping the store does
+    /// the same but cannot report an error. A write still in progress elsewhere (none is,
+    /// once the store is owned) would close it when it ends.
+    pub fn close(self) -> Result<()> {
+        match self.backend {
+            Backend::Redb(db) => match Arc::try_unwrap(db) {
+                Ok(db) => Ok(db.close()?),
+                Err(_) => Ok(()),
+            },
+            Backend::Pg(_) => Ok(()),
+        }
     }
 
     /// Opens the store in a PostgreSQL database, applying the schema migrations it lacks

@@ -589,21 +589,4 @@ impl Store {
         txn.commit()?;
         Ok((cred, Some(previous)))
     }
-
-    /// How many credentials have a pending version (the `credhost_rotations_pending` gauge).
-    pub fn count_pending(&self) -> Result<usize> {
-        #[derive(Deserialize)]
-        struct Pending {
-            #[serde(default)]
-            pending_version: Option<u32>,
-        }
-        let txn = self.begin_read()?;
-        let creds = txn.open_table(CREDENTIALS)?;
-        let mut n = 0;
-        for row in creds.iter()? {
-            let p: Pending = dec(row?.1.value(), "credential")?;
-            n += usize::from(p.pending_version.is_some());
-        }
-        Ok(n)
-    }
 }
