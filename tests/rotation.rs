@@ -285,8 +285,8 @@ async fn bad_secret_keeps_current_good_one_promotes_force_and_rollback() {
         assert!(!list.contains(t.as_str()));
     }
 
-    // A PATCH with a new secret supersedes a failed pending version: no rotation moves
-    // the gauge then; the monitor's next sweep recounts it.
+    // A PATCH with a new secret supersedes a failed pending version: the monitor's next
+    // sweep counts it gone.
     let refused = w.token(false);
     let r = w.rotate(&id, json!({"fields": {"token": refused}}), None).await;
     r.expect(200);

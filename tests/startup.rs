@@ -143,15 +143,17 @@ async fn metrics_by_route_plugin_phase_and_test_outcome() {
 /// demand, freed pages returned at once: the resident-memory bound of issue 17), which
 /// take effect only if set before mimalloc reads its options; an operator's `MIMALLOC_*`
 /// variable still overrides them.
+#[cfg(target_os = "linux")]
 #[test]
 fn allocator_starts_with_credhost_defaults_and_the_environment_still_decides() {
     let options = |env: &[(&str, &str)]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_credhost"))
-            .arg("--version")
-            .env("MIMALLOC_VERBOSE", "1")
-            .envs(env.iter().copied())
-            .output()
-            .unwrap();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_credhost"));
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("MIMALLOC_") {
+                cmd.env_remove(k);
+            }
+        }
+        let out = cmd.arg("--version").env("MIMALLOC_VERBOSE", "1").envs(env.iter().copied()).output().unwrap();
         assert!(out.status.success(), "{out:?}");
         let printed = String::from_utf8_lossy(&out.stderr).into_owned();
         let value = |name: &str| {

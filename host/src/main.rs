@@ -5,8 +5,9 @@ use clap::Parser;
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Sets credhost's allocator defaults before mimalloc starts: mimalloc's own constructor
-/// has priority 101 and reads its options; this one (100) runs before it.
+/// Sets credhost's allocator defaults before mimalloc reads its options (at its first
+/// allocation or its own constructor, both before `main`): constructors sorted under
+/// priority 100 run before those of higher numbers and before unprioritised ones.
 #[cfg(target_os = "linux")]
 #[used]
 #[unsafe(link_section = ".init_array.00100")]

@@ -104,16 +104,6 @@ pub fn rotations_pending(n: i64) {
     METRICS.rotations_pending.set(n);
 }
 
-/// A rotation or promote added (+1) or cleared (-1) one pending version: shown at once,
-/// recounted by the next sweep.
-pub fn rotations_pending_moved(before: bool, after: bool) {
-    match (before, after) {
-        (false, true) => METRICS.rotations_pending.inc(),
-        (true, false) => METRICS.rotations_pending.dec(),
-        _ => 0,
-    };
-}
-
 /// One answered HTTP request. `route` is the matched route pattern (never the raw path:
 /// ids would make every credential its own series).
 pub fn http_request(method: &str, route: &str, status: u16, took: Duration) {

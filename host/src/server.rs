@@ -134,11 +134,14 @@ pub async fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> R
 /// past the grace period) to let go of the store.
 const CLOSE_WAIT: Duration = Duration::from_secs(10);
 
-/// Closes the store once nothing else holds it, so the next start finds the file closed
+/// Closes a redb store once nothing else holds it, so the next start finds the file closed
 /// and opens it at once instead of checking it whole (time growing with the file: ~0.4 s
 /// at 100,000 credentials). Past [`CLOSE_WAIT`] the process ends without closing: every
 /// answered write is durable anyway, and the next start checks the file.
 async fn close_store(service: Arc<Service>) {
+    if service.store().is_shared() {
+        return; // PostgreSQL: nothing to close beyond the connections, dropped on exit
+    }
     let mut store = service.store_handle();
     drop(service);
     let waiting = Instant::now();

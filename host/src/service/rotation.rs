@@ -308,7 +308,6 @@ impl Service {
             key.as_ref().map(|(k, d)| (k.as_str(), d.as_str())),
         )?;
         running.set(n);
-        crate::metrics::rotations_pending_moved(superseded.is_some(), true);
         self.test_and_finish(p, &plugin, &c, n, superseded, req.force, key.map(|(k, _)| k))
     }
 
@@ -359,7 +358,6 @@ impl Service {
         before_commit()?;
         let end = RotationEnd { version: n, result, promote, forced: promote && !valid, key: key.map(|k| (k, answer)) };
         self.store.finish_rotation(&p.user, p.namespace, c.id, end)?;
-        crate::metrics::rotations_pending_moved(true, !promote);
         crate::metrics::rotation_result(outcome);
         Ok(view)
     }
@@ -408,9 +406,7 @@ impl Service {
         })?;
         let binding = binding_of(&plugin, c.environment.as_deref(), &c.fields);
         before_commit()?;
-        let had_pending = c.pending_version.is_some();
         let (c, _) = self.store.promote_version(&p.user, p.namespace, c.id, n, binding.as_deref())?;
-        crate::metrics::rotations_pending_moved(had_pending, c.pending_version.is_some());
         Ok(c.into())
     }
 

@@ -716,13 +716,14 @@ impl Store {
 
     /// Closes the store. On redb this records the allocator state and marks the file
     /// closed, so the next open needs no check of the whole file; dropping the store does
-    /// the same but cannot report an error. A write still in progress elsewhere (none is,
-    /// once the store is owned) would close it when it ends.
+    /// the same but cannot report an error.
     pub fn close(self) -> Result<()> {
         match self.backend {
             Backend::Redb(db) => match Arc::try_unwrap(db) {
                 Ok(db) => Ok(db.close()?),
-                Err(_) => Ok(()),
+                // Only a write in progress holds it besides the store (none can, once the
+                // store is owned): the file would close when that write ends.
+                Err(_) => Err(StoreError::Db(redb::Error::Io(std::io::Error::other("a write is still in progress")))),
             },
             Backend::Pg(_) => Ok(()),
         }
