@@ -112,8 +112,8 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// returning at once, same CPU (`cargo bench --bench scale`).
 ///
 /// These are defaults: a `MIMALLOC_*` variable in the environment still decides. mimalloc
-/// reads its options when it starts (a constructor, before `main`), so `main.rs` calls
-/// this from a constructor that runs before mimalloc's.
+/// reads its options when it starts (its first allocation or its constructor, both before
+/// `main`), so `main.rs` calls this from a constructor ordered before both.
 pub fn allocator_defaults() {
     for option in [MI_OPTION_ARENA_EAGER_COMMIT, MI_OPTION_PURGE_DELAY] {
         // SAFETY: writes a default into mimalloc's option table; valid option numbers (above).

@@ -409,5 +409,4 @@ impl Service {
         let (c, _) = self.store.promote_version(&p.user, p.namespace, c.id, n, binding.as_deref())?;
         Ok(c.into())
     }
-
 }
