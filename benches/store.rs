@@ -86,7 +86,7 @@ pub fn main() {
     // (database, with the audit index, commits, time)
     let mut rows = [true, false].map(|index| {
         let db = redb::Database::create(dir.path().join(format!("rows-{index}.redb"))).unwrap();
-        (db, index, 0u64, Duration::ZERO)
+        (db, index, 0u64, Duration::ZERO, Io::default())
     });
     let mut next = 1u64;
     let (mut raw_ops, mut raw_time) = (0u64, Duration::ZERO);
@@ -110,13 +110,15 @@ pub fn main() {
         raw_time += t.elapsed();
         raw_io.add(&io, &Io::now());
 
-        for (db, index, ops, time) in rows.iter_mut() {
+        for (db, index, ops, time, written) in rows.iter_mut() {
+            let io = Io::now();
             let t = Instant::now();
             while t.elapsed() < PHASE {
                 write_rows(db, &sizes, *ops, *index);
                 *ops += 1;
             }
             *time += t.elapsed();
+            written.add(&io, &Io::now());
         }
 
         let io = Io::now();
@@ -170,18 +172,18 @@ pub fn main() {
     println!("raw_redb_durable_commits_per_s {raw_rate:.1}");
     println!("store_durable_creates_per_s {store_rate:.1}");
     println!("create_vs_raw_ratio {:.2}", store_rate / raw_rate);
-    let rate = |r: &(redb::Database, bool, u64, Duration)| r.2 as f64 / r.3.as_secs_f64();
+    let rate = |r: &(redb::Database, bool, u64, Duration, Io)| r.2 as f64 / r.3.as_secs_f64();
     println!(
         "same_rows_vs_raw_ratio {:.2} (redb alone writing one create's rows: the layout's ceiling)",
         rate(&rows[0]) / raw_rate
     );
     println!("same_rows_without_audit_index_vs_raw_ratio {:.2}", rate(&rows[1]) / raw_rate);
+    let per = |io: &Io, ops: u64| (io.calls as f64 / ops as f64, io.bytes as f64 / ops as f64);
+    let [(raw_c, raw_b), (create_c, create_b), (rows_c, rows_b)] =
+        [per(&raw_io, raw_ops), per(&store_io, store_ops), per(&rows[0].4, rows[0].2)];
     println!(
-        "write_calls_per_commit raw {:.1} create {:.1}; bytes_written_per_commit raw {:.0} create {:.0}",
-        raw_io.calls as f64 / raw_ops as f64,
-        store_io.calls as f64 / store_ops as f64,
-        raw_io.bytes as f64 / raw_ops as f64,
-        store_io.bytes as f64 / store_ops as f64
+        "write_calls_per_commit raw {raw_c:.1} create {create_c:.1} same_rows {rows_c:.1}; \
+         bytes_written_per_commit raw {raw_b:.0} create {create_b:.0} same_rows {rows_b:.0}"
     );
     println!("get_credential_per_s {get_rate:.0}");
     println!(

@@ -47,6 +47,8 @@
 mod audit;
 mod credentials;
 mod error;
+#[cfg(target_os = "linux")]
+mod file;
 pub mod history;
 mod batch;
 pub(crate) mod kv;
@@ -702,12 +704,19 @@ impl Store {
         let checking = Arc::new(std::sync::Once::new());
         let said = checking.clone();
         let started = std::time::Instant::now();
-        let db = Database::builder()
-            .set_cache_size(cache_bytes)
-            .set_repair_callback(move |_| {
-                said.call_once(|| tracing::warn!("the database was not closed cleanly (killed or crashed); checking it before the store opens"));
-            })
-            .create(&path)?;
+        let mut builder = Database::builder();
+        builder.set_cache_size(cache_bytes).set_repair_callback(move |_| {
+            said.call_once(|| tracing::warn!("the database was not closed cleanly (killed or crashed); checking it before the store opens"));
+        });
+        // Blocks allocated ahead of redb's writes (see `file`).
+        #[cfg(target_os = "linux")]
+        let db = {
+            let io = |e| StoreError::Db(redb::Error::Io(e));
+            let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io)?;
+            builder.create_with_backend(file::Prealloc::new(file).map_err(io)?)?
+        };
+        #[cfg(not(target_os = "linux"))]
+        let db = builder.create(&path)?;
         if checking.is_completed() {
             tracing::info!(ms = started.elapsed().as_millis() as u64, "database checked");
         }
