@@ -35,9 +35,9 @@ pub const SWEEP_STEP: usize = 1_000;
 /// How often the scheduler looks for due tests.
 const TICK: Duration = Duration::from_millis(200);
 /// The pause between the first sweep's steps: it runs at start, when the requests of a
-/// restart's clients come back, and whole it took ~150-300 ms of a core at 100,000
+/// restart's clients come back, and whole it took ~150 ms of a core at 100,000
 /// credentials in one go (listings right after a restart ran ~1 ms slower at p99). A step
-/// takes ~2 ms, so this keeps the sweep under ~10 % of a core (~2 s at 100,000).
+/// takes ~1.5 ms, so this keeps the sweep under ~10 % of a core (~2 s at 100,000).
 const FIRST_SWEEP_PAUSE: Duration = Duration::from_millis(20);
 /// The audit actor of scheduled tests.
 pub const SCHEDULER_ACTOR: &str = "scheduler";

@@ -30,7 +30,7 @@ use redb::{BackendError, StorageBackend};
 type BackendIoError = std::io::Error;
 
 /// How far ahead a write may land and still fill, and the step of a fill.
-pub(crate) const AHEAD: u64 = 1 << 20;
+const AHEAD: u64 = 1 << 20;
 /// What a fill reads and checks at a time.
 const PIECE: usize = 64 << 10;
 /// The unit checked for zeros (redb's page).
